@@ -1,0 +1,1 @@
+//! minos init library
