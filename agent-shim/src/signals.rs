@@ -1,0 +1,171 @@
+//! Waiting for SIGTERM/SIGINT without signal handlers.
+//!
+//! The signals are blocked with `pthread_sigmask` and collected with
+//! `sigtimedwait`, so no handler ever runs and nothing async-signal-unsafe can
+//! happen. rustix offers neither call outside its `runtime` feature, so this
+//! is the crate's only `unsafe` and its only use of libc.
+//!
+//! The mask is per thread: [`BlockedSignals::block`] must run on the main
+//! thread before any other thread exists (agent-shim has no other threads),
+//! otherwise a process-directed signal could be delivered, with its default
+//! action, to a thread that does not block it.
+
+use std::fmt;
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
+
+/// Longest single wait; longer deadlines loop. Keeps the timespec far from
+/// any overflow in the kernel's timeout arithmetic.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A signal that ends the shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Int,
+}
+
+/// SIGTERM and SIGINT blocked in the calling thread, ready to be waited for.
+pub struct BlockedSignals {
+    set: libc::sigset_t,
+}
+
+impl fmt::Debug for BlockedSignals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlockedSignals(SIGTERM, SIGINT)")
+    }
+}
+
+impl BlockedSignals {
+    /// Blocks SIGTERM and SIGINT in the calling thread. From here on they stay
+    /// pending until [`wait_until`](Self::wait_until) collects them.
+    pub fn block() -> io::Result<Self> {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: `set.as_mut_ptr()` points to writable memory of the right
+        // type; sigemptyset initialises all of it and cannot fail for a valid
+        // pointer.
+        let set = unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            set.assume_init()
+        };
+        let mut blocked = Self { set };
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: `blocked.set` is an initialised sigset_t and the signal
+            // numbers are valid, so sigaddset only writes inside the set.
+            if unsafe { libc::sigaddset(&mut blocked.set, signal) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: `blocked.set` is initialised; the old mask is not requested
+        // (null is allowed). Blocking signals has no memory-safety effect.
+        let rc =
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &blocked.set, std::ptr::null_mut()) };
+        if rc != 0 {
+            // pthread_sigmask returns the error number instead of setting errno.
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(blocked)
+    }
+
+    /// Waits until SIGTERM or SIGINT arrives (`Some`) or `deadline` passes
+    /// (`None`); without a deadline waits for a signal only.
+    ///
+    /// EINTR (a stop/continue, a debugger) restarts the wait with the time
+    /// left, so the deadline holds however often the wait is interrupted.
+    pub fn wait_until(&self, deadline: Option<Instant>) -> io::Result<Option<Signal>> {
+        loop {
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    Some(timespec(left.min(MAX_WAIT)))
+                }
+            };
+            let timeout_ptr = timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `self.set` is an initialised sigset_t; the siginfo
+            // pointer may be null; `timeout_ptr` is null (wait forever) or
+            // points to `timeout`, which lives until the call returns.
+            let rc = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), timeout_ptr) };
+            match rc {
+                libc::SIGTERM => return Ok(Some(Signal::Term)),
+                libc::SIGINT => return Ok(Some(Signal::Int)),
+                -1 => {
+                    let err = io::Error::last_os_error();
+                    match err.raw_os_error() {
+                        // Timed out: loop, the deadline check above returns.
+                        Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                        _ => return Err(err),
+                    }
+                }
+                // Only signals in the set are returned; be robust anyway.
+                _ => continue,
+            }
+        }
+    }
+}
+
+fn timespec(duration: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(duration.as_secs()).unwrap_or(libc::time_t::MAX),
+        // c_long is 64 bits on the targets minos builds for (x86_64, aarch64).
+        tv_nsec: duration.subsec_nanos().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Each test runs on its own thread; the mask and a thread-directed signal
+    // stay with that thread, so the tests cannot disturb each other or the
+    // harness.
+
+    #[test]
+    fn deadline_passes_without_signal() {
+        let signals = BlockedSignals::block().unwrap();
+        let start = Instant::now();
+        let got = signals
+            .wait_until(Some(start + Duration::from_millis(30)))
+            .unwrap();
+        assert_eq!(got, None);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn past_deadline_returns_at_once() {
+        let signals = BlockedSignals::block().unwrap();
+        assert_eq!(signals.wait_until(Some(Instant::now())).unwrap(), None);
+    }
+
+    fn raise_in_this_thread(signal: libc::c_int) {
+        // SAFETY: pthread_self() is the calling thread, which blocks `signal`,
+        // so the signal stays pending on this thread and no handler or
+        // default action runs.
+        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), signal) };
+        assert_eq!(rc, 0);
+    }
+
+    #[test]
+    fn pending_sigterm_and_sigint_are_collected() {
+        let signals = BlockedSignals::block().unwrap();
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        raise_in_this_thread(libc::SIGTERM);
+        assert_eq!(signals.wait_until(deadline).unwrap(), Some(Signal::Term));
+        raise_in_this_thread(libc::SIGINT);
+        assert_eq!(signals.wait_until(None).unwrap(), Some(Signal::Int));
+    }
+
+    #[test]
+    fn timespec_conversion() {
+        let t = timespec(Duration::new(3, 500));
+        assert_eq!((t.tv_sec, t.tv_nsec), (3, 500));
+        let t = timespec(Duration::MAX);
+        assert_eq!(t.tv_sec, libc::time_t::MAX);
+    }
+}
