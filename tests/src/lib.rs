@@ -1,1 +1,355 @@
+//! Test harness: builds a small rootfs with the real static `init` and the
+//! `probe` program, and runs init as PID 1 of new PID, mount, UTS, IPC,
+//! network and cgroup namespaces (util-linux `unshare --root`), in container
+//! mode. Nothing outside those namespaces changes.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where the binaries under test are: `$MINOS_BIN_DIR`, else the cargo
+/// target directory of the running test (target/<triple>/debug).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MINOS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<triple>/debug/deps/pid1-xxxx → target/<triple>/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path of a built binary; fails with the command that builds it.
+pub fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace`; `cargo xtask test` does it)",
+        p.display()
+    );
+    p
+}
+
+/// Fails with a clear message unless the test can create namespaces.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests need root: they create PID/mount/network namespaces and chroot (CI runs as root)"
+    );
+    assert!(
+        Command::new("unshare").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "util-linux `unshare` is required (apt-get install util-linux; `cargo xtask test` installs it)"
+    );
+}
+
+/// A throw-away root filesystem for one test.
+#[derive(Debug)]
+pub struct Rootfs {
+    pub top: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Rootfs {
+    pub fn new(name: &str) -> Self {
+        require_root();
+        let top = std::env::temp_dir().join(format!("minos-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let root = top.join("root");
+        for d in [
+            "bin",
+            "sbin",
+            "usr/bin",
+            "etc/minos/units",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "tmp",
+            "data",
+        ] {
+            std::fs::create_dir_all(root.join(d)).expect("create rootfs dirs");
+        }
+        set_mode(&root.join("data"), 0o777);
+        std::fs::copy(binary("init"), root.join("sbin/init")).expect("copy init");
+        std::fs::copy(binary("probe"), root.join("bin/probe")).expect("copy probe");
+        for (link, target) in [
+            ("usr/bin/systemctl", "/sbin/init"),
+            ("sbin/poweroff", "init"),
+            ("sbin/reboot", "init"),
+            ("sbin/halt", "init"),
+            ("bin/sync", "probe"),
+            ("usr/bin/kata-agent", "/bin/probe"),
+        ] {
+            std::os::unix::fs::symlink(target, root.join(link)).expect("symlink");
+        }
+        let fs = Self { top, root };
+        fs.write("etc/hostname", "minos-test\n");
+        fs.write(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nprobeuser:x:1234:1234:probe:/data:/bin/sh\n",
+        );
+        fs.write(
+            "etc/group",
+            "root:x:0:\nprobeuser:x:1234:\nextra:x:2000:probeuser\n",
+        );
+        fs
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.root.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+
+    pub fn unit(&self, name: &str, text: &str) {
+        self.write(&format!("etc/minos/units/{name}"), text);
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        let p = self.root.join(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+    }
+
+    pub fn try_read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(rel)).ok()
+    }
+
+    /// Starts init as PID 1 in new namespaces; `args` are its options (as
+    /// systemd in a container, init reads them from its argv).
+    pub fn start(&self, args: &[&str]) -> Pid1 {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--cgroup",
+            "--kill-child",
+            "--root",
+        ])
+        .arg(&self.root)
+        .arg("/sbin/init")
+        .args(args);
+        self.spawn(cmd)
+    }
+
+    /// Like [`start`], but a shell first mounts `image` (ext4, loop) on /data
+    /// inside the new mount namespace, then execs init chrooted.
+    pub fn start_with_data_image(&self, image: &Path, args: &[&str]) -> Pid1 {
+        let script = format!(
+            "mount -o loop {img} {root}/data && exec chroot {root} /sbin/init {args}",
+            img = image.display(),
+            root = self.root.display(),
+            args = args.join(" ")
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--cgroup",
+            "--kill-child",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg(script);
+        self.spawn(cmd)
+    }
+
+    fn spawn(&self, mut cmd: Command) -> Pid1 {
+        cmd.env_clear()
+            .env("container", "minos-test")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn unshare");
+        let output = Arc::new(Mutex::new(String::new()));
+        let readers = [
+            pump(
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                output.clone(),
+            ),
+            pump(
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                output.clone(),
+            ),
+        ];
+        Pid1 {
+            child,
+            output,
+            readers: readers.into_iter().flatten().collect(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.top);
+        }
+    }
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn pump(
+    src: Option<Box<dyn Read + Send>>,
+    out: Arc<Mutex<String>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let mut src = src?;
+    Some(std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = src.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut o) = out.lock() {
+                o.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    }))
+}
+
+/// A running init (through unshare). Dropping it kills the namespace.
+#[derive(Debug)]
+pub struct Pid1 {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    pub started: Instant,
+}
+
+/// How the namespace ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub status: ExitStatus,
+    pub output: String,
+    pub elapsed: Duration,
+}
+
+impl Ended {
+    /// reboot(2) in a child PID namespace ends it: POWER_OFF and HALT with
+    /// SIGINT, RESTART with SIGHUP (unshare passes the signal on).
+    pub fn signal(&self) -> Option<i32> {
+        self.status.signal()
+    }
+
+    pub fn assert_log(&self, needle: &str) {
+        assert!(
+            self.output.contains(needle),
+            "output lacks {needle:?}:\n{}",
+            self.output
+        );
+    }
+}
+
+impl Pid1 {
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "init ended ({st}) before printing {needle:?}:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no {needle:?} within {timeout:?}:\n{}", self.output());
+    }
+
+    /// The host pid of init (the child of unshare).
+    pub fn host_pid(&self) -> i32 {
+        let unshare = self.child.id();
+        for _ in 0..200 {
+            let children =
+                std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+                    .unwrap_or_default();
+            if let Some(pid) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                return pid;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("unshare {unshare} has no child");
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.host_pid();
+        // SAFETY: kill(2) with integers only.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the namespace to end; fails after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Ended {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    for r in self.readers.drain(..) {
+                        let _ = r.join();
+                    }
+                    return Ended {
+                        status,
+                        output: self.output(),
+                        elapsed: self.started.elapsed(),
+                    };
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    panic!("init did not end within {timeout:?}:\n{}", self.output());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pid1 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,1 +1,90 @@
-fn main() {}
+//! `cargo xtask`: the project's one entry point for building and checking.
+//!
+//! - `cargo xtask build`  static release binaries, checked static, sizes printed
+//! - `cargo xtask test`   what CI runs: packages, fmt, clippy, every test, budgets
+//! - `cargo xtask demo`   build, then boot the mini-OS (container mode for now)
+//! - `cargo xtask spec`   measure init's size and RSS (docs/SPECIFICATION.md)
+
+mod container;
+mod demo;
+mod measure;
+mod util;
+
+use std::process::ExitCode;
+
+use util::{cargo, ensure_packages, Result};
+
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec> [--help]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("build") => build().map(|_| ()),
+        Some("test") => test(),
+        Some("demo") => demo::run(),
+        Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
+        Some("-h" | "--help") | None => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The shipped binaries.
+pub const BINARIES: [&str; 3] = ["init", "timesync", "agent-shim"];
+
+/// Builds the release binaries and checks that each is static.
+fn build() -> Result<std::path::PathBuf> {
+    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let dir = util::release_dir();
+    for b in BINARIES {
+        let path = dir.join(b);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        if !util::is_static(&path)? {
+            return Err(format!(
+                "{} is dynamically linked (has PT_INTERP)",
+                path.display()
+            ));
+        }
+        println!("xtask: {:<40} static, {:>9} bytes", path.display(), size);
+    }
+    Ok(dir)
+}
+
+/// What CI runs.
+fn test() -> Result<()> {
+    ensure_packages(&[
+        ("unshare", "util-linux"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("losetup", "mount"),
+    ])?;
+    util::step("rustfmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
+    util::step("clippy", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    // The integration tests run the real binaries: build them first.
+    util::step("build (dev)", || cargo(&["build", "--workspace", "--bins"]))?;
+    util::step("tests", || cargo(&["test", "--workspace"]))?;
+    util::step("release build", || build().map(|_| ()))?;
+    util::step("budgets", || measure::spec(true))?;
+    println!("xtask: all checks passed");
+    Ok(())
+}

@@ -1,1 +1,235 @@
-fn main() {}
+//! `probe`: the test program that runs as a unit inside the test rootfs.
+//! Each subcommand does one observable thing; `report` writes what the
+//! process was given (ids, limits, capabilities, stdio, environment) so the
+//! test can assert on it from outside. Also answers to the name `sync`.
+
+use std::io::Write;
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .first()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or("probe");
+    if name == "sync" {
+        rustix::fs::sync();
+        return;
+    }
+    if name == "kata-agent" {
+        std::process::exit(fake_agent());
+    }
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let code = match rest.as_slice() {
+        ["sleep", secs] => {
+            std::thread::sleep(Duration::from_secs_f64(secs.parse().unwrap_or(1.0)));
+            0
+        }
+        ["exit", code] => code.parse().unwrap_or(1),
+        ["exit", code, after_ms] => {
+            std::thread::sleep(Duration::from_millis(after_ms.parse().unwrap_or(0)));
+            code.parse().unwrap_or(1)
+        }
+        ["append", path, text] => append(path, text),
+        ["write", path, text] => match std::fs::write(path, text) {
+            Ok(()) => 0,
+            Err(e) => fail(&format!("write {path}: {e}")),
+        },
+        ["report", path] => report(path),
+        ["copy", from, to] => match std::fs::copy(from, to) {
+            Ok(_) => 0,
+            Err(e) => fail(&format!("copy {from} to {to}: {e}")),
+        },
+        ["notify", delay_ms] => notify(delay_ms.parse().unwrap_or(0)),
+        ["ignore-term"] => ignore_term(),
+        ["orphans", n] => orphans(n.parse().unwrap_or(0)),
+        ["zombies", path] => zombies(path),
+        ["say", text] => {
+            println!("{text}");
+            0
+        }
+        _ => fail(&format!("unknown probe command {rest:?}")),
+    };
+    std::process::exit(code);
+}
+
+/// Installed as /usr/bin/kata-agent so that Kata's unit runs unmodified:
+/// writes a report to /data/agent.report, then exits with the status in
+/// /etc/kata-agent-probe (`CODE AFTER_MS`, default `0 200`).
+fn fake_agent() -> i32 {
+    let conf = std::fs::read_to_string("/etc/kata-agent-probe").unwrap_or_default();
+    let mut words = conf.split_whitespace();
+    let code = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let after = words.next().and_then(|w| w.parse().ok()).unwrap_or(200);
+    println!("kata-agent (probe): started");
+    if report("/data/agent.report") != 0 {
+        return 3;
+    }
+    std::thread::sleep(Duration::from_millis(after));
+    println!("kata-agent (probe): exiting with {code}");
+    code
+}
+
+fn fail(msg: &str) -> i32 {
+    eprintln!("probe: {msg}");
+    1
+}
+
+/// Appends `text` and CLOCK_MONOTONIC (µs) as one line: ordering tests read it.
+fn append(path: &str, text: &str) -> i32 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let us = ts.tv_sec * 1_000_000 + ts.tv_nsec / 1000;
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        // One write(2) per line, so concurrent appenders never interleave.
+        .and_then(|mut f| f.write_all(format!("{text} {us}\n").as_bytes()));
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("append {path}: {e}")),
+    }
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+fn report(path: &str) -> i32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let fmt = |v: Option<u64>| v.map_or("infinity".to_string(), |v| v.to_string());
+    let link = |p: &str| {
+        std::fs::read_link(p)
+            .map(|l| l.display().to_string())
+            .unwrap_or_else(|e| format!("error:{e}"))
+    };
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| {
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v);
+        out.push('\n');
+    };
+    kv("pid", std::process::id().to_string());
+    kv(
+        "ppid",
+        rustix::process::getppid()
+            .map_or(0, |p| p.as_raw_nonzero().get())
+            .to_string(),
+    );
+    kv("uid", rustix::process::getuid().as_raw().to_string());
+    kv("gid", rustix::process::getgid().as_raw().to_string());
+    kv("groups", status_field(&status, "Groups:"));
+    kv("cap_eff", status_field(&status, "CapEff:"));
+    kv("cap_amb", status_field(&status, "CapAmb:"));
+    kv("cap_bnd", status_field(&status, "CapBnd:"));
+    kv("no_new_privs", status_field(&status, "NoNewPrivs:"));
+    kv(
+        "nofile",
+        format!("{}/{}", fmt(nofile.current), fmt(nofile.maximum)),
+    );
+    kv(
+        "oom_score_adj",
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    );
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    kv("umask", format!("{:04o}", old.bits()));
+    kv(
+        "cwd",
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+    );
+    kv("stdin", link("/proc/self/fd/0"));
+    kv("stdout", link("/proc/self/fd/1"));
+    kv(
+        "sid_is_pid",
+        (rustix::process::getsid(None).ok() == Some(rustix::process::getpid())).to_string(),
+    );
+    kv(
+        "hostname",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    );
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    env.sort();
+    for (k, v) in env {
+        kv(&format!("env.{k}"), v);
+    }
+    match std::fs::write(path, out) {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("write {path}: {e}")),
+    }
+}
+
+/// sd_notify READY=1 after `delay_ms`, then wait for SIGTERM.
+fn notify(delay_ms: u64) -> i32 {
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let Ok(sock) = std::env::var("NOTIFY_SOCKET") else {
+        return fail("NOTIFY_SOCKET not set");
+    };
+    let tx = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("socket: {e}")),
+    };
+    if let Err(e) = tx.send_to(b"READY=1\nSTATUS=probe ready", &sock) {
+        return fail(&format!("send to {sock}: {e}"));
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn ignore_term() -> i32 {
+    // SAFETY: SIG_IGN is a valid disposition for SIGTERM; no handler code runs.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    println!("probe: ignoring SIGTERM");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Forks `n` children that exit at once, then exits without reaping them:
+/// `n` zombies are reparented to init.
+fn orphans(n: usize) -> i32 {
+    for _ in 0..n {
+        // SAFETY: the child calls only _exit, which is async-signal-safe.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: _exit never returns and runs no destructors.
+                unsafe { libc::_exit(0) }
+            }
+            -1 => return fail(&format!("fork: {}", std::io::Error::last_os_error())),
+            _ => {}
+        }
+    }
+    0
+}
+
+/// Writes how many zombie processes are visible in /proc.
+fn zombies(path: &str) -> i32 {
+    let count = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+                })
+                .count()
+        })
+        .unwrap_or(usize::MAX);
+    match std::fs::write(path, count.to_string()) {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("write {path}: {e}")),
+    }
+}

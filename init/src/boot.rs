@@ -1,0 +1,512 @@
+//! PID 1: early boot, loading units, supervising, and the last steps of
+//! shutdown. Every step logs what failed and carries on with a safe default.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use log::LevelFilter;
+
+use crate::cmdline::{self, BootConfig};
+use crate::supervisor::{self, PowerKind, Settings, ShutdownRequest, Supervisor, Urgency};
+use crate::timeline::{self, Event, Timeline};
+use crate::unit::{self, LimitResource, Severity, Unit};
+use crate::{
+    control, logger, mounts, spawn, sys, Mode, CONTROL_SOCKET, NOTIFY_SOCKET, RUN_DIR, UNITS_DIR,
+};
+
+/// Runs PID 1; never returns.
+pub fn run(args: &[String]) -> ! {
+    let t0 = timeline::now_us();
+    logger::install(LevelFilter::Info);
+    let mode = if std::env::var_os("container").is_some() {
+        Mode::Container
+    } else {
+        Mode::Vm
+    };
+    install_panic_hook();
+    if mode == Mode::Container {
+        logger::use_stderr();
+    }
+    let mut timeline = Timeline::new(cmdline::BootMarker::None);
+
+    // /proc first: mountinfo tells which of the rest is already mounted.
+    let mut table = match mounts::mount_proc() {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("{}", crate::error_chain(&e));
+            mounts::MountTable::default()
+        }
+    };
+    let mut errors = Vec::new();
+    mounts::mount_dev(&mut table, mode, &mut errors);
+    if mode == Mode::Vm {
+        sys::ensure_stdio();
+        logger::use_kmsg();
+    }
+
+    // In a VM the options come from the kernel; in a container, as for
+    // systemd, from init's own arguments.
+    let text = match mode {
+        Mode::Vm => std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
+            log::error!("read /proc/cmdline: {e}; using defaults");
+            String::new()
+        }),
+        Mode::Container => args.join(" "),
+    };
+    let (cfg, problems) = cmdline::parse(&text);
+    logger::set_level(cfg.log_level.unwrap_or(LevelFilter::Info));
+    for p in &problems {
+        log::warn!("{p}");
+    }
+    if mode == Mode::Vm && !text.contains("printk.devkmsg") {
+        // User-space kmsg writes are rate-limited to 10 per 5 s by default,
+        // which would drop timeline lines.
+        write_proc("/proc/sys/kernel/printk_devkmsg", "on");
+    }
+    timeline.set_marker(cfg.boot_marker);
+    timeline.mark_at(Event::InitStart, None, t0);
+    log::info!(
+        "minos init {} starting ({mode:?} mode)",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    errors.extend(mounts::mount_rest(&mut table, mode, cfg.cgroup_v1));
+    for e in &errors {
+        log::error!("{}", crate::error_chain(e));
+    }
+    if let Err(e) = std::fs::create_dir_all(RUN_DIR) {
+        log::error!("create {RUN_DIR}: {e}");
+    }
+    if let Err(e) = timeline.open_file(&Path::new(RUN_DIR).join("timeline")) {
+        log::warn!("open {RUN_DIR}/timeline: {e}");
+    }
+    timeline.mark(Event::MountsDone, None);
+
+    system_setup(mode);
+    let mut units = load_units(Path::new(UNITS_DIR), &cfg);
+    apply_nofile_limits(&mut units, mode);
+
+    let signals = match sys::SignalFd::new(&supervisor::handled_signals()) {
+        Ok(s) => s,
+        Err(e) => {
+            // Without signals init cannot reap: nothing safe is left to do.
+            log::error!("create signalfd: {e}; powering off");
+            finish(
+                ShutdownRequest {
+                    kind: PowerKind::Poweroff,
+                    urgency: Urgency::Immediate,
+                },
+                mode,
+            );
+        }
+    };
+    let notify = control::notify_socket(Path::new(NOTIFY_SOCKET))
+        .map_err(|e| {
+            log::error!(
+                "create notify socket {NOTIFY_SOCKET}: {e}; Type=notify units cannot report ready"
+            )
+        })
+        .ok();
+    let control = control::control_socket(Path::new(CONTROL_SOCKET))
+        .map_err(|e| {
+            log::error!("create control socket {CONTROL_SOCKET}: {e}; use signals to power off")
+        })
+        .ok();
+    let settings = Settings {
+        mode,
+        base_env: base_env(&cfg, mode),
+        notify_socket: PathBuf::from(NOTIFY_SOCKET),
+        status_on_console: cfg.status_on_console(),
+        kill_timeout: cfg.kill_timeout,
+    };
+    let mut sup = Supervisor::new(units, settings, signals, notify, control, timeline);
+    let req = sup.run();
+    finish(req, mode);
+}
+
+/// sync, unmount or remount read-only, reboot(2).
+pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
+    rustix::fs::sync();
+    if req.urgency != Urgency::Immediate {
+        match std::fs::read_to_string("/proc/self/mountinfo") {
+            Ok(info) => {
+                for f in mounts::unmount_all(&info) {
+                    log::warn!("shutdown: could not unmount or remount read-only: {f}");
+                }
+            }
+            Err(e) => {
+                log::error!("shutdown: read /proc/self/mountinfo: {e}; filesystems left mounted")
+            }
+        }
+        rustix::fs::sync();
+    }
+    log::info!("shutdown: {} now", req.kind.name());
+    let cmd = match req.kind {
+        PowerKind::Poweroff => rustix::system::RebootCommand::PowerOff,
+        PowerKind::Reboot => rustix::system::RebootCommand::Restart,
+        PowerKind::Halt => rustix::system::RebootCommand::Halt,
+    };
+    let err = rustix::system::reboot(cmd).err();
+    // Only reached when reboot(2) is refused (a container without CAP_SYS_BOOT).
+    log::error!(
+        "reboot(2) {}: {}; exiting",
+        req.kind.name(),
+        err.map_or("returned".into(), |e| e.to_string())
+    );
+    std::process::exit(if mode == Mode::Container { 0 } else { 1 });
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("<2>minos-init: panic: {info}; syncing and powering off\n");
+        let wrote = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(msg.as_bytes())
+            });
+        if wrote.is_err() || std::env::var_os("container").is_some() {
+            eprint!("{}", msg.trim_start_matches("<2>"));
+        }
+        rustix::fs::sync();
+        let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    }));
+}
+
+fn write_proc(path: &str, value: &str) {
+    if let Err(e) = std::fs::write(path, value) {
+        log::warn!("write {value} to {path}: {e}");
+    }
+}
+
+/// Hostname, loopback, Ctrl-Alt-Del, init's own OOM score.
+fn system_setup(mode: Mode) {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+        })
+        .filter(|n| valid_hostname(n))
+        .unwrap_or_else(|| "localhost".into());
+    if let Err(e) = rustix::system::sethostname(name.as_bytes()) {
+        log::error!("set hostname {name}: {e}");
+    }
+    if let Err(e) = sys::interface_up("lo") {
+        log::error!("bring up interface lo: {e}");
+    }
+    if mode == Mode::Vm {
+        // Ctrl-Alt-Del becomes SIGINT to init, handled as reboot.
+        if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
+            log::warn!("disable Ctrl-Alt-Del (RB_DISABLE_CAD): {e}");
+        }
+    }
+    write_proc("/proc/self/oom_score_adj", "-1000");
+}
+
+pub fn valid_hostname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+fn base_env(cfg: &BootConfig, mode: Mode) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_string(), spawn::DEFAULT_PATH.to_string())];
+    for key in ["TERM", "LANG"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push((key.into(), v));
+        }
+    }
+    if mode == Mode::Container {
+        env.push((
+            "container".into(),
+            std::env::var("container").unwrap_or_default(),
+        ));
+    }
+    env.extend(cfg.setenv.iter().cloned());
+    env
+}
+
+/// Reads the `Requires=`/`Wants=` of a `.target` file.
+pub fn target_deps(text: &str) -> Vec<String> {
+    let mut section = "";
+    let mut deps = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Unit]" {
+            if let Some((k, v)) = line.split_once('=') {
+                if matches!(k.trim(), "Requires" | "Wants") {
+                    deps.extend(v.split_whitespace().map(String::from));
+                }
+            }
+        }
+    }
+    deps
+}
+
+/// Loads the units to start from `dir`, honouring systemd.unit=, masks and wants.
+pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
+    let mut services: Vec<Unit> = Vec::new();
+    let mut targets: HashMap<String, Vec<String>> = HashMap::new();
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(e) => {
+            log::warn!(
+                "read units directory {}: {e}; no units to start",
+                dir.display()
+            );
+            Vec::new()
+        }
+    };
+    names.sort();
+    let mut broken: Vec<String> = Vec::new();
+    for path in names {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if file_name.ends_with(".target") {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                targets.insert(file_name, target_deps(&text));
+            }
+            continue;
+        }
+        if !file_name.ends_with(".service") {
+            continue;
+        }
+        let parsed = unit::load(&path);
+        for d in &parsed.diagnostics {
+            match d.severity {
+                Severity::Warning => log::warn!("{d}"),
+                Severity::Error => log::error!("{d}"),
+            }
+        }
+        match parsed.unit {
+            Some(u) => services.push(u),
+            None => {
+                log::error!(
+                    "{}: not loaded; the other units still start",
+                    path.display()
+                );
+                broken.push(file_name);
+            }
+        }
+    }
+    select(services, &targets, cfg, &broken)
+}
+
+/// Picks the units to start: the named target's (or every) service, plus
+/// `systemd.wants=`, plus what they require or want, minus masked ones.
+pub fn select(
+    all: Vec<Unit>,
+    targets: &HashMap<String, Vec<String>>,
+    cfg: &BootConfig,
+    broken: &[String],
+) -> Vec<Unit> {
+    let by_name = |n: &str| all.iter().any(|u| u.name == n);
+    let mut roots: Vec<String> = match cfg.unit.as_deref() {
+        Some(n) if by_name(n) => vec![n.to_string()],
+        Some(n) if targets.contains_key(n) => targets.get(n).cloned().unwrap_or_default(),
+        _ => all.iter().map(|u| u.name.clone()).collect(),
+    };
+    roots.extend(cfg.wants.iter().cloned());
+    // Closure over Requires=/Wants= (through targets too).
+    let mut chosen: Vec<String> = Vec::new();
+    let mut seen_targets: Vec<String> = Vec::new();
+    while let Some(n) = roots.pop() {
+        if let Some(deps) = targets.get(&n) {
+            if !seen_targets.contains(&n) {
+                seen_targets.push(n.clone());
+                roots.extend(deps.iter().cloned());
+            }
+            continue;
+        }
+        if chosen.contains(&n) {
+            continue;
+        }
+        if let Some(u) = all.iter().find(|u| u.name == n) {
+            roots.extend(u.unit_deps());
+            chosen.push(n);
+        }
+    }
+    let mut out = Vec::new();
+    for u in all {
+        if !chosen.contains(&u.name) {
+            continue;
+        }
+        if cfg.masked.contains(&u.name) {
+            log::info!("{}: masked on the kernel command line; not started", u.name);
+            continue;
+        }
+        let missing: Vec<&String> = u
+            .requires
+            .iter()
+            .filter(|r| {
+                r.ends_with(".service")
+                    && (cfg.masked.contains(r) || broken.contains(r) || !chosen.contains(r))
+            })
+            .collect();
+        if let Some(m) = missing.first() {
+            log::error!(
+                "{}: not started: requires {m}, which is masked, missing or malformed",
+                u.name
+            );
+            continue;
+        }
+        out.push(u);
+    }
+    out
+}
+
+trait UnitDeps {
+    fn unit_deps(&self) -> Vec<String>;
+}
+
+impl UnitDeps for Unit {
+    fn unit_deps(&self) -> Vec<String> {
+        self.requires.iter().chain(&self.wants).cloned().collect()
+    }
+}
+
+/// Raises fs.nr_open to the largest LimitNOFILE= asked for (VM), or clamps
+/// the units' limits to it where init may not change it (container).
+fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
+    let want = units
+        .iter()
+        .flat_map(|u| &u.service.limits)
+        .filter(|l| l.resource == LimitResource::Nofile)
+        .filter_map(|l| l.hard.max(l.soft))
+        .max();
+    let Some(want) = want else { return };
+    let current: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1_048_576);
+    let mut max = current;
+    if mode == Mode::Container
+        && !spawn::has_capability(rustix::thread::CapabilitySet::SYS_RESOURCE)
+    {
+        // Without CAP_SYS_RESOURCE no hard limit can be raised above init's own.
+        let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        max = max.min(own.unwrap_or(u64::MAX));
+    }
+    if want <= max {
+        return;
+    }
+    if mode == Mode::Vm {
+        match std::fs::write("/proc/sys/fs/nr_open", want.to_string()) {
+            Ok(()) => {
+                log::debug!("fs.nr_open raised from {current} to {want}");
+                return;
+            }
+            Err(e) => log::error!("raise fs.nr_open to {want}: {e}"),
+        }
+    }
+    for u in units.iter_mut() {
+        for l in u
+            .service
+            .limits
+            .iter_mut()
+            .filter(|l| l.resource == LimitResource::Nofile)
+        {
+            if l.soft.is_none_or(|s| s > max) || l.hard.is_none_or(|h| h > max) {
+                log::warn!(
+                    "{}: LimitNOFILE above what this system allows (fs.nr_open, or init's own hard limit \
+                     without CAP_SYS_RESOURCE): clamped to {max}",
+                    u.name
+                );
+                l.soft = Some(l.soft.map_or(max, |s| s.min(max)));
+                l.hard = Some(l.hard.map_or(max, |h| h.min(max)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, text: &str) -> Unit {
+        let p = unit::parse(name, name, text);
+        p.unit.unwrap()
+    }
+
+    fn names(v: &[Unit]) -> Vec<&str> {
+        v.iter().map(|u| u.name.as_str()).collect()
+    }
+
+    #[test]
+    fn kata_target_selects_agent_and_ignores_missing_chronyd() {
+        let target = include_str!("../../tests/fixtures/kata/kata-containers.target");
+        let mut targets = HashMap::new();
+        targets.insert("kata-containers.target".to_string(), target_deps(target));
+        assert_eq!(
+            targets["kata-containers.target"],
+            vec![
+                "basic.target",
+                "tmp.mount",
+                "chronyd.service",
+                "kata-agent.service"
+            ]
+        );
+        let agent = unit(
+            "kata-agent.service",
+            include_str!("../../tests/fixtures/kata/kata-agent.service"),
+        );
+        let other = unit("other.service", "[Service]\nExecStart=/bin/true\n");
+        let cfg = BootConfig {
+            unit: Some("kata-containers.target".into()),
+            ..Default::default()
+        };
+        let sel = select(vec![agent, other], &targets, &cfg, &[]);
+        assert_eq!(names(&sel), vec!["kata-agent.service"]);
+    }
+
+    #[test]
+    fn without_target_file_every_service_starts_minus_masked() {
+        let a = unit("a.service", "[Service]\nExecStart=/bin/a\n");
+        let b = unit("b.service", "[Service]\nExecStart=/bin/b\n");
+        let c = unit(
+            "c.service",
+            "[Unit]\nRequires=b.service\n[Service]\nExecStart=/bin/c\n",
+        );
+        let cfg = BootConfig {
+            unit: Some("kata-containers.target".into()),
+            masked: vec!["b.service".into()],
+            ..Default::default()
+        };
+        let sel = select(vec![a, b, c], &HashMap::new(), &cfg, &[]);
+        assert_eq!(names(&sel), vec!["a.service"], "c requires masked b");
+    }
+
+    #[test]
+    fn a_named_service_pulls_in_its_dependencies() {
+        let a = unit(
+            "a.service",
+            "[Unit]\nWants=b.service\n[Service]\nExecStart=/bin/a\n",
+        );
+        let b = unit("b.service", "[Service]\nExecStart=/bin/b\n");
+        let c = unit("c.service", "[Service]\nExecStart=/bin/c\n");
+        let cfg = BootConfig {
+            unit: Some("a.service".into()),
+            wants: vec!["c.service".into()],
+            ..Default::default()
+        };
+        let sel = select(vec![a, b, c], &HashMap::new(), &cfg, &[]);
+        assert_eq!(names(&sel), vec!["a.service", "b.service", "c.service"]);
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(valid_hostname("kata-guest.local"));
+        assert!(!valid_hostname(""));
+        assert!(!valid_hostname("bad name"));
+        assert!(!valid_hostname(&"x".repeat(65)));
+    }
+}

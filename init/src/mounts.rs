@@ -1,0 +1,445 @@
+//! Early mounts (Kata's list, each skipped when already mounted) and the
+//! unmount pass at shutdown. /proc/self/mountinfo parsing is pure.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode};
+use rustix::mount::{MountFlags, UnmountFlags};
+
+use crate::Mode as RunMode;
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Parses mountinfo text; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let source = r.next().unwrap_or("none");
+            Some(MountEntry {
+                mount_point: unescape(mount_point),
+                fstype: fstype.to_string(),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b.get(i), oct) {
+            (Some(b'\\'), Some(d)) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            (Some(&c), _) => {
+                out.push(c);
+                i += 1;
+            }
+            (None, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An early-boot step that failed; init logs it and carries on.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount {fstype} on {target}")]
+    Mount {
+        target: String,
+        fstype: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("create {path}")]
+    Create {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read /proc/self/mountinfo")]
+    ReadMountinfo(#[source] io::Error),
+}
+
+/// The mount points currently mounted, kept up to date as init mounts.
+#[derive(Debug, Default)]
+pub struct MountTable {
+    points: Vec<String>,
+}
+
+impl MountTable {
+    pub fn read() -> Result<Self, MountError> {
+        let text =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::ReadMountinfo)?;
+        Ok(Self {
+            points: parse_mountinfo(&text)
+                .into_iter()
+                .map(|m| m.mount_point)
+                .collect(),
+        })
+    }
+
+    pub fn contains(&self, target: &str) -> bool {
+        self.points.iter().any(|p| p == target)
+    }
+
+    /// Mounts `fstype` on `target` unless something is mounted there already.
+    /// Creates `target` when missing. Returns whether it mounted.
+    pub fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: MountFlags,
+        data: &str,
+    ) -> Result<bool, MountError> {
+        if self.contains(target) {
+            return Ok(false);
+        }
+        mkdir_p(target)?;
+        let data = CString::new(data).unwrap_or_default();
+        let data = (!data.as_bytes().is_empty()).then_some(data.as_c_str());
+        rustix::mount::mount(source, target, fstype, flags, data).map_err(|e| {
+            MountError::Mount {
+                target: target.into(),
+                fstype: fstype.into(),
+                source: e.into(),
+            }
+        })?;
+        self.points.push(target.to_string());
+        Ok(true)
+    }
+}
+
+fn mkdir_p(path: &str) -> Result<(), MountError> {
+    if Path::new(path).is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).map_err(|source| MountError::Create {
+        path: path.into(),
+        source,
+    })
+}
+
+const NOSUID_NODEV: MountFlags = MountFlags::NOSUID.union(MountFlags::NODEV);
+const NOSUID_NODEV_NOEXEC: MountFlags = NOSUID_NODEV.union(MountFlags::NOEXEC);
+
+/// Mounts /proc first: everything else needs mountinfo.
+pub fn mount_proc() -> Result<MountTable, MountError> {
+    let mut table = MountTable::default();
+    if !Path::new("/proc/self").exists() {
+        table.mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, "")?;
+    }
+    MountTable::read()
+}
+
+/// /dev: devtmpfs in a VM when the kernel did not mount it; in a container,
+/// a fresh tmpfs with the standard nodes, unless the container manager
+/// already provided a populated /dev.
+pub fn mount_dev(table: &mut MountTable, mode: RunMode, errors: &mut Vec<MountError>) {
+    match mode {
+        RunMode::Vm => {
+            if let Err(e) = table.mount(
+                "devtmpfs",
+                "/dev",
+                "devtmpfs",
+                MountFlags::NOSUID,
+                "mode=0755",
+            ) {
+                errors.push(e);
+            }
+        }
+        RunMode::Container => {
+            let populated = rustix::fs::stat("/dev/null")
+                .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice)
+                .unwrap_or(false);
+            if populated {
+                return;
+            }
+            match table.mount(
+                "tmpfs",
+                "/dev",
+                "tmpfs",
+                MountFlags::NOSUID,
+                "mode=0755,size=4m",
+            ) {
+                Ok(_) => make_dev_nodes(errors),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+}
+
+/// The nodes container managers create (OCI runtime spec, "Default Devices").
+fn make_dev_nodes(errors: &mut Vec<MountError>) {
+    let nodes = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
+    for (name, major, minor) in nodes {
+        let path = format!("/dev/{name}");
+        let r = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path.as_str(),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .and_then(|()| rustix::fs::chmod(path.as_str(), Mode::from_raw_mode(0o666)));
+        if let Err(e) = r {
+            errors.push(MountError::Create {
+                path,
+                source: e.into(),
+            });
+        }
+    }
+}
+
+/// Everything after /proc and /dev, in Kata's order.
+pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec<MountError> {
+    let mut results = vec![
+        table.mount("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
+        table.mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            "gid=5,mode=620,ptmxmode=666",
+        ),
+        table.mount("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
+        table.mount("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
+        table.mount("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    ];
+    let mut errors = Vec::new();
+    if cgroup_v1 {
+        errors.extend(mount_cgroup_v1(table));
+    } else {
+        results.push(table.mount(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            NOSUID_NODEV_NOEXEC,
+            "nsdelegate",
+        ));
+    }
+    if mode == RunMode::Vm && Path::new("/sys/kernel/security").is_dir() {
+        results.push(table.mount(
+            "securityfs",
+            "/sys/kernel/security",
+            "securityfs",
+            NOSUID_NODEV_NOEXEC,
+            "",
+        ));
+    }
+    errors.extend(results.into_iter().filter_map(Result::err));
+    errors.extend(dev_links());
+    errors
+}
+
+/// systemd's hybrid layout: a tmpfs with one v1 hierarchy per controller
+/// (cpu,cpuacct and net_cls,net_prio combined, with links), and cgroup2 at
+/// `unified`.
+fn mount_cgroup_v1(table: &mut MountTable) -> Vec<MountError> {
+    let mut errors = Vec::new();
+    if let Err(e) = table.mount(
+        "tmpfs",
+        "/sys/fs/cgroup",
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        "mode=755",
+    ) {
+        return vec![e];
+    }
+    let controllers = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    let enabled: Vec<&str> = controllers
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(3) == Some(&"1"))
+                .then_some(f.first().copied())
+                .flatten()
+        })
+        .collect();
+    let mut done: Vec<&str> = Vec::new();
+    for &c in &enabled {
+        if done.contains(&c) {
+            continue;
+        }
+        let group: Vec<&str> = match c {
+            "cpu" | "cpuacct" => vec!["cpu", "cpuacct"],
+            "net_cls" | "net_prio" => vec!["net_cls", "net_prio"],
+            _ => vec![c],
+        };
+        let group: Vec<&str> = group.into_iter().filter(|g| enabled.contains(g)).collect();
+        done.extend(&group);
+        let name = group.join(",");
+        let target = format!("/sys/fs/cgroup/{name}");
+        if let Err(e) = table.mount("cgroup", &target, "cgroup", NOSUID_NODEV_NOEXEC, &name) {
+            errors.push(e);
+            continue;
+        }
+        if group.len() > 1 {
+            for g in group {
+                let _ = std::os::unix::fs::symlink(&name, format!("/sys/fs/cgroup/{g}"));
+            }
+        }
+    }
+    if let Err(e) = table.mount(
+        "cgroup2",
+        "/sys/fs/cgroup/unified",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        "nsdelegate",
+    ) {
+        errors.push(e);
+    }
+    errors
+}
+
+/// /dev/fd, /dev/stdin, /dev/stdout, /dev/stderr and /dev/ptmx links.
+fn dev_links() -> Vec<MountError> {
+    let links = [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+        ("pts/ptmx", "/dev/ptmx"),
+    ];
+    let mut errors = Vec::new();
+    for (target, link) in links {
+        if rustix::fs::lstat(link).is_ok() {
+            continue;
+        }
+        if let Err(source) = std::os::unix::fs::symlink(target, link) {
+            errors.push(MountError::Create {
+                path: link.into(),
+                source,
+            });
+        }
+    }
+    errors
+}
+
+/// Filesystems the kernel provides, left alone at shutdown.
+fn is_api_fs(fstype: &str) -> bool {
+    matches!(
+        fstype,
+        "proc"
+            | "sysfs"
+            | "devtmpfs"
+            | "devpts"
+            | "cgroup"
+            | "cgroup2"
+            | "securityfs"
+            | "debugfs"
+            | "tracefs"
+            | "mqueue"
+            | "bpf"
+            | "configfs"
+            | "pstore"
+            | "hugetlbfs"
+            | "fusectl"
+    )
+}
+
+/// At shutdown: every filesystem unmounted in reverse order, and where that
+/// fails (busy, or the root) remounted read-only. Returns what could not be
+/// done, for the log.
+pub fn unmount_all(mountinfo: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    for m in parse_mountinfo(mountinfo).iter().rev() {
+        if is_api_fs(&m.fstype) {
+            continue;
+        }
+        let target = m.mount_point.as_str();
+        let virtual_fs = matches!(m.fstype.as_str(), "tmpfs" | "ramfs" | "rootfs");
+        if target != "/" && rustix::mount::unmount(target, UnmountFlags::empty()).is_ok() {
+            if virtual_fs {
+                log::debug!("unmounted {target}");
+            } else {
+                log::info!("unmounted {target} ({})", m.fstype);
+            }
+            continue;
+        }
+        // tmpfs holds nothing that survives; only real filesystems matter.
+        if virtual_fs {
+            continue;
+        }
+        match rustix::mount::mount_remount(target, MountFlags::RDONLY, "") {
+            Ok(()) => log::info!("remounted {target} read-only"),
+            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS) => {}
+            Err(e) => failed.push(format!("{target} ({}): {}", m.fstype, io::Error::from(e))),
+        }
+    }
+    failed
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "\
+22 1 253:1 / / ro,relatime shared:1 - ext4 /dev/pmem0p1 ro,dax
+23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:2 - proc proc rw
+24 22 0:5 / /dev rw,nosuid shared:3 - devtmpfs devtmpfs rw,size=1k
+30 22 0:40 / /mnt/with\\040space rw - tmpfs tmp\\134x rw
+garbage line
+";
+
+    #[test]
+    fn mountinfo_fields_and_escapes() {
+        let m = parse_mountinfo(INFO);
+        assert_eq!(m.len(), 4);
+        assert_eq!(
+            m[0],
+            MountEntry {
+                mount_point: "/".into(),
+                fstype: "ext4".into(),
+                source: "/dev/pmem0p1".into()
+            }
+        );
+        assert_eq!(m[2].fstype, "devtmpfs");
+        assert_eq!(m[3].mount_point, "/mnt/with space");
+        assert_eq!(m[3].source, "tmp\\x");
+    }
+
+    #[test]
+    fn unescape_tolerates_truncated_escapes() {
+        assert_eq!(unescape("a\\04"), "a\\04");
+        assert_eq!(unescape("\\"), "\\");
+        assert_eq!(unescape("\\777"), "?");
+    }
+
+    #[test]
+    fn api_filesystems_are_skipped() {
+        assert!(
+            is_api_fs("proc") && is_api_fs("cgroup2") && !is_api_fs("ext4") && !is_api_fs("tmpfs")
+        );
+    }
+}

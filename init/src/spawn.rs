@@ -1,0 +1,473 @@
+//! Turning a unit's settings into a running process.
+//!
+//! Everything that can allocate or fail with a good message (users, groups,
+//! environment files, stdio targets) is resolved in the parent. The code
+//! between fork and exec (the `pre_exec` closure) only makes raw system calls
+//! through rustix, which is async-signal-safe: the signal mask, setsid, umask, rlimits,
+//! oom_score_adj, capability sets, uid/gid, no_new_privs.
+
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio as StdStdio};
+
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::CapabilitySet;
+
+use crate::unit::{self, LimitResource, Stdio, Unit};
+use crate::users::{self, Account};
+use crate::Mode;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a unit's process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("user {0:?} not found in /etc/passwd")]
+    UnknownUser(String),
+    #[error("group {0:?} not found in /etc/group")]
+    UnknownGroup(String),
+    #[error("read environment file {}", .path.display())]
+    EnvironmentFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("open {} for {stream}", .path.display())]
+    OpenStdio {
+        stream: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("empty command line")]
+    EmptyCommand,
+    #[error("start {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What every process of one unit start shares: resolved once per start.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    pub env: Vec<(String, String)>,
+    pub account: Option<Account>,
+    pub gid: Option<u32>,
+    pub groups: Vec<u32>,
+    pub cwd: Option<PathBuf>,
+    /// `OOMScoreAdjust=`, when init may apply it.
+    pub oom_score_adjust: Option<i32>,
+}
+
+/// Resolves user, group, environment and working directory for `unit`.
+/// `base_env` is what every unit gets (PATH, systemd.setenv=, container).
+pub fn context(
+    unit: &Unit,
+    base_env: &[(String, String)],
+    notify_socket: Option<&Path>,
+) -> Result<ExecContext, SpawnError> {
+    let svc = &unit.service;
+    let mut env: Vec<(String, String)> = base_env.to_vec();
+    let account = match &svc.user {
+        Some(user) => {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            Some(
+                users::lookup_user(&passwd, user)
+                    .ok_or_else(|| SpawnError::UnknownUser(user.clone()))?,
+            )
+        }
+        None => None,
+    };
+    let group_file = if svc.group.is_some() || account.is_some() {
+        std::fs::read_to_string("/etc/group").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let gid = match &svc.group {
+        Some(g) => Some(
+            users::lookup_group(&group_file, g)
+                .ok_or_else(|| SpawnError::UnknownGroup(g.clone()))?,
+        ),
+        None => account.as_ref().map(|a| a.gid),
+    };
+    let groups = account
+        .as_ref()
+        .map(|a| users::supplementary_groups(&group_file, &a.name))
+        .unwrap_or_default();
+    if let Some(a) = &account {
+        set_env(&mut env, "HOME", &a.home);
+        set_env(&mut env, "USER", &a.name);
+        set_env(&mut env, "LOGNAME", &a.name);
+        set_env(&mut env, "SHELL", &a.shell);
+    }
+    if let Some(sock) = notify_socket {
+        set_env(&mut env, "NOTIFY_SOCKET", &sock.to_string_lossy());
+    }
+    for (k, v) in &svc.environment {
+        set_env(&mut env, k, v);
+    }
+    for (path, optional) in &svc.environment_files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for (k, v) in parse_env_file(&text) {
+                    set_env(&mut env, &k, &v);
+                }
+            }
+            Err(e) if *optional && e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SpawnError::EnvironmentFile {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let cwd = svc.working_directory.as_ref().map(|d| {
+        if d.as_os_str() == "~" {
+            PathBuf::from(account.as_ref().map_or("/root", |a| a.home.as_str()))
+        } else {
+            d.clone()
+        }
+    });
+    let oom_score_adjust = svc.oom_score_adjust.filter(|&v| oom_allowed(&unit.name, v));
+    Ok(ExecContext {
+        env,
+        account,
+        gid,
+        groups,
+        cwd,
+        oom_score_adjust,
+    })
+}
+
+fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    }
+}
+
+/// Parses an `EnvironmentFile=`: `KEY=VALUE` lines, `#`/`;` comments,
+/// optional `export `, single or double quotes around the value.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let k = k.trim();
+            if k.is_empty()
+                || k.starts_with(|c: char| c.is_ascii_digit())
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return None;
+            }
+            let v = v.trim();
+            let v = ['"', '\'']
+                .iter()
+                .find_map(|q| v.strip_prefix(*q).and_then(|x| x.strip_suffix(*q)))
+                .unwrap_or(v);
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Opens the target of one standard stream.
+fn open_stdio(
+    stdio: &Stdio,
+    stream: &'static str,
+    tty_path: &Path,
+    mode: Mode,
+) -> Result<StdStdio, SpawnError> {
+    let input = stream == "stdin";
+    let open = |path: &Path, append: bool, truncate: bool| -> Result<StdStdio, SpawnError> {
+        let mut o = OpenOptions::new();
+        if input {
+            o.read(true);
+        } else {
+            o.write(true)
+                .create(true)
+                .append(append)
+                .truncate(truncate)
+                .mode(0o644);
+        }
+        o.custom_flags(libc::O_NOCTTY);
+        o.open(path)
+            .map(StdStdio::from)
+            .map_err(|source| SpawnError::OpenStdio {
+                stream,
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    match stdio {
+        Stdio::Null => Ok(StdStdio::null()),
+        Stdio::Inherit => Ok(StdStdio::inherit()),
+        // A container's console is init's own stdio, unless the manager
+        // provided a /dev/console.
+        Stdio::Tty if mode == Mode::Container && !tty_path.exists() => Ok(StdStdio::inherit()),
+        Stdio::Tty => open(tty_path, false, false),
+        Stdio::Kmsg if mode == Mode::Container => Ok(StdStdio::inherit()),
+        Stdio::Kmsg => open(Path::new("/dev/kmsg"), false, false),
+        Stdio::File(p) => open(p, false, false),
+        Stdio::Append(p) => open(p, true, false),
+        Stdio::Truncate(p) => open(p, false, true),
+    }
+}
+
+fn resource(r: LimitResource) -> Resource {
+    match r {
+        LimitResource::Cpu => Resource::Cpu,
+        LimitResource::Fsize => Resource::Fsize,
+        LimitResource::Data => Resource::Data,
+        LimitResource::Stack => Resource::Stack,
+        LimitResource::Core => Resource::Core,
+        LimitResource::Rss => Resource::Rss,
+        LimitResource::Nofile => Resource::Nofile,
+        LimitResource::As => Resource::As,
+        LimitResource::Nproc => Resource::Nproc,
+        LimitResource::Memlock => Resource::Memlock,
+        LimitResource::Locks => Resource::Locks,
+        LimitResource::Sigpending => Resource::Sigpending,
+        LimitResource::Msgqueue => Resource::Msgqueue,
+        LimitResource::Nice => Resource::Nice,
+        LimitResource::Rtprio => Resource::Rtprio,
+        LimitResource::Rttime => Resource::Rttime,
+    }
+}
+
+fn cap_set(caps: &[u32]) -> CapabilitySet {
+    caps.iter()
+        .filter(|&&c| c < 64)
+        .fold(CapabilitySet::empty(), |s, &c| {
+            s | CapabilitySet::from_bits_retain(1u64 << c)
+        })
+}
+
+/// Highest capability number the kernel knows (cap_last_cap), for bounding-set drops.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Whether init holds `cap` in its effective set.
+pub fn has_capability(cap: CapabilitySet) -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(cap))
+}
+
+/// Lowering oom_score_adj below init's own needs CAP_SYS_RESOURCE, which a
+/// container may lack: then the setting is skipped with a warning rather
+/// than failing the unit (in a VM init always holds it).
+fn oom_allowed(unit: &str, value: i32) -> bool {
+    if has_capability(CapabilitySet::SYS_RESOURCE) {
+        return true;
+    }
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if value < own {
+        log::warn!("{unit}: OOMScoreAdjust={value} needs CAP_SYS_RESOURCE, which init lacks here; left at {own}");
+        return false;
+    }
+    true
+}
+
+/// Writes a message to the child's stderr; async-signal-safe.
+fn child_error(what: &[u8], e: rustix::io::Errno) -> io::Error {
+    let _ = rustix::io::write(
+        rustix::stdio::stderr(),
+        b"minos-init: in child before exec: ",
+    );
+    let _ = rustix::io::write(rustix::stdio::stderr(), what);
+    let _ = rustix::io::write(rustix::stdio::stderr(), b" failed\n");
+    io::Error::from(e)
+}
+
+/// Spawns one command of `unit` with the unit's settings and `ctx`.
+pub fn spawn(
+    unit: &Unit,
+    cmd: &unit::Command,
+    ctx: &ExecContext,
+    mode: Mode,
+) -> Result<Child, SpawnError> {
+    let svc = &unit.service;
+    let argv = if cmd.expand_env {
+        unit::expand(cmd, &ctx.env)
+    } else {
+        cmd.argv.clone()
+    };
+    let (program, args) = argv.split_first().ok_or(SpawnError::EmptyCommand)?;
+    let mut c = std::process::Command::new(program);
+    c.args(args)
+        .env_clear()
+        .envs(ctx.env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))));
+    if let Some(a0) = &cmd.argv0 {
+        c.arg0(a0);
+    }
+    if let Some(dir) = &ctx.cwd {
+        c.current_dir(dir);
+    }
+    let stdin = open_stdio(&svc.stdin, "stdin", &svc.tty_path, mode)?;
+    let stdout = open_stdio(&svc.stdout, "stdout", &svc.tty_path, mode)?;
+    // StandardError=inherit means "the same as stdout", as in systemd.
+    let stderr = match &svc.stderr {
+        Stdio::Inherit => open_stdio(&svc.stdout, "stderr", &svc.tty_path, mode)?,
+        other => open_stdio(other, "stderr", &svc.tty_path, mode)?,
+    };
+    c.stdin(stdin).stdout(stdout).stderr(stderr);
+
+    let limits: Vec<(Resource, Rlimit)> = svc
+        .limits
+        .iter()
+        .map(|l| {
+            (
+                resource(l.resource),
+                Rlimit {
+                    current: l.soft,
+                    maximum: l.hard,
+                },
+            )
+        })
+        .collect();
+    let oom = ctx.oom_score_adjust.map(|v| v.to_string().into_bytes());
+    let umask = svc.umask.map(rustix::fs::Mode::from_raw_mode);
+    let tty_stdin = svc.stdin == Stdio::Tty && mode == Mode::Vm;
+    let privileged = cmd.privileged;
+    let (uid, gid) = if privileged {
+        (None, None)
+    } else {
+        (ctx.account.as_ref().map(|a| a.uid), ctx.gid)
+    };
+    let groups: Vec<rustix::process::Gid> = ctx
+        .groups
+        .iter()
+        .map(|&g| rustix::process::Gid::from_raw(g))
+        .collect();
+    let ambient: Vec<CapabilitySet> = if privileged {
+        Vec::new()
+    } else {
+        svc.ambient_capabilities
+            .iter()
+            .filter(|&&c| c < 64)
+            .map(|&c| CapabilitySet::from_bits_retain(1u64 << c))
+            .collect()
+    };
+    let ambient_all = cap_set(&svc.ambient_capabilities);
+    let drop_bounding: Vec<CapabilitySet> = match (&svc.capability_bounding_set, privileged) {
+        (Some(keep), false) => (0..=last_cap().min(63))
+            .filter(|c| !keep.contains(c))
+            .map(|c| CapabilitySet::from_bits_retain(1u64 << c))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let no_new_privs = svc.no_new_privileges && !privileged;
+
+    let pre_exec = move || -> io::Result<()> {
+        // init blocks the signals it reads from its signalfd; the mask is
+        // inherited across fork and exec, so clear it (sigprocmask is
+        // async-signal-safe).
+        crate::sys::unblock_all_signals();
+        rustix::process::setsid().map_err(|e| child_error(b"setsid", e))?;
+        if tty_stdin {
+            let _ = rustix::process::ioctl_tiocsctty(rustix::stdio::stdin());
+        }
+        if let Some(m) = umask {
+            rustix::process::umask(m);
+        }
+        for (res, lim) in &limits {
+            rustix::process::setrlimit(*res, *lim).map_err(|e| child_error(b"setrlimit", e))?;
+        }
+        if let Some(text) = &oom {
+            let fd = rustix::fs::open(
+                c"/proc/self/oom_score_adj",
+                rustix::fs::OFlags::WRONLY,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| child_error(b"open /proc/self/oom_score_adj", e))?;
+            rustix::io::write(&fd, text).map_err(|e| child_error(b"write oom_score_adj", e))?;
+        }
+        for cap in &drop_bounding {
+            rustix::thread::remove_capability_from_bounding_set(*cap)
+                .map_err(|e| child_error(b"drop from capability bounding set", e))?;
+        }
+        if let Some(gid) = gid {
+            rustix::thread::set_thread_groups(&groups).map_err(|e| child_error(b"setgroups", e))?;
+            rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(gid))
+                .map_err(|e| child_error(b"setgid", e))?;
+        }
+        if let Some(uid) = uid {
+            if !ambient.is_empty() {
+                rustix::thread::set_keep_capabilities(true)
+                    .map_err(|e| child_error(b"PR_SET_KEEPCAPS", e))?;
+            }
+            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))
+                .map_err(|e| child_error(b"setuid", e))?;
+        }
+        if !ambient.is_empty() {
+            let sets = rustix::thread::CapabilitySets {
+                effective: ambient_all,
+                permitted: ambient_all,
+                inheritable: ambient_all,
+            };
+            rustix::thread::set_capabilities(None, sets).map_err(|e| child_error(b"capset", e))?;
+            for cap in &ambient {
+                rustix::thread::configure_capability_in_ambient_set(*cap, true)
+                    .map_err(|e| child_error(b"raise ambient capability", e))?;
+            }
+        }
+        if no_new_privs {
+            rustix::thread::set_no_new_privs(true)
+                .map_err(|e| child_error(b"PR_SET_NO_NEW_PRIVS", e))?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes raw system calls through rustix (no
+    // allocation, no locks), which is what may run between fork and exec;
+    // init is single-threaded, so no other thread holds a lock at fork.
+    unsafe { c.pre_exec(pre_exec) };
+    c.spawn().map_err(|source| SpawnError::Exec {
+        program: program.clone(),
+        source,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_syntax() {
+        let env = parse_env_file(
+            "# comment\n; other\nA=1\nexport B = two words \nC=\"quoted value\"\nD='single'\nbad line\n1X=ok\n=empty\n",
+        );
+        assert_eq!(
+            env,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "quoted value".into()),
+                ("D".into(), "single".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn capability_sets() {
+        assert_eq!(cap_set(&[25]), CapabilitySet::SYS_TIME);
+        assert_eq!(
+            cap_set(&[0, 25, 99]),
+            CapabilitySet::SYS_TIME | CapabilitySet::CHOWN
+        );
+    }
+}

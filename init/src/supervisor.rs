@@ -1,0 +1,1259 @@
+//! Service supervision: starting units in dependency order, reaping,
+//! restarts with start limits, success/failure actions, and stopping units
+//! in reverse order at shutdown. One thread, one poll(2) loop.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+
+use crate::spawn::{self, ExecContext};
+use crate::sys::SignalFd;
+use crate::timeline::{Event, Timeline};
+use crate::unit::{Action, Command, Restart, ServiceType, Unit};
+use crate::{control, Mode};
+
+/// How the machine (or container) ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerKind {
+    Poweroff,
+    Reboot,
+    Halt,
+}
+
+impl PowerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PowerKind::Poweroff => "poweroff",
+            PowerKind::Reboot => "reboot",
+            PowerKind::Halt => "halt",
+        }
+    }
+}
+
+/// How much of the orderly shutdown to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// Stop units in reverse order, kill the rest, sync, unmount, reboot(2).
+    Orderly,
+    /// Skip stopping units.
+    Force,
+    /// sync and reboot(2) now.
+    Immediate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownRequest {
+    pub kind: PowerKind,
+    pub urgency: Urgency,
+}
+
+impl ShutdownRequest {
+    pub fn from_action(a: Action) -> Option<Self> {
+        use PowerKind::*;
+        use Urgency::*;
+        let (kind, urgency) = match a {
+            Action::None => return None,
+            Action::Poweroff | Action::Exit => (Poweroff, Orderly),
+            Action::Reboot => (Reboot, Orderly),
+            Action::Halt => (Halt, Orderly),
+            Action::PoweroffForce | Action::ExitForce => (Poweroff, Force),
+            Action::RebootForce => (Reboot, Force),
+            Action::HaltForce => (Halt, Force),
+            Action::PoweroffImmediate => (Poweroff, Immediate),
+            Action::RebootImmediate => (Reboot, Immediate),
+            Action::HaltImmediate => (Halt, Immediate),
+        };
+        Some(Self { kind, urgency })
+    }
+}
+
+/// The signal → action mapping of PID 1 (see docs/init.md).
+pub fn signal_request(sig: i32) -> Option<ShutdownRequest> {
+    use PowerKind::*;
+    use Urgency::*;
+    let rt = crate::sys::sigrtmin();
+    let (kind, urgency) = match sig {
+        libc::SIGTERM | libc::SIGPWR | libc::SIGUSR2 => (Poweroff, Orderly),
+        libc::SIGINT => (Reboot, Orderly),
+        libc::SIGUSR1 => (Halt, Orderly),
+        s if s == rt + 3 => (Halt, Orderly),
+        s if s == rt + 4 => (Poweroff, Orderly),
+        s if s == rt + 5 => (Reboot, Orderly),
+        s if s == rt + 13 => (Halt, Immediate),
+        s if s == rt + 14 => (Poweroff, Immediate),
+        s if s == rt + 15 => (Reboot, Immediate),
+        _ => return None,
+    };
+    Some(ShutdownRequest { kind, urgency })
+}
+
+/// Every signal init blocks and reads from its signalfd.
+pub fn handled_signals() -> Vec<i32> {
+    let rt = crate::sys::sigrtmin();
+    let mut v = vec![
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGPWR,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGHUP,
+    ];
+    v.extend([3, 4, 5, 13, 14, 15].map(|n| rt + n));
+    v
+}
+
+/// How a process ended, as systemd classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Exit(i32),
+    Signal(i32),
+    /// Start or stop did not complete in time.
+    Timeout,
+    StartLimit,
+    DependencyFailed,
+    SpawnFailed,
+    /// Type=notify process exited before READY=1.
+    Protocol,
+}
+
+impl Outcome {
+    pub fn from_wait(status: WaitStatus) -> Self {
+        Self::from_parts(status.exit_status(), status.terminating_signal())
+    }
+
+    fn from_parts(exit: Option<i32>, signal: Option<i32>) -> Self {
+        if let Some(code) = exit {
+            return if code == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Exit(code)
+            };
+        }
+        match signal {
+            // systemd's "clean" signals.
+            Some(s) if [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&s) => {
+                Outcome::Success
+            }
+            Some(s) => Outcome::Signal(s),
+            None => Outcome::Exit(255),
+        }
+    }
+
+    pub fn is_success(self) -> bool {
+        self == Outcome::Success
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Outcome::Success => "success".into(),
+            Outcome::Exit(c) => format!("exit status {c}"),
+            Outcome::Signal(s) => format!("signal {s}"),
+            Outcome::Timeout => "timeout".into(),
+            Outcome::StartLimit => "start limit hit".into(),
+            Outcome::DependencyFailed => "dependency failed".into(),
+            Outcome::SpawnFailed => "could not be started".into(),
+            Outcome::Protocol => "exited before READY=1".into(),
+        }
+    }
+}
+
+fn should_restart(r: Restart, o: Outcome) -> bool {
+    let clean = o.is_success();
+    let abnormal = matches!(o, Outcome::Signal(_) | Outcome::Timeout);
+    match r {
+        Restart::No => false,
+        Restart::Always => true,
+        Restart::OnSuccess => clean,
+        Restart::OnFailure => !clean,
+        Restart::OnAbnormal => abnormal,
+        Restart::OnAbort => matches!(o, Outcome::Signal(_)),
+        Restart::OnWatchdog => false,
+    }
+}
+
+/// What to do once a stop completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStop {
+    /// The unit ended on its own or failed: restart logic and actions follow.
+    Terminate(Outcome),
+    /// Stop was requested (shutdown): the unit stays down.
+    Stay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started yet (waiting for units it is ordered after).
+    Waiting,
+    /// ExecStartPre commands running.
+    StartPre,
+    /// Main process spawned, not yet ready (notify), or oneshot ExecStart running.
+    Starting,
+    Running,
+    Stopping(AfterStop),
+    /// Waiting RestartSec before the next start.
+    AutoRestart,
+    /// Finished successfully, or stopped at shutdown.
+    Exited,
+    Failed,
+    /// A condition was false.
+    Skipped,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::StartPre | State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping(_) => "stopping",
+            State::AutoRestart => "auto-restart",
+            State::Exited => "exited",
+            State::Failed => "failed",
+            State::Skipped => "skipped",
+        }
+    }
+
+    fn is_terminal(self) -> bool {
+        matches!(self, State::Exited | State::Failed | State::Skipped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Restart,
+    StartTimeout,
+    StopTimeout,
+    /// SIGKILL sent; give up waiting after this.
+    KillTimeout,
+}
+
+/// One unit and its runtime state.
+#[derive(Debug)]
+pub struct UnitRt {
+    pub unit: Unit,
+    pub state: State,
+    pub main: Option<Child>,
+    control: Option<(Child, Command)>,
+    queue: VecDeque<Command>,
+    ctx: Option<ExecContext>,
+    pub restarts: u32,
+    starts: heapless::Deque<Instant, 64>,
+    pub active_since: Option<Instant>,
+    /// Became ready at least once: units ordered after it may start.
+    pub settled: bool,
+    result: Outcome,
+    deadline: Option<(Instant, Timer)>,
+    /// KillSignal already sent during this stop.
+    signalled: bool,
+}
+
+impl UnitRt {
+    pub fn new(unit: Unit) -> Self {
+        Self {
+            unit,
+            state: State::Waiting,
+            main: None,
+            control: None,
+            queue: VecDeque::new(),
+            ctx: None,
+            restarts: 0,
+            starts: heapless::Deque::new(),
+            active_since: None,
+            settled: false,
+            result: Outcome::Success,
+            deadline: None,
+            signalled: false,
+        }
+    }
+
+    pub fn main_pid(&self) -> Option<u32> {
+        self.main.as_ref().map(Child::id)
+    }
+
+    fn name(&self) -> &str {
+        &self.unit.name
+    }
+}
+
+fn pid_of(child: &Child) -> Option<Pid> {
+    i32::try_from(child.id()).ok().and_then(Pid::from_raw)
+}
+
+fn kill_group(child: &Child, sig: Signal) {
+    if let Some(pid) = pid_of(child) {
+        // Each unit process leads its own session and process group.
+        if rustix::process::kill_process_group(pid, sig).is_err() {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+        if sig != Signal::KILL {
+            let _ = rustix::process::kill_process_group(pid, Signal::CONT);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ShutdownPhase {
+    StoppingUnits,
+    /// SIGTERM sent to every remaining process at `since`.
+    Terminating {
+        since: Instant,
+    },
+    /// SIGKILL sent.
+    Killing {
+        since: Instant,
+    },
+    Done,
+}
+
+/// Settings the supervisor takes from boot.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub base_env: Vec<(String, String)>,
+    pub notify_socket: PathBuf,
+    pub status_on_console: bool,
+    pub kill_timeout: Duration,
+}
+
+/// The supervisor: units, event sources, shutdown progress.
+#[derive(Debug)]
+pub struct Supervisor {
+    pub units: Vec<UnitRt>,
+    settings: Settings,
+    signals: SignalFd,
+    notify: Option<OwnedFd>,
+    control: Option<OwnedFd>,
+    pub timeline: Timeline,
+    shutdown: Option<(ShutdownRequest, ShutdownPhase)>,
+    all_started: bool,
+    pub orphans_reaped: u64,
+    pub boot_instant: Instant,
+}
+
+impl Supervisor {
+    pub fn new(
+        units: Vec<Unit>,
+        settings: Settings,
+        signals: SignalFd,
+        notify: Option<OwnedFd>,
+        control: Option<OwnedFd>,
+        timeline: Timeline,
+    ) -> Self {
+        Self {
+            units: units.into_iter().map(UnitRt::new).collect(),
+            settings,
+            signals,
+            notify,
+            control,
+            timeline,
+            shutdown: None,
+            all_started: false,
+            orphans_reaped: 0,
+            boot_instant: Instant::now(),
+        }
+    }
+
+    /// Runs until shutdown has stopped everything; returns what to do then.
+    pub fn run(&mut self) -> ShutdownRequest {
+        self.schedule();
+        loop {
+            if let Some((req, ShutdownPhase::Done)) = &self.shutdown {
+                return *req;
+            }
+            if let Some((req, _)) = &self.shutdown {
+                if req.urgency == Urgency::Immediate {
+                    return *req;
+                }
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            self.wait(timeout);
+            self.handle_timers();
+            self.schedule();
+            self.advance_shutdown();
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) {
+        let ts = timeout.map(|d| rustix::time::Timespec {
+            tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(d.subsec_nanos()),
+        });
+        let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::IN)];
+        if let Some(n) = &self.notify {
+            fds.push(PollFd::new(n, PollFlags::IN));
+        }
+        if let Some(c) = &self.control {
+            fds.push(PollFd::new(c, PollFlags::IN));
+        }
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                log::error!("poll: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        drop(fds);
+        self.read_signals();
+        self.read_notify();
+        self.serve_control();
+    }
+
+    fn read_signals(&mut self) {
+        loop {
+            match self.signals.read() {
+                Ok(Some(sig)) if sig == libc::SIGCHLD => self.reap(),
+                Ok(Some(libc::SIGHUP)) => log::debug!("SIGHUP ignored"),
+                Ok(Some(sig)) => match signal_request(sig) {
+                    Some(req) => {
+                        log::info!("signal {sig}: {}", req.kind.name());
+                        self.request_shutdown(req);
+                    }
+                    None => log::debug!("signal {sig} ignored"),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("read signalfd: {e}");
+                    break;
+                }
+            }
+        }
+        // A SIGCHLD may coalesce with others or arrive between reads: reap anyway.
+        self.reap();
+    }
+
+    /// Reaps every exited child (WNOHANG loop); unit processes go to their unit.
+    pub fn reap(&mut self) {
+        while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+            self.on_exit(pid, status);
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, status: WaitStatus) {
+        let raw = u32::try_from(pid.as_raw_nonzero().get()).unwrap_or(0);
+        let outcome = Outcome::from_wait(status);
+        for i in 0..self.units.len() {
+            let Some(u) = self.units.get_mut(i) else {
+                continue;
+            };
+            if u.main_pid() == Some(raw) {
+                u.main = None;
+                self.on_main_exit(i, outcome);
+                return;
+            }
+            if u.control.as_ref().map(|(c, _)| c.id()) == Some(raw) {
+                if let Some((_, cmd)) = u.control.take() {
+                    self.on_control_exit(i, outcome, &cmd);
+                }
+                return;
+            }
+        }
+        self.orphans_reaped += 1;
+    }
+
+    fn on_main_exit(&mut self, i: usize, outcome: Outcome) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        log::debug!("{}: main process ended: {}", u.name(), outcome.describe());
+        match u.state {
+            State::Starting => {
+                // Type=notify without READY=1.
+                let o = if outcome.is_success() {
+                    Outcome::Protocol
+                } else {
+                    outcome
+                };
+                self.terminated(i, o);
+            }
+            State::Running => {
+                // Ended on its own: ExecStop runs, then restart logic (systemd).
+                u.result = outcome;
+                u.state = State::Stopping(AfterStop::Terminate(outcome));
+                u.signalled = true;
+                u.queue = u.unit.service.exec_stop.iter().cloned().collect();
+                self.run_next_control(i);
+            }
+            State::Stopping(_) if u.control.is_none() => self.finish_stop(i),
+            _ => {}
+        }
+    }
+
+    fn on_control_exit(&mut self, i: usize, outcome: Outcome, cmd: &Command) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        let ok = outcome.is_success() || cmd.ignore_failure;
+        if !ok {
+            log::warn!(
+                "{}: {} failed: {}",
+                u.name(),
+                cmd.argv.first().map_or("command", String::as_str),
+                outcome.describe()
+            );
+        }
+        match u.state {
+            State::StartPre | State::Starting if ok => self.run_next_control(i),
+            State::StartPre | State::Starting => self.terminated(i, outcome),
+            State::Stopping(_) => {
+                if !ok {
+                    u.queue.clear();
+                }
+                self.run_next_control(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs the next queued command of the current phase, or completes the phase.
+    fn run_next_control(&mut self, i: usize) {
+        let mode = self.settings.mode;
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        if let Some(cmd) = u.queue.pop_front() {
+            let Some(ctx) = u.ctx.as_ref() else { return };
+            match spawn::spawn(&u.unit, &cmd, ctx, mode) {
+                Ok(child) => u.control = Some((child, cmd)),
+                Err(e) => {
+                    log::error!("{}: {}", u.name(), crate::error_chain(&e));
+                    let outcome = if cmd.ignore_failure {
+                        Outcome::Success
+                    } else {
+                        Outcome::SpawnFailed
+                    };
+                    self.on_control_exit(i, outcome, &cmd);
+                }
+            }
+            return;
+        }
+        match u.state {
+            State::StartPre => self.start_main(i),
+            State::Starting => {
+                // Oneshot: every ExecStart succeeded.
+                self.mark_ready(i);
+                self.terminated(i, Outcome::Success);
+            }
+            State::Stopping(_) => {
+                if u.main.is_some() && !u.signalled {
+                    let sig =
+                        Signal::from_named_raw(u.unit.service.kill_signal).unwrap_or(Signal::TERM);
+                    if let Some(m) = &u.main {
+                        kill_group(m, sig);
+                    }
+                    u.signalled = true;
+                    u.deadline = deadline_after(u.unit.service.timeout_stop)
+                        .map(|d| (d, Timer::StopTimeout));
+                } else if u.main.is_none() {
+                    self.finish_stop(i);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start_unit(&mut self, i: usize) {
+        let base_env = self.settings.base_env.clone();
+        let notify = self.settings.notify_socket.clone();
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        u.deadline = None;
+        u.signalled = false;
+        // Start limit: at most StartLimitBurst starts per StartLimitIntervalSec.
+        let now = Instant::now();
+        let interval = u.unit.start_limit_interval;
+        if !interval.is_zero() && u.unit.start_limit_burst > 0 {
+            while u
+                .starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > interval)
+            {
+                u.starts.pop_front();
+            }
+            if u.starts.len() >= u.unit.start_limit_burst as usize {
+                log::error!(
+                    "{}: start limit hit ({} starts within {:?}); not starting again",
+                    u.name(),
+                    u.starts.len(),
+                    interval
+                );
+                self.terminated(i, Outcome::StartLimit);
+                return;
+            }
+            if u.starts.is_full() {
+                u.starts.pop_front();
+            }
+            let _ = u.starts.push_back(now);
+        }
+        if let Some(c) = u
+            .unit
+            .conditions
+            .iter()
+            .find(|c| c.path.exists() == c.negate)
+        {
+            log::info!(
+                "{}: skipped: condition ConditionPathExists={}{} is false",
+                u.name(),
+                if c.negate { "!" } else { "" },
+                c.path.display()
+            );
+            u.state = State::Skipped;
+            u.settled = true;
+            return;
+        }
+        let sock = (u.unit.service.kind == ServiceType::Notify).then_some(notify.as_path());
+        match spawn::context(&u.unit, &base_env, sock) {
+            Ok(ctx) => u.ctx = Some(ctx),
+            Err(e) => {
+                log::error!("{}: {}", u.name(), crate::error_chain(&e));
+                self.terminated(i, Outcome::SpawnFailed);
+                return;
+            }
+        }
+        u.result = Outcome::Success;
+        u.active_since = Some(now);
+        if u.unit.service.exec_start_pre.is_empty() {
+            self.start_main(i);
+        } else {
+            u.state = State::StartPre;
+            u.queue = u.unit.service.exec_start_pre.iter().cloned().collect();
+            self.run_next_control(i);
+        }
+    }
+
+    fn start_main(&mut self, i: usize) {
+        let mode = self.settings.mode;
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        u.state = State::Starting;
+        if u.unit.service.kind == ServiceType::Oneshot {
+            u.queue = u.unit.service.exec_start.iter().cloned().collect();
+            let name = u.unit.name.clone();
+            self.timeline.mark(Event::UnitStarted, Some(&name));
+            self.run_next_control(i);
+            return;
+        }
+        let Some(cmd) = u.unit.service.exec_start.first().cloned() else {
+            self.terminated(i, Outcome::SpawnFailed);
+            return;
+        };
+        let Some(ctx) = u.ctx.as_ref() else { return };
+        match spawn::spawn(&u.unit, &cmd, ctx, mode) {
+            Ok(child) => {
+                let pid = child.id();
+                u.main = Some(child);
+                u.active_since = Some(Instant::now());
+                log::debug!("{}: started, pid {pid}", u.name());
+                let name = u.unit.name.clone();
+                let notify = u.unit.service.kind == ServiceType::Notify;
+                if notify {
+                    u.deadline = deadline_after(u.unit.service.timeout_start)
+                        .map(|d| (d, Timer::StartTimeout));
+                }
+                self.timeline.mark(Event::UnitStarted, Some(&name));
+                if !notify {
+                    self.mark_ready(i);
+                }
+            }
+            Err(e) => {
+                log::error!("{}: {}", u.name(), crate::error_chain(&e));
+                self.terminated(i, Outcome::SpawnFailed);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, i: usize) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        if u.state == State::Starting && u.main.is_some() {
+            u.state = State::Running;
+        }
+        u.deadline = None;
+        u.settled = true;
+        let name = u.unit.name.clone();
+        let desc = u.unit.description.clone().unwrap_or_else(|| name.clone());
+        self.timeline.mark(Event::UnitReady, Some(&name));
+        self.console_status("  OK  ", &format!("Started {desc}."));
+    }
+
+    /// The unit ended (or could not start): restart or settle, then actions.
+    fn terminated(&mut self, i: usize, outcome: Outcome) {
+        let shutting_down = self.shutdown.is_some();
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        u.result = outcome;
+        u.deadline = None;
+        u.control = None;
+        u.queue.clear();
+        if !shutting_down
+            && outcome != Outcome::StartLimit
+            && should_restart(u.unit.service.restart, outcome)
+        {
+            u.restarts += 1;
+            u.state = State::AutoRestart;
+            log::info!(
+                "{}: {}; restarting in {:?} (restart {})",
+                u.name(),
+                outcome.describe(),
+                u.unit.service.restart_sec,
+                u.restarts
+            );
+            u.deadline = Some((Instant::now() + u.unit.service.restart_sec, Timer::Restart));
+            return;
+        }
+        let action = if outcome.is_success() {
+            u.state = State::Exited;
+            log::info!("{}: finished", u.name());
+            u.unit.success_action
+        } else {
+            u.state = State::Failed;
+            log::error!("{}: failed: {}", u.name(), outcome.describe());
+            u.unit.failure_action
+        };
+        if !outcome.is_success() {
+            let desc = u
+                .unit
+                .description
+                .clone()
+                .unwrap_or_else(|| u.unit.name.clone());
+            self.console_status("FAILED", &format!("Failed {desc}: {}.", outcome.describe()));
+        }
+        if let Some(req) = ShutdownRequest::from_action(action) {
+            if !shutting_down {
+                let which = if outcome.is_success() {
+                    "SuccessAction"
+                } else {
+                    "FailureAction"
+                };
+                log::info!(
+                    "{}: {which}: {}",
+                    self.units.get(i).map_or("", UnitRt::name),
+                    req.kind.name()
+                );
+            }
+            self.request_shutdown(req);
+        }
+    }
+
+    fn finish_stop(&mut self, i: usize) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        u.deadline = None;
+        match u.state {
+            State::Stopping(AfterStop::Terminate(o)) => self.terminated(i, o),
+            _ => {
+                u.state = if u.result.is_success() {
+                    State::Exited
+                } else {
+                    State::Failed
+                };
+                log::debug!("{}: stopped", u.name());
+            }
+        }
+    }
+
+    /// Stops a unit (shutdown): ExecStop, KillSignal, TimeoutStopSec, SIGKILL.
+    fn stop_unit(&mut self, i: usize) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        match u.state {
+            State::Waiting | State::AutoRestart => {
+                u.deadline = None;
+                u.state = if u.result.is_success() {
+                    State::Exited
+                } else {
+                    State::Failed
+                };
+            }
+            State::Running | State::Starting | State::StartPre => {
+                u.state = State::Stopping(AfterStop::Stay);
+                u.signalled = false;
+                if u.main.is_some() && u.settled {
+                    u.queue = u.unit.service.exec_stop.iter().cloned().collect();
+                } else {
+                    u.queue.clear();
+                }
+                if let Some((c, _)) = &u.control {
+                    let sig =
+                        Signal::from_named_raw(u.unit.service.kill_signal).unwrap_or(Signal::TERM);
+                    kill_group(c, sig);
+                    u.deadline = deadline_after(u.unit.service.timeout_stop)
+                        .map(|d| (d, Timer::StopTimeout));
+                    return;
+                }
+                self.run_next_control(i);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_timers(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            let Some(u) = self.units.get_mut(i) else {
+                continue;
+            };
+            let Some((when, timer)) = u.deadline else {
+                continue;
+            };
+            if when > now {
+                continue;
+            }
+            u.deadline = None;
+            match timer {
+                Timer::Restart => {
+                    if self.shutdown.is_none() {
+                        self.start_unit(i);
+                    }
+                }
+                Timer::StartTimeout => {
+                    log::error!(
+                        "{}: no READY=1 within {:?}; stopping",
+                        u.name(),
+                        u.unit.service.timeout_start
+                    );
+                    u.state = State::Stopping(AfterStop::Terminate(Outcome::Timeout));
+                    u.signalled = false;
+                    u.queue.clear();
+                    self.run_next_control(i);
+                }
+                Timer::StopTimeout => {
+                    log::warn!(
+                        "{}: still running {:?} after stop; sending SIGKILL",
+                        u.name(),
+                        u.unit.service.timeout_stop
+                    );
+                    if let Some(m) = &u.main {
+                        kill_group(m, Signal::KILL);
+                    }
+                    if let Some((c, _)) = &u.control {
+                        kill_group(c, Signal::KILL);
+                    }
+                    u.deadline = Some((now + Duration::from_secs(5), Timer::KillTimeout));
+                }
+                Timer::KillTimeout => {
+                    log::error!("{}: did not die after SIGKILL; abandoning it", u.name());
+                    u.main = None;
+                    u.control = None;
+                    u.queue.clear();
+                    self.finish_stop(i);
+                }
+            }
+        }
+        if let Some((req, phase)) = &self.shutdown {
+            let (req, expired) = match phase {
+                ShutdownPhase::Terminating { since } => (
+                    *req,
+                    now.duration_since(*since) >= self.settings.kill_timeout,
+                ),
+                ShutdownPhase::Killing { since } => {
+                    (*req, now.duration_since(*since) >= Duration::from_secs(5))
+                }
+                _ => (*req, false),
+            };
+            if expired {
+                match phase {
+                    ShutdownPhase::Terminating { .. } => {
+                        log::warn!(
+                            "processes left after {:?}; sending SIGKILL",
+                            self.settings.kill_timeout
+                        );
+                        kill_all(Signal::KILL);
+                        self.shutdown = Some((req, ShutdownPhase::Killing { since: now }));
+                    }
+                    _ => {
+                        log::error!("processes still alive after SIGKILL; shutting down anyway");
+                        self.shutdown = Some((req, ShutdownPhase::Done));
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let units = self.units.iter().filter_map(|u| u.deadline.map(|(d, _)| d));
+        let shutdown = match &self.shutdown {
+            Some((_, ShutdownPhase::Terminating { since })) => {
+                Some(*since + self.settings.kill_timeout)
+            }
+            Some((_, ShutdownPhase::Killing { since })) => Some(*since + Duration::from_secs(5)),
+            _ => None,
+        };
+        units.chain(shutdown).min()
+    }
+
+    fn is_after(&self, later: &Unit, earlier: &Unit) -> bool {
+        later.after.contains(&earlier.name) || earlier.before.contains(&later.name)
+    }
+
+    /// Starts every waiting unit whose ordering dependencies have settled.
+    fn schedule(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        loop {
+            let mut progressed = false;
+            let mut blocked = Vec::new();
+            for i in 0..self.units.len() {
+                let Some(u) = self.units.get(i) else { continue };
+                if u.state != State::Waiting {
+                    continue;
+                }
+                let mut ready = true;
+                let mut dep_failed = None;
+                for d in &self.units {
+                    if d.unit.name == u.unit.name || !self.is_after(&u.unit, &d.unit) {
+                        continue;
+                    }
+                    if !d.settled && !d.state.is_terminal() {
+                        ready = false;
+                    } else if !d.settled
+                        && d.state == State::Failed
+                        && u.unit.requires.contains(&d.unit.name)
+                    {
+                        dep_failed = Some(d.unit.name.clone());
+                    }
+                }
+                if let Some(dep) = dep_failed {
+                    log::error!("{}: not started: required unit {dep} failed", u.unit.name);
+                    self.terminated(i, Outcome::DependencyFailed);
+                    progressed = true;
+                } else if ready {
+                    self.start_unit(i);
+                    progressed = true;
+                } else {
+                    blocked.push(i);
+                }
+            }
+            if !progressed {
+                // Everything left waits on another waiting unit: an ordering cycle.
+                let cycle = !blocked.is_empty()
+                    && blocked.iter().all(|&i| {
+                        self.units.iter().all(|d| {
+                            let u = self.units.get(i).map(|u| &u.unit);
+                            u.is_none_or(|u| {
+                                !self.is_after(u, &d.unit)
+                                    || d.settled
+                                    || d.state.is_terminal()
+                                    || d.state == State::Waiting
+                            })
+                        })
+                    });
+                if cycle {
+                    let names: Vec<&str> = blocked
+                        .iter()
+                        .filter_map(|&i| self.units.get(i))
+                        .map(UnitRt::name)
+                        .collect();
+                    log::error!(
+                        "ordering cycle among {}; starting them anyway",
+                        names.join(", ")
+                    );
+                    for i in blocked {
+                        self.start_unit(i);
+                    }
+                    continue;
+                }
+                break;
+            }
+        }
+        if !self.all_started
+            && self
+                .units
+                .iter()
+                .all(|u| u.settled || u.state.is_terminal())
+        {
+            self.all_started = true;
+            self.timeline.mark(Event::AllStarted, None);
+        }
+    }
+
+    pub fn request_shutdown(&mut self, req: ShutdownRequest) {
+        if let Some((cur, _)) = &mut self.shutdown {
+            // A more urgent request overrides a slower one in progress.
+            if req.urgency == Urgency::Immediate {
+                cur.urgency = Urgency::Immediate;
+            }
+            return;
+        }
+        self.timeline.mark(Event::ShutdownStart, None);
+        log::info!("shutdown: {} ({:?})", req.kind.name(), req.urgency);
+        self.shutdown = Some((req, ShutdownPhase::StoppingUnits));
+        match req.urgency {
+            // run() returns at once: sync and reboot(2), nothing else.
+            Urgency::Immediate => {}
+            Urgency::Force => self.begin_kill_all(),
+            Urgency::Orderly => self.advance_shutdown(),
+        }
+    }
+
+    fn begin_kill_all(&mut self) {
+        if let Some((req, _)) = self.shutdown {
+            for u in &mut self.units {
+                u.deadline = None;
+                if u.state.is_terminal() {
+                    continue;
+                }
+                // Units not stopped one by one (forced shutdown) keep the
+                // result they had, so a failure is still reported.
+                if u.result.is_success() {
+                    u.state = State::Exited;
+                } else {
+                    u.state = State::Failed;
+                    log::error!("{}: failed: {}", u.unit.name, u.result.describe());
+                }
+            }
+            kill_all(Signal::TERM);
+            kill_all(Signal::CONT);
+            self.shutdown = Some((
+                req,
+                ShutdownPhase::Terminating {
+                    since: Instant::now(),
+                },
+            ));
+        }
+    }
+
+    /// Moves the shutdown on: stop units whose dependents are down, then
+    /// kill what is left, until no process remains.
+    fn advance_shutdown(&mut self) {
+        let Some((_, phase)) = &self.shutdown else {
+            return;
+        };
+        match phase {
+            ShutdownPhase::StoppingUnits => {
+                for i in 0..self.units.len() {
+                    let Some(u) = self.units.get(i) else { continue };
+                    if u.state.is_terminal() || matches!(u.state, State::Stopping(_)) {
+                        continue;
+                    }
+                    // Stop u only once every unit ordered after it is down.
+                    let blocked = self.units.iter().any(|d| {
+                        d.unit.name != u.unit.name
+                            && !d.state.is_terminal()
+                            && self.is_after(&d.unit, &u.unit)
+                    });
+                    if !blocked {
+                        self.stop_unit(i);
+                    }
+                }
+                if self.units.iter().all(|u| u.state.is_terminal()) {
+                    self.begin_kill_all();
+                    self.reap();
+                    self.advance_shutdown();
+                }
+            }
+            ShutdownPhase::Terminating { .. } | ShutdownPhase::Killing { .. } => {
+                if matches!(
+                    rustix::process::wait(WaitOptions::NOHANG),
+                    Err(rustix::io::Errno::CHILD)
+                ) {
+                    if let Some((req, _)) = self.shutdown {
+                        self.shutdown = Some((req, ShutdownPhase::Done));
+                    }
+                } else {
+                    self.reap();
+                }
+            }
+            ShutdownPhase::Done => {}
+        }
+    }
+
+    fn read_notify(&mut self) {
+        loop {
+            let Some(fd) = &self.notify else { return };
+            let Some((pid, msg)) = control::recv_notify(fd.as_fd()) else {
+                return;
+            };
+            let Some(i) = self.units.iter().position(|u| u.main_pid() == Some(pid)) else {
+                log::debug!(
+                    "notify message from pid {pid} that is no unit's main process: ignored"
+                );
+                continue;
+            };
+            let starting = self
+                .units
+                .get(i)
+                .is_some_and(|u| u.state == State::Starting);
+            if starting && msg.lines().any(|l| l == "READY=1") {
+                self.mark_ready(i);
+            }
+        }
+    }
+
+    fn serve_control(&mut self) {
+        let Some(fd) = &self.control else { return };
+        let Some(conn) = control::accept(fd.as_fd()) else {
+            return;
+        };
+        let reply_req = control::serve(conn, |req| match req {
+            control::Request::Status => (self.status_text(), None),
+            control::Request::Power(r) => (format!("ok: {}\n", r.kind.name()), Some(r)),
+        });
+        if let Some(req) = reply_req {
+            self.request_shutdown(req);
+        }
+    }
+
+    /// The status table: unit, state, pid, restarts, uptime.
+    pub fn status_text(&self) -> String {
+        let width = self
+            .units
+            .iter()
+            .map(|u| u.unit.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let mut out = format!(
+            "{:<width$}  {:<12}  {:>7}  {:>8}  {:>9}\n",
+            "UNIT", "STATE", "PID", "RESTARTS", "UPTIME"
+        );
+        let now = Instant::now();
+        for u in &self.units {
+            let pid = u.main_pid().map_or("-".to_string(), |p| p.to_string());
+            let up = match (u.state, u.active_since) {
+                (State::Running | State::Starting | State::Stopping(_), Some(t)) => {
+                    format!("{:.1}s", now.duration_since(t).as_secs_f64())
+                }
+                _ => "-".into(),
+            };
+            let state = match u.state {
+                State::Failed => format!("failed({})", short(u.result)),
+                s => s.name().to_string(),
+            };
+            out.push_str(&format!(
+                "{:<width$}  {:<12}  {:>7}  {:>8}  {:>9}\n",
+                u.unit.name, state, pid, u.restarts, up
+            ));
+        }
+        out.push_str(&format!(
+            "init: up {:.1}s, orphans reaped {}\n",
+            now.duration_since(self.boot_instant).as_secs_f64(),
+            self.orphans_reaped
+        ));
+        out
+    }
+
+    fn console_status(&self, tag: &str, text: &str) {
+        if !self.settings.status_on_console {
+            return;
+        }
+        let line = format!("[{tag}] {text}\n");
+        match self.settings.mode {
+            Mode::Container => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(line.as_bytes());
+            }
+            Mode::Vm => {
+                if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+                    use std::io::Write;
+                    let _ = f.write_all(line.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn short(o: Outcome) -> String {
+    match o {
+        Outcome::Exit(c) => format!("exit {c}"),
+        Outcome::Signal(s) => format!("sig {s}"),
+        Outcome::StartLimit => "limit".into(),
+        Outcome::DependencyFailed => "dep".into(),
+        Outcome::SpawnFailed => "spawn".into(),
+        Outcome::Timeout => "timeout".into(),
+        Outcome::Protocol => "protocol".into(),
+        Outcome::Success => "ok".into(),
+    }
+}
+
+fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// kill(-1, sig): every process except init (and kernel threads).
+fn kill_all(sig: Signal) {
+    if let Err(e) = crate::sys::kill_all(sig.as_raw()) {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            log::warn!("kill(-1, {}): {e}", sig.as_raw());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policy_matrix() {
+        use Outcome::*;
+        assert!(!should_restart(Restart::No, Exit(1)));
+        assert!(should_restart(Restart::Always, Success));
+        assert!(should_restart(Restart::OnFailure, Exit(1)));
+        assert!(should_restart(Restart::OnFailure, Signal(9)));
+        assert!(!should_restart(Restart::OnFailure, Success));
+        assert!(should_restart(Restart::OnAbnormal, Signal(9)));
+        assert!(should_restart(Restart::OnAbnormal, Timeout));
+        assert!(!should_restart(Restart::OnAbnormal, Exit(3)));
+        assert!(should_restart(Restart::OnSuccess, Success));
+        assert!(should_restart(Restart::OnAbort, Signal(6)));
+    }
+
+    #[test]
+    fn signal_mapping() {
+        let rt = crate::sys::sigrtmin();
+        let r = |s| signal_request(s).map(|r| (r.kind, r.urgency));
+        assert_eq!(
+            r(libc::SIGTERM),
+            Some((PowerKind::Poweroff, Urgency::Orderly))
+        );
+        assert_eq!(
+            r(libc::SIGPWR),
+            Some((PowerKind::Poweroff, Urgency::Orderly))
+        );
+        assert_eq!(r(libc::SIGINT), Some((PowerKind::Reboot, Urgency::Orderly)));
+        assert_eq!(r(libc::SIGUSR1), Some((PowerKind::Halt, Urgency::Orderly)));
+        assert_eq!(
+            r(libc::SIGUSR2),
+            Some((PowerKind::Poweroff, Urgency::Orderly))
+        );
+        assert_eq!(r(rt + 3), Some((PowerKind::Halt, Urgency::Orderly)));
+        assert_eq!(r(rt + 4), Some((PowerKind::Poweroff, Urgency::Orderly)));
+        assert_eq!(r(rt + 5), Some((PowerKind::Reboot, Urgency::Orderly)));
+        assert_eq!(r(rt + 14), Some((PowerKind::Poweroff, Urgency::Immediate)));
+        assert_eq!(r(libc::SIGHUP), None);
+        assert_eq!(rt + 4, 38, "systemd's SIGRTMIN+4 as glibc numbers it");
+    }
+
+    #[test]
+    fn clean_exit_signals_count_as_success() {
+        assert_eq!(Outcome::from_parts(Some(0), None), Outcome::Success);
+        assert_eq!(Outcome::from_parts(Some(3), None), Outcome::Exit(3));
+        assert_eq!(
+            Outcome::from_parts(None, Some(libc::SIGTERM)),
+            Outcome::Success
+        );
+        assert_eq!(
+            Outcome::from_parts(None, Some(libc::SIGPIPE)),
+            Outcome::Success
+        );
+        assert_eq!(
+            Outcome::from_parts(None, Some(libc::SIGKILL)),
+            Outcome::Signal(9)
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The few system calls rustix has no wrapper for: signalfd, the signal mask,
+//! and SIOCSIFFLAGS. Every `unsafe` block of init lives in this module.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Signals init handles, blocked and read from a signalfd.
+#[derive(Debug)]
+pub struct SignalFd {
+    fd: OwnedFd,
+}
+
+impl SignalFd {
+    /// Blocks `signals` for the process and returns a non-blocking signalfd
+    /// that reads them. Blocked signals are queued even for PID 1, which
+    /// otherwise drops signals it has no handler for.
+    pub fn new(signals: &[i32]) -> io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+        unsafe { libc::sigemptyset(&mut set) };
+        for &sig in signals {
+            // SAFETY: as above; an invalid signal number only makes sigaddset fail.
+            if unsafe { libc::sigaddset(&mut set, sig) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+        let rc = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Reads one pending signal; `None` when none is pending.
+    pub fn read(&self) -> io::Result<Option<i32>> {
+        let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        match rustix::io::read(&self.fd, &mut buf) {
+            Ok(n) if n == buf.len() => {
+                let signo = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                Ok(Some(i32::try_from(signo).unwrap_or(0)))
+            }
+            Ok(_) => Ok(None),
+            Err(rustix::io::Errno::AGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Unblocks every signal. Runs in children between fork and exec: the mask
+/// is inherited across both, and std's spawn does not clear it.
+pub fn unblock_all_signals() {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid; an empty set with SIG_SETMASK cannot fail.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// glibc's SIGRTMIN (34): systemd's SIGRTMIN+N signals are counted from it.
+pub fn sigrtmin() -> i32 {
+    libc::SIGRTMIN()
+}
+
+/// Sets IFF_UP on interface `name` (e.g. `lo`).
+pub fn interface_up(name: &str) -> io::Result<()> {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; the kernel
+    // fills ifru_flags for SIOCGIFFLAGS.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the flags member of the union is the
+    // one the kernel wrote.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    if flags & libc::IFF_UP as libc::c_short != 0 {
+        return Ok(());
+    }
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: `req` holds the name and the new flags, as SIOCSIFFLAGS expects.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// kill(-1, sig): every process init may signal, except itself.
+pub fn kill_all(sig: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes only integers and touches no memory of ours.
+    if unsafe { libc::kill(-1, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// In an initrd the kernel may start init with fds 0-2 closed; points each
+/// closed one at the console (or /dev/null) so later files do not land there.
+pub fn ensure_stdio() {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    for fd in 0..3 {
+        // SAFETY: fcntl(F_GETFD) on an integer only queries the fd table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        let open = |p: &str| std::fs::OpenOptions::new().read(true).write(true).open(p);
+        let Ok(file) = open("/dev/console").or_else(|_| open("/dev/null")) else {
+            continue;
+        };
+        if file.as_raw_fd() == fd {
+            // open(2) returned the lowest free number: exactly the slot to fill.
+            let _ = file.into_raw_fd();
+            continue;
+        }
+        // SAFETY: `file` is open for the duration of the call; `fd` is a
+        // closed slot, so dup2 closes nothing anyone owns.
+        unsafe { libc::dup2(file.as_raw_fd(), fd) };
+    }
+}
+
+/// kill(pid, sig) for a pid given as a number (PID 1 from a client).
+pub fn kill_pid(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes only integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

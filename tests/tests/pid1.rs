@@ -1,0 +1,537 @@
+//! init as PID 1 of new namespaces, chrooted into a rootfs built per test,
+//! in container mode. Each test asserts on what the units observed and on
+//! how the PID namespace ended (reboot(2) there ends it with SIGINT for
+//! poweroff/halt and SIGHUP for reboot).
+
+use std::time::Duration;
+
+use minos_tests::Rootfs;
+
+/// Whether the tests run with CAP_SYS_RESOURCE (some sandboxes drop it):
+/// without it, init in container mode cannot lower oom_score_adj or raise a
+/// hard rlimit, and says so.
+fn has_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0
+}
+
+/// The LimitNOFILE a unit gets in container mode: clamped to fs.nr_open, and
+/// to init's own hard limit when it lacks CAP_SYS_RESOURCE.
+fn nofile_ceiling(want: u64) -> u64 {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut max = nr_open;
+    if !has_sys_resource() {
+        max = max.min(
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .maximum
+                .unwrap_or(u64::MAX),
+        );
+    }
+    want.min(max)
+}
+
+const SIGINT: i32 = 2;
+const SIGHUP: i32 = 1;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn stamps(log: &str) -> Vec<(String, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let (name, t) = l.rsplit_once(' ')?;
+            Some((name.to_string(), t.parse().ok()?))
+        })
+        .collect()
+}
+
+fn at(stamps: &[(String, u64)], name: &str) -> u64 {
+    stamps
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name} in {stamps:?}"))
+        .1
+}
+
+#[test]
+fn units_start_in_dependency_order_and_independent_ones_in_parallel() {
+    let fs = Rootfs::new("order");
+    for name in ["c", "d"] {
+        fs.unit(
+            &format!("{name}.service"),
+            &format!(
+                "[Service]\nType=oneshot\nExecStart=/bin/probe append /data/log start-{name}\n\
+                 ExecStart=/bin/probe sleep 0.5\nExecStart=/bin/probe append /data/log end-{name}\n"
+            ),
+        );
+    }
+    fs.unit(
+        "e.service",
+        "[Unit]\nAfter=c.service\nRequires=c.service\n[Service]\nType=oneshot\nExecStart=/bin/probe append /data/log start-e\n",
+    );
+    // Ordering with Before= on the earlier unit, too.
+    fs.unit(
+        "a.service",
+        "[Unit]\nBefore=c.service d.service\n[Service]\nType=oneshot\nExecStart=/bin/probe sleep 0.3\n\
+         ExecStart=/bin/probe append /data/log end-a\n",
+    );
+    fs.unit(
+        "z.service",
+        "[Unit]\nAfter=c.service d.service e.service\n[Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(
+        end.signal(),
+        Some(SIGINT),
+        "poweroff ends the PID namespace with SIGINT:\n{}",
+        end.output
+    );
+    let s = stamps(&fs.read("data/log"));
+    assert!(
+        at(&s, "end-a") < at(&s, "start-c") && at(&s, "end-a") < at(&s, "start-d"),
+        "{s:?}"
+    );
+    assert!(
+        at(&s, "start-d") < at(&s, "end-c") && at(&s, "start-c") < at(&s, "end-d"),
+        "c, d in parallel: {s:?}"
+    );
+    assert!(at(&s, "start-e") > at(&s, "end-c"), "e after c: {s:?}");
+    end.assert_log("timeline event=init_start");
+    end.assert_log("timeline event=mounts_done");
+    end.assert_log("timeline event=unit_started unit=c.service");
+    end.assert_log("timeline event=unit_ready unit=e.service");
+    let timeline = end
+        .output
+        .lines()
+        .filter(|l| l.contains("timeline event="))
+        .count();
+    assert!(timeline >= 8, "{}", end.output);
+}
+
+#[test]
+fn restart_always_backs_off_then_start_limit_runs_failure_action() {
+    let fs = Rootfs::new("restart");
+    fs.unit(
+        "flappy.service",
+        "[Unit]\nStartLimitBurst=3\nStartLimitIntervalSec=30s\nFailureAction=poweroff\n\
+         [Service]\nRestart=always\nRestartSec=300ms\nExecStart=/bin/probe append /data/runs run\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let runs = stamps(&fs.read("data/runs"));
+    assert_eq!(runs.len(), 3, "StartLimitBurst=3: {runs:?}\n{}", end.output);
+    for w in runs.windows(2) {
+        assert!(
+            w[1].1 - w[0].1 >= 300_000,
+            "RestartSec=300ms between runs: {runs:?}"
+        );
+    }
+    end.assert_log("flappy.service: start limit hit");
+    end.assert_log("flappy.service: FailureAction: poweroff");
+}
+
+#[test]
+fn restart_on_failure_does_not_restart_success() {
+    let fs = Rootfs::new("onfailure");
+    fs.unit(
+        "once.service",
+        "[Unit]\nSuccessAction=reboot\n[Service]\nRestart=on-failure\nRestartSec=100ms\n\
+         ExecStart=/bin/probe append /data/runs run\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(
+        end.signal(),
+        Some(SIGHUP),
+        "SuccessAction=reboot ends the namespace with SIGHUP:\n{}",
+        end.output
+    );
+    assert_eq!(stamps(&fs.read("data/runs")).len(), 1);
+}
+
+fn kata_rootfs(name: &str, exit_code: i32) -> Rootfs {
+    let fs = Rootfs::new(name);
+    fs.unit(
+        "kata-agent.service",
+        include_str!("../fixtures/kata/kata-agent.service"),
+    );
+    fs.unit(
+        "kata-containers.target",
+        include_str!("../fixtures/kata/kata-containers.target"),
+    );
+    fs.unit(
+        "unrelated.service",
+        "[Service]\nExecStart=/bin/probe write /data/unrelated ran\n",
+    );
+    fs.write("etc/kata-agent-probe", &format!("{exit_code} 300\n"));
+    fs
+}
+
+fn kata_cmdline() -> Vec<String> {
+    let text = include_str!("../fixtures/kata/kernel-cmdline-qemu-x86.txt");
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .expect("cmdline");
+    line.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn kata_agent_unit_unmodified_agent_exit_runs_exec_stop_and_powers_off() {
+    let fs = kata_rootfs("kata-ok", 0);
+    let args = kata_cmdline();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let end = fs.start(&args).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    // systemd.unit=kata-containers.target selects the agent only.
+    assert!(
+        fs.try_read("data/unrelated").is_none(),
+        "unrelated.service must not start"
+    );
+    end.assert_log("kata-agent (probe): exiting with 0");
+    // ExecStop's `systemctl --force poweroff` reached init.
+    end.assert_log("shutdown: poweroff (Force)");
+    assert!(!end.output.contains("unknown"), "{}", end.output);
+    let report = fs.read("data/agent.report");
+    if has_sys_resource() {
+        assert!(report.contains("oom_score_adj=-997\n"), "{report}");
+    } else {
+        assert!(report.contains("oom_score_adj=0\n"), "{report}");
+        end.assert_log("kata-agent.service: OOMScoreAdjust=-997 needs CAP_SYS_RESOURCE");
+    }
+    let want = nofile_ceiling(1_073_741_824);
+    assert!(
+        report.contains(&format!("nofile={want}/{want}\n")),
+        "{report}"
+    );
+    if want < 1_073_741_824 {
+        end.assert_log("kata-agent.service: LimitNOFILE above what this system allows");
+    }
+    assert!(report.contains("stdin=/dev/null\n"), "{report}");
+    assert!(report.contains("hostname=minos-test\n"), "{report}");
+    assert!(report.contains("sid_is_pid=true\n"), "{report}");
+    assert!(
+        report.contains("env.PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+        "{report}"
+    );
+}
+
+#[test]
+fn kata_agent_failure_runs_failure_action() {
+    let fs = kata_rootfs("kata-fail", 3);
+    let end = fs
+        .start(&["systemd.unit=kata-containers.target"])
+        .wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log("kata-agent.service: failed: exit status 3");
+    // Never restarted.
+    assert_eq!(
+        end.output.matches("kata-agent (probe): started").count(),
+        1,
+        "{}",
+        end.output
+    );
+}
+
+#[test]
+fn ten_thousand_orphans_are_reaped_and_status_reports_them() {
+    let fs = Rootfs::new("orphans");
+    fs.unit(
+        "orphans.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe orphans 10000\n",
+    );
+    fs.unit(
+        "sleeper.service",
+        "[Service]\nExecStart=/bin/probe sleep 600\n",
+    );
+    fs.unit(
+        "check.service",
+        "[Unit]\nAfter=orphans.service sleeper.service\n[Service]\nType=oneshot\n\
+         ExecStart=/bin/probe sleep 1\nExecStart=/bin/probe zombies /data/zombies\n\
+         ExecStart=/usr/bin/systemctl status\nStandardOutput=file:/data/status\n\
+         ExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    assert_eq!(fs.read("data/zombies"), "0", "no zombie left");
+    let status = fs.read("data/status");
+    let reaped: u64 = status
+        .lines()
+        .find_map(|l| l.split("orphans reaped ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(reaped >= 10_000, "{status}");
+    let sleeper = status
+        .lines()
+        .find(|l| l.starts_with("sleeper.service"))
+        .expect(&status);
+    let cols: Vec<&str> = sleeper.split_whitespace().collect();
+    assert_eq!(cols[1], "running", "{status}");
+    assert!(cols[2].parse::<u32>().is_ok(), "pid column: {status}");
+    assert_eq!(cols[3], "0", "restarts: {status}");
+    assert!(cols[4].ends_with('s'), "uptime: {status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("orphans.service") && l.contains("exited")),
+        "{status}"
+    );
+}
+
+#[test]
+fn control_socket_refuses_non_root() {
+    let fs = Rootfs::new("ctl-user");
+    fs.unit(
+        "asuser.service",
+        "[Service]\nType=oneshot\nUser=probeuser\nExecStart=-/usr/bin/systemctl status\n\
+         ExecStart=-/usr/bin/systemctl poweroff\nStandardOutput=append:/data/out\nStandardError=append:/data/err\n",
+    );
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=asuser.service\n[Service]\nType=oneshot\nExecStart=/sbin/reboot\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    // Only stop.service's reboot took effect.
+    assert_eq!(end.signal(), Some(SIGHUP), "{}", end.output);
+    // The socket is mode 0600 in a root-owned directory: connect(2) fails,
+    // and the signal fallback of `poweroff` is refused by the kernel too.
+    let out = fs.read("data/out");
+    assert!(!out.contains("UNIT"), "{out}");
+    let err = fs.read("data/err");
+    assert!(
+        err.contains("status: connect to /run/minos/control.sock: Permission denied"),
+        "{err}"
+    );
+    assert!(
+        err.contains("poweroff: connect to /run/minos/control.sock: Permission denied"),
+        "{err}"
+    );
+    assert!(
+        err.contains("signal PID 1: Operation not permitted"),
+        "{err}"
+    );
+}
+
+/// (signal, expected namespace end, log line)
+fn signal_cases() -> Vec<(i32, i32, &'static str)> {
+    let rt = libc::SIGRTMIN();
+    vec![
+        (libc::SIGTERM, SIGINT, "shutdown: poweroff now"),
+        (libc::SIGPWR, SIGINT, "shutdown: poweroff now"),
+        (libc::SIGUSR2, SIGINT, "shutdown: poweroff now"),
+        (libc::SIGUSR1, SIGINT, "shutdown: halt now"),
+        (libc::SIGINT, SIGHUP, "shutdown: reboot now"),
+        (rt + 3, SIGINT, "shutdown: halt now"),
+        (rt + 4, SIGINT, "shutdown: poweroff now"),
+        (rt + 5, SIGHUP, "shutdown: reboot now"),
+        (rt + 14, SIGINT, "shutdown: poweroff now"),
+    ]
+}
+
+#[test]
+fn each_signal_to_pid1_ends_the_namespace_as_documented() {
+    let fs = Rootfs::new("signals");
+    fs.unit(
+        "sleeper.service",
+        "[Service]\nExecStart=/bin/probe sleep 600\nExecStop=/bin/probe append /data/stops stop\n",
+    );
+    for (i, (sig, end_sig, line)) in signal_cases().into_iter().enumerate() {
+        let mut pid1 = fs.start(&[]);
+        pid1.wait_for("timeline event=all_started", WAIT);
+        pid1.signal(sig);
+        let end = pid1.wait(WAIT);
+        assert_eq!(end.signal(), Some(end_sig), "signal {sig}:\n{}", end.output);
+        end.assert_log(line);
+        let stops = fs.try_read("data/stops").unwrap_or_default();
+        let expected_stops = signal_cases()
+            .iter()
+            .take(i + 1)
+            .filter(|(s, ..)| *s != libc::SIGRTMIN() + 14)
+            .count();
+        assert_eq!(
+            stamps(&stops).len(),
+            expected_stops,
+            "signal {sig}: ExecStop runs on orderly shutdown only"
+        );
+    }
+}
+
+#[test]
+fn unit_ignoring_sigterm_is_killed_after_timeout_stop_sec() {
+    let fs = Rootfs::new("stubborn");
+    fs.unit(
+        "stubborn.service",
+        "[Service]\nExecStart=/bin/probe ignore-term\nTimeoutStopSec=1s\n",
+    );
+    let mut pid1 = fs.start(&[]);
+    pid1.wait_for("probe: ignoring SIGTERM", WAIT);
+    let t = std::time::Instant::now();
+    pid1.signal(libc::SIGTERM);
+    let end = pid1.wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log("stubborn.service: still running 1s after stop; sending SIGKILL");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn exec_settings_are_seen_by_the_child() {
+    let fs = Rootfs::new("exec");
+    fs.write("etc/probe.env", "# comment\nFROMFILE=yes\nQUOTED=\"a b\"\n");
+    fs.unit(
+        "report.service",
+        "[Service]\nType=oneshot\nEnvironment=FOO=bar \"SPACED=x y\"\nEnvironmentFile=/etc/probe.env\n\
+         EnvironmentFile=-/etc/missing.env\nLimitNOFILE=1073741824\nLimitCORE=infinity\nOOMScoreAdjust=500\n\
+         User=probeuser\nGroup=probeuser\nUMask=0027\nWorkingDirectory=/data\n\
+         AmbientCapabilities=CAP_SYS_TIME CAP_NET_BIND_SERVICE\n\
+         CapabilityBoundingSet=CAP_SYS_TIME CAP_NET_BIND_SERVICE\nNoNewPrivileges=yes\n\
+         ExecStart=/bin/probe report /data/report\n",
+    );
+    // `poweroff -f` does not contact init: sync and reboot(2) at once.
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=report.service\n[Service]\nType=oneshot\nExecStart=/sbin/poweroff -f\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    assert!(
+        !end.output.contains("shutdown: poweroff"),
+        "-f bypasses init's shutdown:\n{}",
+        end.output
+    );
+    let r = fs.read("data/report");
+    let get = |k: &str| {
+        r.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k}: {r}"))
+            .to_string()
+    };
+    assert_eq!(get("uid"), "1234");
+    assert_eq!(get("gid"), "1234");
+    assert!(
+        get("groups").split_whitespace().any(|g| g == "2000"),
+        "supplementary: {r}"
+    );
+    assert_eq!(get("env.FOO"), "bar");
+    assert_eq!(get("env.SPACED"), "x y");
+    assert_eq!(get("env.FROMFILE"), "yes");
+    assert_eq!(get("env.QUOTED"), "a b");
+    assert_eq!(get("env.HOME"), "/data");
+    assert_eq!(get("env.USER"), "probeuser");
+    assert_eq!(get("oom_score_adj"), "500");
+    assert_eq!(get("umask"), "0027");
+    assert_eq!(get("cwd"), "/data");
+    let caps = 1u64 << 25 | 1u64 << 10;
+    assert_eq!(
+        u64::from_str_radix(&get("cap_amb"), 16).unwrap(),
+        caps,
+        "{r}"
+    );
+    assert_eq!(
+        u64::from_str_radix(&get("cap_eff"), 16).unwrap(),
+        caps,
+        "{r}"
+    );
+    assert_eq!(
+        u64::from_str_radix(&get("cap_bnd"), 16).unwrap(),
+        caps,
+        "{r}"
+    );
+    assert_eq!(get("no_new_privs"), "1");
+    let want = nofile_ceiling(1_073_741_824);
+    assert_eq!(get("nofile"), format!("{want}/{want}"));
+}
+
+#[test]
+fn malformed_units_are_reported_and_the_others_still_start() {
+    let fs = Rootfs::new("malformed");
+    fs.unit("garbage.service", "this is not a unit file\n\u{1}\u{2}\n");
+    fs.unit("noexec.service", "[Unit]\nDescription=no ExecStart\n");
+    std::fs::create_dir_all(fs.root.join("etc/minos/units/dir.service")).unwrap();
+    fs.write("etc/minos/units/binary.service", "");
+    std::fs::write(
+        fs.root.join("etc/minos/units/binary.service"),
+        [0xffu8, 0xfe, 0x00, 0x80],
+    )
+    .unwrap();
+    fs.unit(
+        "unknown.service",
+        "[Service]\nFrobnicate=1\nExecStart=/bin/probe write /data/unknown ran\n",
+    );
+    fs.unit(
+        "good.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe write /data/good ran\n",
+    );
+    fs.unit("stop.service", "[Unit]\nAfter=good.service unknown.service\n[Service]\nType=oneshot\nExecStart=/bin/probe sleep 0.3\nExecStart=/sbin/poweroff\n");
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    assert_eq!(fs.read("data/good"), "ran");
+    assert_eq!(fs.read("data/unknown"), "ran");
+    end.assert_log("/etc/minos/units/garbage.service:1");
+    end.assert_log("/etc/minos/units/noexec.service");
+    end.assert_log("/etc/minos/units/dir.service");
+    end.assert_log("/etc/minos/units/binary.service");
+    end.assert_log("/etc/minos/units/unknown.service:2: Frobnicate");
+    for bad in ["garbage", "noexec", "dir", "binary"] {
+        end.assert_log(&format!("/etc/minos/units/{bad}.service: not loaded"));
+    }
+}
+
+#[test]
+fn file_written_by_a_unit_before_poweroff_is_intact_on_disk() {
+    let fs = Rootfs::new("data-disk");
+    let image = fs.top.join("data.ext4");
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(&image)
+        .arg("16M")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs; `cargo xtask test` installs it)");
+    assert!(ok.success());
+    let payload: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    fs.write("etc/payload", &payload);
+    fs.unit(
+        "writer.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe write /data/file-before-poweroff hello\n\
+         ExecStart=/bin/probe copy /etc/payload /data/big\nSuccessAction=poweroff\n",
+    );
+    let end = fs.start_with_data_image(&image, &[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log("unmounted /data");
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /file-before-poweroff"])
+        .arg(&image)
+        .output()
+        .expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello");
+    let big = std::process::Command::new("debugfs")
+        .args(["-R", "cat /big"])
+        .arg(&image)
+        .output()
+        .expect("debugfs");
+    assert!(
+        big.stdout == payload.as_bytes(),
+        "/big differs ({} bytes)",
+        big.stdout.len()
+    );
+}

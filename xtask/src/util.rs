@@ -1,0 +1,95 @@
+//! Helpers: running cargo and other commands, Debian packages, ELF checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+pub fn release_dir() -> PathBuf {
+    root().join("target/x86_64-unknown-linux-gnu/release")
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().map_err(|e| format!("run {shown}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed: {st}"))
+    }
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args).current_dir(root()))
+}
+
+/// Runs one named step and reports its duration.
+pub fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("xtask: == {name}");
+    let t = Instant::now();
+    f().map_err(|e| format!("{name}: {e}"))?;
+    println!("xtask: == {name}: ok ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn have(command: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(command).exists())
+}
+
+/// Installs the Debian packages whose commands are missing (apt-get update once).
+pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = needed
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A static executable has no PT_INTERP program header (ELF64, little endian).
+pub fn is_static(path: &Path) -> Result<bool> {
+    let b = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    };
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    if b.get(..4) != Some(b"\x7fELF") || b.get(4) != Some(&2) {
+        return Err(format!("{} is not an ELF64 file", path.display()));
+    }
+    let bad = || format!("{}: truncated ELF header", path.display());
+    let phoff = u64_at(0x20).ok_or_else(bad)? as usize;
+    let phentsize = u16_at(0x36).ok_or_else(bad)? as usize;
+    let phnum = u16_at(0x38).ok_or_else(bad)? as usize;
+    for i in 0..phnum {
+        if u32_at(phoff + i * phentsize).ok_or_else(bad)? == 3 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
