@@ -979,6 +979,7 @@ impl Supervisor {
         {
             self.all_started = true;
             self.timeline.mark(Event::AllStarted, None);
+            crate::sys::trim_text_mapping();
         }
     }
 

@@ -156,3 +156,75 @@ pub fn kill_pid(pid: i32, sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Read-only, executable mappings of init's own binary in /proc/self/maps
+/// text: (start, length).
+pub fn own_text_mappings(maps: &str, exe: &str) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let range = f.next()?;
+            let perms = f.next()?;
+            let path = f.nth(3)?;
+            if perms != "r-xp" || path != exe {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            (b > a).then_some((a, b - a))
+        })
+        .collect()
+}
+
+/// Once boot has settled, trims init's resident code to its working set:
+/// MADV_RANDOM turns off the kernel's 64 KiB fault-around for the mapping,
+/// and MADV_DONTNEED drops the pages mapped so far (they are clean file
+/// pages; the ones the supervision loop uses fault back in). Done after
+/// boot, not before, so that boot-time faults still get read-ahead.
+pub fn trim_text_mapping() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    for (start, len) in own_text_mappings(&maps, &exe.to_string_lossy()) {
+        let addr = start as *mut std::ffi::c_void;
+        // SAFETY: the range is a private, read-only file mapping of our own
+        // executable (from /proc/self/maps). MADV_RANDOM only changes
+        // read-ahead; MADV_DONTNEED on clean, never-written private file
+        // pages only unmaps them, and the next access maps the same file
+        // contents again, so no memory the program relies on changes.
+        let r = unsafe {
+            rustix::mm::madvise(addr, len, rustix::mm::Advice::Random)
+                .and_then(|()| rustix::mm::madvise(addr, len, rustix::mm::Advice::LinuxDontNeed))
+        };
+        if let Err(e) = r {
+            log::debug!("madvise own text {start:#x}+{len:#x}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_only_own_executable_text() {
+        let maps = "\
+00400000-00401000 r--p 00000000 fd:01 10 /sbin/init
+00401000-00520000 r-xp 00001000 fd:01 10 /sbin/init
+00520000-00530000 rw-p 00120000 fd:01 10 /sbin/init
+7f0000000000-7f0000001000 r-xp 00000000 fd:01 11 /lib/other.so
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
+garbage
+";
+        assert_eq!(
+            own_text_mappings(maps, "/sbin/init"),
+            vec![(0x401000, 0x11f000)]
+        );
+    }
+}

@@ -66,6 +66,8 @@ pub fn spec(check: bool) -> Result<()> {
     let pid = c.init_pid()?;
     let rss = status_kib(pid, "VmRSS:")?;
     let hwm = status_kib(pid, "VmHWM:")?;
+    let anon = status_kib(pid, "RssAnon:")?;
+    let file = status_kib(pid, "RssFile:")?;
     let pss = pss_kib(pid)?;
     c.signal("TERM")?;
     let (sig, output) = c.wait(Duration::from_secs(60))?;
@@ -76,7 +78,8 @@ pub fn spec(check: bool) -> Result<()> {
     }
     println!(
         "spec: init size={size} bytes ({:.2} MiB, budget {:.2} MiB); after starting 2 units: \
-         rss={rss} KiB pss={pss} KiB peak_rss={hwm} KiB (budget {INIT_RSS_BUDGET_KIB} KiB)",
+         rss={rss} KiB (anon={anon} file={file}) pss={pss} KiB peak_rss={hwm} KiB \
+         (budget {INIT_RSS_BUDGET_KIB} KiB)",
         size as f64 / 1048576.0,
         INIT_SIZE_BUDGET as f64 / 1048576.0
     );
