@@ -1032,9 +1032,13 @@ impl Supervisor {
     /// Moves the shutdown on: stop units whose dependents are down, then
     /// kill what is left, until no process remains.
     fn advance_shutdown(&mut self) {
-        let Some((_, phase)) = &self.shutdown else {
+        let Some((req, phase)) = &self.shutdown else {
             return;
         };
+        if req.urgency == Urgency::Immediate {
+            // run() returns on its next turn: nothing is stopped or killed.
+            return;
+        }
         match phase {
             ShutdownPhase::StoppingUnits => {
                 for i in 0..self.units.len() {

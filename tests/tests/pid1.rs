@@ -83,8 +83,17 @@ fn units_start_in_dependency_order_and_independent_ones_in_parallel() {
          ExecStart=/bin/probe append /data/log end-a\n",
     );
     fs.unit(
+        "cond-yes.service",
+        "[Unit]\nConditionPathExists=/etc/hostname\n[Service]\nType=oneshot\nExecStart=/bin/probe append /data/log cond-yes\n",
+    );
+    fs.unit(
+        "cond-no.service",
+        "[Unit]\nConditionPathExists=!/etc/hostname\n[Service]\nType=oneshot\nExecStart=/bin/probe append /data/log cond-no\n",
+    );
+    fs.unit(
         "z.service",
-        "[Unit]\nAfter=c.service d.service e.service\n[Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
+        "[Unit]\nAfter=c.service d.service e.service cond-yes.service cond-no.service\n[Service]\nType=oneshot\n\
+         ExecStart=/bin/probe copy /run/minos/timeline /data/timeline\nExecStart=/sbin/poweroff\n",
     );
     let end = fs.start(&[]).wait(WAIT);
     assert_eq!(
@@ -113,6 +122,32 @@ fn units_start_in_dependency_order_and_independent_ones_in_parallel() {
         .filter(|l| l.contains("timeline event="))
         .count();
     assert!(timeline >= 8, "{}", end.output);
+    assert!(
+        s.iter().any(|(n, _)| n == "cond-yes") && !s.iter().any(|(n, _)| n == "cond-no"),
+        "{s:?}"
+    );
+    end.assert_log(
+        "cond-no.service: skipped: condition ConditionPathExists=!/etc/hostname is false",
+    );
+    // The same timeline, in /run/minos/timeline, with increasing CLOCK_BOOTTIME.
+    let file = fs.read("data/timeline");
+    let times: Vec<u64> = file
+        .lines()
+        .map(|l| {
+            l.rsplit_once("boottime_us=")
+                .and_then(|(_, t)| t.parse().ok())
+                .expect(l)
+        })
+        .collect();
+    assert!(
+        file.starts_with("timeline event=init_start boottime_us="),
+        "{file}"
+    );
+    assert!(
+        file.contains("timeline event=unit_ready unit=e.service"),
+        "{file}"
+    );
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{file}");
 }
 
 #[test]
@@ -534,4 +569,128 @@ fn file_written_by_a_unit_before_poweroff_is_intact_on_disk() {
         "/big differs ({} bytes)",
         big.stdout.len()
     );
+}
+
+#[test]
+fn notify_units_are_ready_on_ready_1_and_order_their_dependents() {
+    let fs = Rootfs::new("notify");
+    fs.unit(
+        "slow.service",
+        "[Service]\nType=notify\nExecStartPre=/bin/probe append /data/log pre\nExecStart=/bin/probe notify 500\n",
+    );
+    fs.unit(
+        "after.service",
+        "[Unit]\nAfter=slow.service\n[Service]\nType=oneshot\nExecStart=/bin/probe append /data/log after\n\
+         ExecStart=/usr/bin/systemctl status\nStandardOutput=file:/data/status\n",
+    );
+    fs.unit(
+        "silent.service",
+        "[Service]\nType=notify\nTimeoutStartSec=300ms\nExecStart=/bin/probe sleep 600\n",
+    );
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=after.service silent.service\n[Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let s = stamps(&fs.read("data/log"));
+    assert!(
+        at(&s, "after") >= at(&s, "pre") + 500_000,
+        "after.service waits for READY=1: {s:?}"
+    );
+    let status = fs.read("data/status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("slow.service") && l.contains("running")),
+        "{status}"
+    );
+    end.assert_log("silent.service: no READY=1 within 300ms; stopping");
+    end.assert_log("silent.service: failed: timeout");
+}
+
+#[test]
+fn shutdown_stops_units_in_reverse_dependency_order() {
+    let fs = Rootfs::new("reverse");
+    for (name, after) in [
+        ("first", ""),
+        ("second", "first.service"),
+        ("third", "second.service"),
+    ] {
+        fs.unit(
+            &format!("{name}.service"),
+            &format!(
+                "[Unit]\nAfter={after}\n[Service]\nExecStart=/bin/probe sleep 600\n\
+                 ExecStop=/bin/probe append /data/stops {name}\nExecStop=/bin/probe sleep 0.2\n"
+            ),
+        );
+    }
+    let mut pid1 = fs.start(&[]);
+    pid1.wait_for("timeline event=all_started", WAIT);
+    pid1.signal(libc::SIGTERM);
+    let end = pid1.wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let s = stamps(&fs.read("data/stops"));
+    let order: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(order, ["third", "second", "first"]);
+    assert!(
+        at(&s, "second") >= at(&s, "third") + 200_000,
+        "second waits for third: {s:?}"
+    );
+}
+
+#[test]
+fn container_mode_dev_is_a_fresh_tmpfs_with_the_standard_nodes() {
+    let fs = Rootfs::new("devnodes");
+    fs.unit(
+        "ls.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe ls /dev /data/dev\n\
+         ExecStart=/bin/probe copy /proc/self/mountinfo /data/mountinfo\nSuccessAction=poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let dev = fs.read("data/dev");
+    for node in [
+        "null char 1:3",
+        "zero char 1:5",
+        "full char 1:7",
+        "random char 1:8",
+        "urandom char 1:9",
+        "tty char 5:0",
+        "ptmx link pts/ptmx",
+        "fd link /proc/self/fd",
+        "stdin link /proc/self/fd/0",
+        "pts dir",
+        "shm dir",
+    ] {
+        assert!(dev.lines().any(|l| l == node), "{node}: {dev}");
+    }
+    assert!(
+        !dev.contains("kmsg") && !dev.contains("loop") && !dev.contains("vda"),
+        "not the host's devtmpfs: {dev}"
+    );
+    let mounts = fs.read("data/mountinfo");
+    for (point, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "tmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+    ] {
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(point) && l.contains(&format!(" - {fstype} "))),
+            "{point} ({fstype}) not mounted:\n{mounts}"
+        );
+    }
+    let tmp = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/tmp"))
+        .unwrap();
+    // tmpfs shows mode= only when it differs from its default, 1777.
+    assert!(tmp.contains("mode=1777") || !tmp.contains("mode="), "{tmp}");
 }

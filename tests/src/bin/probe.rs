@@ -44,6 +44,7 @@ fn main() {
         ["ignore-term"] => ignore_term(),
         ["orphans", n] => orphans(n.parse().unwrap_or(0)),
         ["zombies", path] => zombies(path),
+        ["ls", dir, path] => list(dir, path),
         ["say", text] => {
             println!("{text}");
             0
@@ -229,6 +230,38 @@ fn zombies(path: &str) -> i32 {
         })
         .unwrap_or(usize::MAX);
     match std::fs::write(path, count.to_string()) {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("write {path}: {e}")),
+    }
+}
+
+/// Writes `NAME TYPE [MAJOR:MINOR]` for each entry of `dir`, sorted.
+fn list(dir: &str, path: &str) -> i32 {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut lines: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let md = std::fs::symlink_metadata(e.path()).ok()?;
+                let ft = md.file_type();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let rdev = md.rdev();
+                let kind = if ft.is_char_device() {
+                    format!("char {}:{}", libc::major(rdev), libc::minor(rdev))
+                } else if ft.is_symlink() {
+                    format!("link {}", std::fs::read_link(e.path()).ok()?.display())
+                } else if ft.is_dir() {
+                    "dir".into()
+                } else {
+                    "file".into()
+                };
+                Some(format!("{name} {kind}"))
+            })
+            .collect(),
+        Err(e) => return fail(&format!("read {dir}: {e}")),
+    };
+    lines.sort();
+    match std::fs::write(path, lines.join("\n") + "\n") {
         Ok(()) => 0,
         Err(e) => fail(&format!("write {path}: {e}")),
     }
