@@ -571,7 +571,9 @@ impl Supervisor {
         // Start limit: at most StartLimitBurst starts per StartLimitIntervalSec.
         let now = Instant::now();
         let interval = u.unit.start_limit_interval;
-        if !interval.is_zero() && u.unit.start_limit_burst > 0 {
+        // The start history holds at most 64 entries: larger bursts act as 64.
+        let burst = (u.unit.start_limit_burst as usize).min(64);
+        if !interval.is_zero() && burst > 0 {
             while u
                 .starts
                 .front()
@@ -579,7 +581,7 @@ impl Supervisor {
             {
                 u.starts.pop_front();
             }
-            if u.starts.len() >= u.unit.start_limit_burst as usize {
+            if u.starts.len() >= burst {
                 log::error!(
                     "{}: start limit hit ({} starts within {:?}); not starting again",
                     u.name(),
