@@ -712,7 +712,8 @@ impl Supervisor {
                 u.unit.service.restart_sec,
                 u.restarts
             );
-            u.deadline = Some((Instant::now() + u.unit.service.restart_sec, Timer::Restart));
+            // RestartSec=infinity: the restart never comes (as in systemd).
+            u.deadline = deadline_after(u.unit.service.restart_sec).map(|d| (d, Timer::Restart));
             return;
         }
         let action = if outcome.is_success() {
@@ -890,7 +891,7 @@ impl Supervisor {
         let units = self.units.iter().filter_map(|u| u.deadline.map(|(d, _)| d));
         let shutdown = match &self.shutdown {
             Some((_, ShutdownPhase::Terminating { since })) => {
-                Some(*since + self.settings.kill_timeout)
+                since.checked_add(self.settings.kill_timeout)
             }
             Some((_, ShutdownPhase::Killing { since })) => Some(*since + Duration::from_secs(5)),
             _ => None,
