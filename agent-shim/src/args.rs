@@ -2,7 +2,8 @@
 //!
 //! kata-agent takes its settings from the kernel command line (`agent.*`)
 //! and is started without arguments; the options here exist for tests and
-//! benchmarks that want a particular lifecycle.
+//! benchmarks that want a particular lifecycle, and take precedence over
+//! the same settings on the kernel command line (see [`crate::cmdline`]).
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -23,6 +24,10 @@ options:
                          is -997 and the RLIMIT_NOFILE soft limit is 1073741824,
                          as kata-agent.service sets them
   -h, --help             print this help
+
+kernel command line (/proc/cmdline), used when no timer option is given:
+  agent.exit_after=DURATION  as --exit-after
+  agent.fail_after=DURATION  as --fail-after
 ";
 
 /// When the shim ends on its own, and with what status.

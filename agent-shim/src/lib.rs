@@ -7,16 +7,21 @@
 //! ```text
 //! agent-shim: self-check pid=N nofile=SOFT/HARD oom_score_adj=N stdin=T stdout=T
 //! agent-shim: ready boottime_us=N
+//! agent-shim: mem_used_kib=N|unknown
 //! agent-shim: exiting status=N reason=sigterm|sigint|exit-after|fail-after|self-check|error
 //! ```
 //!
+//! Settings come from the arguments and, as kata-agent's do, from `agent.*`
+//! keys on the kernel command line (see [`cmdline`]); arguments win.
 //! Diagnostics go to stderr through `log`.
 
 #![deny(unsafe_code)]
 
 pub mod args;
+pub mod cmdline;
 pub mod duration;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod selfcheck;
 #[allow(unsafe_code)]
@@ -30,6 +35,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use args::{Command, Options, Timer};
+use memory::MemLine;
 use selfcheck::SelfCheck;
 use signals::{BlockedSignals, Signal};
 
@@ -74,6 +80,10 @@ impl Exit {
 pub struct Environment {
     /// Normally `/proc/self`.
     pub proc_self: PathBuf,
+    /// The procfs root for `meminfo` and `zoneinfo`, normally `/proc`.
+    pub proc: PathBuf,
+    /// The kernel command line, normally `/proc/cmdline`.
+    pub cmdline: PathBuf,
     /// The value of `NOTIFY_SOCKET`, if set.
     pub notify_socket: Option<OsString>,
 }
@@ -82,6 +92,8 @@ impl Environment {
     pub fn from_process() -> Self {
         Self {
             proc_self: PathBuf::from("/proc/self"),
+            proc: PathBuf::from("/proc"),
+            cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
             notify_socket: notify::socket_from_env(),
         }
     }
@@ -137,8 +149,9 @@ where
     }
 }
 
-/// The shim's life after argument parsing: self-check, readiness, wait, exit
-/// marker. `started` is when the process began, the origin of the timers.
+/// The shim's life after argument parsing: kernel command line, self-check,
+/// readiness, memory, wait, exit marker. `started` is when the process
+/// began, the origin of the timers.
 pub fn serve<W: Write>(
     options: &Options,
     env: &Environment,
@@ -165,6 +178,12 @@ fn serve_until_exit<W: Write>(
     started: Instant,
     out: &mut W,
 ) -> Exit {
+    let (kernel, errors) = cmdline::read_cmdline(&env.cmdline);
+    for err in &errors {
+        log::warn!("{}", Report(err));
+    }
+    let options = &cmdline::apply(*options, &kernel);
+
     if options.self_check {
         let check = SelfCheck::gather(&env.proc_self);
         for err in check.errors() {
@@ -186,6 +205,11 @@ fn serve_until_exit<W: Write>(
         out,
         format_args!("agent-shim: ready boottime_us={}", boottime_us()),
     );
+    // Measured before notifying, while init is still waiting for us.
+    let used = memory::read_mem_used_kib(&env.proc)
+        .inspect_err(|err| log::warn!("memory: {}", Report(err)))
+        .ok();
+    emit(out, MemLine(used));
     if let Some(socket) = &env.notify_socket {
         if let Err(err) = notify::notify(socket, "READY=1") {
             log::error!("{}", Report(&err));
@@ -232,10 +256,38 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The real /proc, but no kernel command line: the host's must not
+    /// change what the tests see.
     fn env() -> Environment {
         Environment {
             proc_self: PathBuf::from("/proc/self"),
+            proc: PathBuf::from("/proc"),
+            cmdline: PathBuf::from("/nonexistent/agent-shim/cmdline"),
             notify_socket: None,
+        }
+    }
+
+    /// A temporary file holding a kernel command line.
+    struct CmdlineFile(PathBuf);
+
+    impl CmdlineFile {
+        fn new(text: &str) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "agent-shim-lib-cmdline-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for CmdlineFile {
+        fn drop(&mut self) {
+            // Best effort: a leftover temp file must not fail a test.
+            let _ = std::fs::remove_file(&self.0);
         }
     }
 
@@ -265,10 +317,10 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(20));
         assert_eq!(exit, Exit::ExitAfter);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines.len(), 3, "{out}");
         let ready = ready_value(lines[0]);
         assert!(ready >= before && ready <= boottime_us());
-        assert_eq!(lines[1], "agent-shim: exiting status=0 reason=exit-after");
+        assert_eq!(lines[2], "agent-shim: exiting status=0 reason=exit-after");
     }
 
     #[test]
@@ -292,12 +344,88 @@ mod tests {
         let (exit, out) = serve_to_string(options, &env());
         assert_eq!(exit, Exit::ExitAfter);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines.len(), 4, "{out}");
         assert!(lines[0].starts_with(&format!(
             "agent-shim: self-check pid={} nofile=",
             std::process::id()
         )));
         assert!(lines[1].starts_with("agent-shim: ready boottime_us="));
+        assert!(lines[2].starts_with("agent-shim: mem_used_kib="));
+    }
+
+    #[test]
+    fn memory_line_follows_ready() {
+        let options = Options {
+            timer: Some(Timer::ExitAfter(Duration::ZERO)),
+            ..Options::default()
+        };
+        let (_, out) = serve_to_string(options, &env());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("agent-shim: ready boottime_us="));
+        let used: u64 = lines[1]
+            .strip_prefix("agent-shim: mem_used_kib=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(used > 0);
+    }
+
+    #[test]
+    fn memory_unknown_does_not_stop_the_shim() {
+        let env = Environment {
+            proc: std::env::temp_dir().join("agent-shim-no-such-proc"),
+            ..env()
+        };
+        let options = Options {
+            timer: Some(Timer::ExitAfter(Duration::ZERO)),
+            ..Options::default()
+        };
+        let (exit, out) = serve_to_string(options, &env);
+        assert_eq!(exit, Exit::ExitAfter);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[1], "agent-shim: mem_used_kib=unknown");
+    }
+
+    #[test]
+    fn kernel_command_line_sets_the_timer() {
+        let cmdline = CmdlineFile::new("console=ttyS0 agent.log=debug agent.fail_after=0s\n");
+        let env = Environment {
+            cmdline: cmdline.0.clone(),
+            ..env()
+        };
+        let (exit, out) = serve_to_string(Options::default(), &env);
+        assert_eq!(exit, Exit::FailAfter);
+        assert!(out.ends_with("agent-shim: exiting status=1 reason=fail-after\n"));
+    }
+
+    #[test]
+    fn arguments_take_precedence_over_the_kernel_command_line() {
+        let cmdline = CmdlineFile::new("agent.fail_after=0s");
+        let env = Environment {
+            cmdline: cmdline.0.clone(),
+            ..env()
+        };
+        let options = Options {
+            timer: Some(Timer::ExitAfter(Duration::from_millis(20))),
+            ..Options::default()
+        };
+        let start = Instant::now();
+        let (exit, _) = serve_to_string(options, &env);
+        assert_eq!(exit, Exit::ExitAfter);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn malformed_kernel_timer_is_ignored() {
+        // Were the malformed word applied, it would conflict with the other.
+        let cmdline = CmdlineFile::new("agent.fail_after=0 agent.exit_after=0s");
+        let env = Environment {
+            cmdline: cmdline.0.clone(),
+            ..env()
+        };
+        let (exit, _) = serve_to_string(Options::default(), &env);
+        assert_eq!(exit, Exit::ExitAfter);
     }
 
     #[test]
@@ -306,7 +434,7 @@ mod tests {
         // fixture without the file makes that certain).
         let env = Environment {
             proc_self: std::env::temp_dir().join("agent-shim-no-such-proc-self"),
-            notify_socket: None,
+            ..env()
         };
         let options = Options {
             timer: Some(Timer::ExitAfter(Duration::ZERO)),

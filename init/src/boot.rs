@@ -64,6 +64,9 @@ pub fn run(args: &[String]) -> ! {
         write_proc("/proc/sys/kernel/printk_devkmsg", "on");
     }
     timeline.set_marker(cfg.boot_marker);
+    if cfg.timeline_console && mode == Mode::Vm {
+        timeline.copy_to_console(Path::new("/dev/console"));
+    }
     timeline.mark_at(Event::InitStart, None, t0);
     log::info!(
         "minos init {} starting ({mode:?} mode)",

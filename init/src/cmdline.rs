@@ -43,6 +43,8 @@ pub struct BootConfig {
     pub cgroup_v1: bool,
     /// `init.boot_marker=firecracker|cloud-hypervisor|none`.
     pub boot_marker: BootMarker,
+    /// `init.timeline=console`: timeline lines also on /dev/console.
+    pub timeline_console: bool,
     /// `init.kill_timeout=`: grace between SIGTERM and SIGKILL for the
     /// processes left at shutdown.
     pub kill_timeout: Duration,
@@ -60,6 +62,7 @@ impl Default for BootConfig {
             setenv: Vec::new(),
             cgroup_v1: false,
             boot_marker: BootMarker::None,
+            timeline_console: false,
             kill_timeout: Duration::from_secs(5),
         }
     }
@@ -179,6 +182,11 @@ pub fn parse(text: &str) -> (BootConfig, Vec<Problem>) {
                 }
                 _ => bad("expected firecracker, cloud-hypervisor or none; markers off".into()),
             },
+            ("init.timeline", Some(v)) => match v {
+                "console" => cfg.timeline_console = true,
+                "kmsg" => cfg.timeline_console = false,
+                _ => bad("expected console or kmsg; using kmsg".into()),
+            },
             ("init.kill_timeout", Some(v)) => match parse_timespan(v) {
                 Some(d) => cfg.kill_timeout = d,
                 None => bad("expected a time span such as 5s; using 5s".into()),
@@ -274,13 +282,15 @@ mod tests {
     fn init_keys_take_precedence_and_bad_values_name_the_word() {
         let (cfg, problems) = parse(
             "systemd.log_level=debug init.log=warn init.mask=a,b.service init.unit=x.target \
-             init.kill_timeout=2s init.boot_marker=firecracker init.bogus=1 init.log=loud",
+             init.kill_timeout=2s init.boot_marker=firecracker init.bogus=1 init.log=loud \
+             init.timeline=console",
         );
         assert_eq!(cfg.log_level, Some(LevelFilter::Warn));
         assert_eq!(cfg.masked, vec!["a.service", "b.service"]);
         assert_eq!(cfg.unit.as_deref(), Some("x.target"));
         assert_eq!(cfg.kill_timeout, Duration::from_secs(2));
         assert_eq!(cfg.boot_marker, BootMarker::Firecracker);
+        assert!(cfg.timeline_console);
         assert_eq!(problems.len(), 2);
         assert_eq!(problems[0].word, "init.bogus=1");
         assert!(problems[0].message.contains("unknown init key"));

@@ -76,6 +76,9 @@ pub struct Timeline {
     /// Lines not yet written to the file (before /run exists).
     pending: Vec<String>,
     file: Option<std::fs::File>,
+    /// `init.timeline=console`: the lines also go to /dev/console, where a
+    /// benchmark reads them even under `quiet`.
+    console: Option<std::fs::File>,
     /// Where hypervisor markers are written (/dev/mem, /dev/port); tests use files.
     pub mem_path: PathBuf,
     pub port_path: PathBuf,
@@ -87,6 +90,7 @@ impl Timeline {
             marker,
             pending: Vec::new(),
             file: None,
+            console: None,
             mem_path: PathBuf::from("/dev/mem"),
             port_path: PathBuf::from("/dev/port"),
         }
@@ -96,10 +100,21 @@ impl Timeline {
         self.marker = marker;
     }
 
+    /// Also writes the lines to `path` (the console).
+    pub fn copy_to_console(&mut self, path: &std::path::Path) {
+        match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(f) => self.console = Some(f),
+            Err(e) => log::warn!("init.timeline=console: open {}: {e}", path.display()),
+        }
+    }
+
     /// Records `event` at `us` (CLOCK_BOOTTIME).
     pub fn mark_at(&mut self, event: Event, unit: Option<&str>, us: u64) {
         let line = format_line(event, unit, us);
         crate::logger::marker(format_args!("{line}"));
+        if let Some(c) = &mut self.console {
+            let _ = writeln!(c, "minos-init: {line}");
+        }
         match &mut self.file {
             Some(f) => {
                 let _ = writeln!(f, "{line}");

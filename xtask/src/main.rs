@@ -4,17 +4,21 @@
 //! - `cargo xtask test`   what CI runs: packages, fmt, clippy, every test, budgets
 //! - `cargo xtask demo`   build, then boot the mini-OS (container mode for now)
 //! - `cargo xtask spec`   measure init's size and RSS (docs/SPECIFICATION.md)
+//! - `cargo xtask kernel` build (or take from the cache) the guest kernel flavours
 
 mod container;
 mod demo;
+mod image;
+mod kernel;
 mod measure;
+mod qemu;
 mod util;
 
 use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec> [--help]";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]> [--help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +26,9 @@ fn main() -> ExitCode {
         Some("build") => build().map(|_| ()),
         Some("test") => test(),
         Some("demo") => demo::run(),
+        Some("kernel") => kernel::main(&args[1..]),
+        Some("image") => image::main(&args[1..]),
+        Some("boot") => qemu::main(&args[1..]),
         Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");

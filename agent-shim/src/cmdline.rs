@@ -1,0 +1,425 @@
+//! Settings from the kernel command line, as kata-agent takes its `agent.*`
+//! keys: kata-agent.service starts the agent without arguments, so a guest
+//! that runs the unmodified unit can only configure the shim here.
+//!
+//! Keys:
+//!
+//! - `agent.exit_after=DURATION`: as `--exit-after DURATION`;
+//! - `agent.fail_after=DURATION`: as `--fail-after DURATION`.
+//!
+//! As in the kernel's own parameter names, `-` and `_` in a key are the same
+//! (`agent.exit-after` works too). A repeated key: the last valid value wins,
+//! as kata-agent does. A malformed value is reported and the word ignored;
+//! both keys set is reported and neither is applied. Other `agent.*` keys
+//! belong to the real agent and are ignored silently. Like kata-agent, every
+//! word of `/proc/cmdline` counts, including those after `--`.
+//!
+//! Arguments take precedence: a timer given with `--exit-after` or
+//! `--fail-after` replaces any from the kernel command line ([`apply`]).
+//!
+//! [`parse_cmdline`] is pure (text in, values and every warning out);
+//! [`read_cmdline`] takes the file's path so tests can use a fixture.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::args::{Options, Timer};
+use crate::duration::{parse_duration, DurationError};
+
+/// The normal place of the kernel command line.
+pub const PROC_CMDLINE: &str = "/proc/cmdline";
+
+const EXIT_AFTER: &str = "agent.exit_after";
+const FAIL_AFTER: &str = "agent.fail_after";
+
+/// What the kernel command line asks of the shim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelOptions {
+    pub timer: Option<Timer>,
+}
+
+/// A word of the kernel command line that was not applied, or a file that
+/// could not be read. None of them stops the shim.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdlineError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ignoring `{word}` on the kernel command line: no value")]
+    MissingValue { word: String },
+    #[error("ignoring `{word}` on the kernel command line")]
+    InvalidDuration {
+        word: String,
+        #[source]
+        source: DurationError,
+    },
+    #[error(
+        "ignoring `{exit_after}` and `{fail_after}` on the kernel command line: \
+         they exclude each other"
+    )]
+    ConflictingTimers {
+        exit_after: String,
+        fail_after: String,
+    },
+}
+
+/// One `key[=value]` parameter of the kernel command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param<'a> {
+    /// The word as written, quotes included, for messages.
+    pub word: &'a str,
+    pub key: &'a str,
+    /// `None` without `=`; quotes around the value removed.
+    pub value: Option<&'a str>,
+}
+
+/// The kernel's `isspace` (lib/ctype.c) for ASCII.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// Splits a kernel command line into parameters as the kernel's `next_arg`
+/// (lib/cmdline.c) does: words end at whitespace outside double quotes;
+/// a word that starts with a quote (`"key=a b"`) or a value that does
+/// (`key="a b"`) loses that quote and a closing quote at the end of the
+/// word. Other quotes stay in the text.
+pub fn params(text: &str) -> Vec<Param<'_>> {
+    let mut params = Vec::new();
+    let mut rest = text.trim_start_matches(is_space);
+    while !rest.is_empty() {
+        let (quoted, body) = match rest.strip_prefix('"') {
+            Some(body) => (true, body),
+            None => (false, rest),
+        };
+        let mut in_quote = quoted;
+        let mut equals = None;
+        let mut end = body.len();
+        for (i, c) in body.char_indices() {
+            if is_space(c) && !in_quote {
+                end = i;
+                break;
+            }
+            if c == '=' && equals.is_none() {
+                equals = Some(i);
+            }
+            if c == '"' {
+                in_quote = !in_quote;
+            }
+        }
+        let (raw, after) = body.split_at(end);
+        let word = &rest[..rest.len() - after.len()];
+        rest = after.trim_start_matches(is_space);
+
+        let value_quoted = equals.is_some_and(|i| raw[i + 1..].starts_with('"'));
+        let raw = if quoted || value_quoted {
+            raw.strip_suffix('"').unwrap_or(raw)
+        } else {
+            raw
+        };
+        // The closing quote may have been the only character after `=`
+        // (`key="`), so `equals` can now be past the end.
+        let (key, value) = match equals {
+            Some(i) => {
+                let value = raw.get(i + 1..).unwrap_or("");
+                let value = if value_quoted {
+                    value.strip_prefix('"').unwrap_or(value)
+                } else {
+                    value
+                };
+                (&raw[..i], Some(value))
+            }
+            None => (raw, None),
+        };
+        params.push(Param { word, key, value });
+    }
+    params
+}
+
+/// The kernel treats `-` and `_` in parameter names as the same (`parameq`).
+fn key_is(key: &str, name: &str) -> bool {
+    key.len() == name.len()
+        && key
+            .chars()
+            .zip(name.chars())
+            .all(|(a, b)| a == b || (matches!(a, '-' | '_') && matches!(b, '-' | '_')))
+}
+
+/// Reads the shim's keys from the text of `/proc/cmdline`; returns what
+/// applies and every word that was ignored, with the reason.
+pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
+    let mut errors = Vec::new();
+    // The last valid word of each key, with its duration.
+    let mut exit_after = None;
+    let mut fail_after = None;
+    for param in params(text) {
+        let slot = if key_is(param.key, EXIT_AFTER) {
+            &mut exit_after
+        } else if key_is(param.key, FAIL_AFTER) {
+            &mut fail_after
+        } else {
+            continue;
+        };
+        let Some(value) = param.value else {
+            errors.push(CmdlineError::MissingValue {
+                word: param.word.to_owned(),
+            });
+            continue;
+        };
+        match parse_duration(value) {
+            Ok(duration) => *slot = Some((param.word, duration)),
+            Err(source) => errors.push(CmdlineError::InvalidDuration {
+                word: param.word.to_owned(),
+                source,
+            }),
+        }
+    }
+    let timer = match (exit_after, fail_after) {
+        (None, None) => None,
+        (Some((_, after)), None) => Some(Timer::ExitAfter(after)),
+        (None, Some((_, after))) => Some(Timer::FailAfter(after)),
+        (Some((exit_word, _)), Some((fail_word, _))) => {
+            errors.push(CmdlineError::ConflictingTimers {
+                exit_after: exit_word.to_owned(),
+                fail_after: fail_word.to_owned(),
+            });
+            None
+        }
+    };
+    (KernelOptions { timer }, errors)
+}
+
+/// Reads and parses the kernel command line at `path` (normally
+/// [`PROC_CMDLINE`]). A missing file is no error: outside a VM, or with
+/// procfs not mounted, there is simply nothing to apply. Non-UTF-8 bytes
+/// are replaced; they cannot be part of a valid shim key anyway.
+pub fn read_cmdline(path: &Path) -> (KernelOptions, Vec<CmdlineError>) {
+    match std::fs::read(path) {
+        Ok(bytes) => parse_cmdline(&String::from_utf8_lossy(&bytes)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => (KernelOptions::default(), Vec::new()),
+        Err(source) => (
+            KernelOptions::default(),
+            vec![CmdlineError::Read {
+                path: path.to_owned(),
+                source,
+            }],
+        ),
+    }
+}
+
+/// The options in effect: the arguments, with what they leave unset taken
+/// from the kernel command line.
+pub fn apply(args: Options, kernel: &KernelOptions) -> Options {
+    Options {
+        timer: args.timer.or(kernel.timer),
+        ..args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A guest's /proc/cmdline as our QEMU runner writes it, newline included.
+    const GUEST: &str = "console=ttyS0 reboot=t panic=-1 quiet loglevel=3 \
+        root=/dev/vda ro init=/sbin/init agent.log=debug agent.debug_console \
+        agent.exit_after=2s systemd.unit=kata-containers.target\n";
+
+    fn parse(text: &str) -> (Option<Timer>, Vec<String>) {
+        let (options, errors) = parse_cmdline(text);
+        let errors = errors
+            .iter()
+            .map(|e| crate::Report(e).to_string())
+            .collect();
+        (options.timer, errors)
+    }
+
+    fn kv<'a>(params: &[Param<'a>]) -> Vec<(&'a str, Option<&'a str>)> {
+        params.iter().map(|p| (p.key, p.value)).collect()
+    }
+
+    #[test]
+    fn splits_on_whitespace() {
+        let params = params(" a=1\tb  c=\n\nd=x=y \n");
+        assert_eq!(
+            kv(&params),
+            [
+                ("a", Some("1")),
+                ("b", None),
+                ("c", Some("")),
+                ("d", Some("x=y"))
+            ]
+        );
+        assert_eq!(params[3].word, "d=x=y");
+        assert!(super::params("").is_empty());
+        assert!(super::params(" \n").is_empty());
+    }
+
+    #[test]
+    fn quotes_group_like_the_kernel() {
+        let params = params(r#"a="x y" "b=u v" c=p"q r"s "d" e=""#);
+        assert_eq!(
+            kv(&params),
+            [
+                ("a", Some("x y")),
+                ("b", Some("u v")),
+                // A quote inside a value groups but stays in the text.
+                ("c", Some(r#"p"q r"s"#)),
+                ("d", None),
+                ("e", Some("")),
+            ]
+        );
+        assert_eq!(params[0].word, r#"a="x y""#);
+        assert_eq!(params[1].word, r#""b=u v""#);
+        // An unterminated quote runs to the end of the line.
+        assert_eq!(
+            kv(&super::params("a=\"x y\nb=1")),
+            [("a", Some("x y\nb=1"))]
+        );
+    }
+
+    #[test]
+    fn exit_after_from_a_guest_command_line() {
+        assert_eq!(
+            parse(GUEST),
+            (Some(Timer::ExitAfter(Duration::from_secs(2))), vec![])
+        );
+    }
+
+    #[test]
+    fn fail_after_quoted_and_dashed() {
+        assert_eq!(
+            parse("quiet agent.fail_after=\"1.5s\"\n"),
+            (Some(Timer::FailAfter(Duration::from_millis(1500))), vec![])
+        );
+        assert_eq!(
+            parse("agent.fail-after=500ms"),
+            (Some(Timer::FailAfter(Duration::from_millis(500))), vec![])
+        );
+    }
+
+    #[test]
+    fn nothing_for_the_shim() {
+        assert_eq!(parse(""), (None, vec![]));
+        // Other agent keys belong to kata-agent; similar names are not ours.
+        assert_eq!(
+            parse(
+                "agent.log=debug agent.trace agent.exit_afterwards=1s \
+                 exit_after=1s xagent.exit_after=1s agent.exitafter=1s"
+            ),
+            (None, vec![])
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_named_and_ignored() {
+        assert_eq!(
+            parse("agent.exit_after=5 agent.fail_after agent.fail_after=soon"),
+            (
+                None,
+                vec![
+                    "ignoring `agent.exit_after=5` on the kernel command line: \
+                     duration `5` has no unit (use us, ms, s, min or h)"
+                        .to_owned(),
+                    "ignoring `agent.fail_after` on the kernel command line: no value".to_owned(),
+                    "ignoring `agent.fail_after=soon` on the kernel command line: \
+                     duration `soon` does not start with a number"
+                        .to_owned(),
+                ]
+            )
+        );
+        assert_eq!(
+            parse("agent.exit_after= quiet").1,
+            ["ignoring `agent.exit_after=` on the kernel command line: empty duration"]
+        );
+    }
+
+    #[test]
+    fn a_malformed_word_does_not_hide_a_valid_one() {
+        let (timer, errors) = parse("agent.exit_after=3s agent.exit_after=3 agent.fail_after=x");
+        assert_eq!(timer, Some(Timer::ExitAfter(Duration::from_secs(3))));
+        assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn last_valid_value_wins() {
+        assert_eq!(
+            parse("agent.exit_after=1s agent.exit_after=4s"),
+            (Some(Timer::ExitAfter(Duration::from_secs(4))), vec![])
+        );
+    }
+
+    #[test]
+    fn both_timers_apply_neither() {
+        assert_eq!(
+            parse("agent.fail_after=1s agent.exit_after=2s"),
+            (
+                None,
+                vec![
+                    "ignoring `agent.exit_after=2s` and `agent.fail_after=1s` on the \
+                      kernel command line: they exclude each other"
+                        .to_owned()
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn arguments_take_precedence() {
+        let kernel = KernelOptions {
+            timer: Some(Timer::FailAfter(Duration::from_secs(1))),
+        };
+        let args = Options {
+            timer: Some(Timer::ExitAfter(Duration::from_secs(9))),
+            self_check: true,
+            strict: false,
+        };
+        assert_eq!(apply(args, &kernel), args);
+        let args = Options {
+            timer: None,
+            ..args
+        };
+        assert_eq!(
+            apply(args, &kernel),
+            Options {
+                timer: kernel.timer,
+                ..args
+            }
+        );
+        assert_eq!(apply(args, &KernelOptions::default()), args);
+    }
+
+    #[test]
+    fn reads_a_fixture_file() {
+        let path = std::env::temp_dir().join(format!("agent-shim-cmdline-{}", std::process::id()));
+        std::fs::write(&path, GUEST).unwrap();
+        let (options, errors) = read_cmdline(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            options.timer,
+            Some(Timer::ExitAfter(Duration::from_secs(2)))
+        );
+    }
+
+    #[test]
+    fn missing_file_is_not_an_error() {
+        let (options, errors) = read_cmdline(Path::new("/nonexistent/agent-shim/cmdline"));
+        assert_eq!(options, KernelOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn unreadable_file_is_reported() {
+        // A directory cannot be read as a file (EISDIR).
+        let (options, errors) = read_cmdline(&std::env::temp_dir());
+        assert_eq!(options, KernelOptions::default());
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [format!("cannot read {}", std::env::temp_dir().display())]
+        );
+    }
+}

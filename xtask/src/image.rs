@@ -1,0 +1,537 @@
+//! `cargo xtask image --kind initrd|disk|dax [--agent PATH]`: the guest image.
+//!
+//! The rootfs is rootfs-skel/overlay plus the static binaries: init as
+//! /sbin/init (and /init for an initrd), timesync, agent-shim installed as
+//! /usr/bin/kata-agent (or `--agent PATH`), the multi-call links, and Kata's
+//! kata-agent.service unchanged.
+//!
+//! - initrd: a gzip-compressed newc cpio written here (reproducible: uid 0,
+//!   mtime 0, sorted).
+//! - disk: Kata osbuilder's layout — msdos label, one partition from 1 MiB,
+//!   ext4 with 4 KiB blocks, the whole image a multiple of 128 MiB — made
+//!   without mounts or loop devices (`mkfs.ext4 -d`, `sfdisk` on the file).
+//! - dax: the disk image behind Kata's 2 MiB DAX header (an MBR whose
+//!   partition starts at 3 MiB, and the NVDIMM PFN info block at 4 KiB), for
+//!   QEMU's nvdimm device, so the root is /dev/pmem0p1 with `rootflags=dax`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::util::{ensure_packages, root, run, Result};
+
+/// One entry of the image, in archive form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    CharDev {
+        path: String,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
+}
+
+impl Entry {
+    fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. }
+            | Entry::File { path, .. }
+            | Entry::Symlink { path, .. }
+            | Entry::CharDev { path, .. } => path,
+        }
+    }
+}
+
+/// The directories a read-only root needs (everything writable is tmpfs).
+const DIRS: [&str; 14] = [
+    "bin",
+    "sbin",
+    "usr",
+    "usr/bin",
+    "etc",
+    "etc/minos",
+    "etc/minos/units",
+    "proc",
+    "sys",
+    "dev",
+    "run",
+    "tmp",
+    "root",
+    "mnt",
+];
+
+/// Multi-call links to init, and to the agent.
+const LINKS: [(&str, &str); 6] = [
+    ("usr/bin/systemctl", "/sbin/init"),
+    ("sbin/poweroff", "init"),
+    ("sbin/reboot", "init"),
+    ("sbin/halt", "init"),
+    ("bin/sync", "/sbin/init"),
+    ("usr/bin/agent-shim", "kata-agent"),
+];
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))
+}
+
+/// Every file of rootfs-skel/overlay, relative path → contents.
+fn overlay_files(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("read {}: {e}", dir.display()))?
+        .filter_map(std::result::Result::ok)
+        .collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = e.path();
+        if path.is_dir() {
+            out.push(Entry::Dir {
+                path: rel.clone(),
+                mode: 0o755,
+            });
+            overlay_files(&path, &rel, out)?;
+        } else {
+            out.push(Entry::File {
+                path: rel,
+                mode: 0o644,
+                data: read(&path)?,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The rootfs entries: directories, overlay, binaries, links, units.
+pub fn rootfs(bin: &Path, agent: Option<&Path>, initrd: bool) -> Result<Vec<Entry>> {
+    let mut v: Vec<Entry> = DIRS
+        .iter()
+        .map(|d| Entry::Dir {
+            path: (*d).into(),
+            mode: 0o755,
+        })
+        .collect();
+    overlay_files(&root().join("rootfs-skel/overlay"), "", &mut v)?;
+    let agent_path = agent.map_or_else(|| bin.join("agent-shim"), Path::to_path_buf);
+    for (from, to) in [
+        (bin.join("init"), "sbin/init"),
+        (bin.join("timesync"), "usr/bin/timesync"),
+        (agent_path, "usr/bin/kata-agent"),
+    ] {
+        v.push(Entry::File {
+            path: to.into(),
+            mode: 0o755,
+            data: read(&from)?,
+        });
+    }
+    for (path, target) in LINKS {
+        v.push(Entry::Symlink {
+            path: path.into(),
+            target: target.into(),
+        });
+    }
+    let kata = root().join("tests/fixtures/kata/kata-agent.service");
+    v.push(Entry::File {
+        path: "etc/minos/units/kata-agent.service".into(),
+        mode: 0o644,
+        data: read(&kata)?,
+    });
+    if initrd {
+        // The kernel runs /init from an initramfs and opens /dev/console
+        // for it before anything is mounted.
+        v.push(Entry::Symlink {
+            path: "init".into(),
+            target: "sbin/init".into(),
+        });
+        v.push(Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        });
+    }
+    // Later entries replace earlier ones of the same path; parents first.
+    let mut seen = std::collections::BTreeMap::new();
+    for e in v {
+        seen.insert(e.path().to_string(), e);
+    }
+    Ok(seen.into_values().collect())
+}
+
+/// Writes entries as a newc cpio archive (the kernel's initramfs format).
+pub fn write_cpio(entries: &[Entry], out: &mut impl Write) -> std::io::Result<()> {
+    let mut ino = 1u32;
+    let mut header = |out: &mut dyn Write,
+                      name: &str,
+                      mode: u32,
+                      size: usize,
+                      rdev: (u32, u32)|
+     -> std::io::Result<()> {
+        let namesize = name.len() + 1;
+        write!(
+            out,
+            "070701{ino:08X}{mode:08X}{:08X}{:08X}{:08X}{:08X}{size:08X}{:08X}{:08X}{:08X}{:08X}{namesize:08X}{:08X}",
+            0, 0, 1, 0, 0, 0, rdev.0, rdev.1, 0
+        )?;
+        ino += 1;
+        out.write_all(name.as_bytes())?;
+        out.write_all(&[0])?;
+        pad(out, 110 + namesize)
+    };
+    for e in entries {
+        match e {
+            Entry::Dir { path, mode } => header(out, path, 0o040000 | mode, 0, (0, 0))?,
+            Entry::File { path, mode, data } => {
+                header(out, path, 0o100000 | mode, data.len(), (0, 0))?;
+                out.write_all(data)?;
+                pad(out, data.len())?;
+            }
+            Entry::Symlink { path, target } => {
+                header(out, path, 0o120777, target.len(), (0, 0))?;
+                out.write_all(target.as_bytes())?;
+                pad(out, target.len())?;
+            }
+            Entry::CharDev {
+                path,
+                mode,
+                major,
+                minor,
+            } => header(out, path, 0o020000 | mode, 0, (*major, *minor))?,
+        }
+    }
+    header(out, "TRAILER!!!", 0, 0, (0, 0))
+}
+
+fn pad(out: &mut dyn Write, len: usize) -> std::io::Result<()> {
+    let n = (4 - len % 4) % 4;
+    out.write_all(&[0u8; 3][..n])
+}
+
+/// Builds the initrd at `out` (gzip-compressed newc cpio).
+pub fn initrd(bin: &Path, agent: Option<&Path>, out: &Path) -> Result<PathBuf> {
+    let entries = rootfs(bin, agent, true)?;
+    let file = std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    let mut gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::best());
+    write_cpio(&entries, &mut gz).map_err(|e| format!("write {}: {e}", out.display()))?;
+    gz.finish()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| format!("write {}: {e}", out.display()))?;
+    Ok(out.to_path_buf())
+}
+
+/// Kata's layout constants (osbuilder image_builder.sh).
+pub const MIB: u64 = 1024 * 1024;
+pub const PART_START: u64 = MIB;
+pub const SIZE_ALIGN: u64 = 128 * MIB;
+pub const DAX_HEADER: u64 = 2 * MIB;
+pub const DAX_ALIGN: u32 = 2 * 1024 * 1024;
+pub const PFN_INFO_OFFSET: u64 = 4096;
+
+/// Writes the entries into `dir` as real files (char devices are left out:
+/// a disk root gets devtmpfs).
+pub fn stage(entries: &[Entry], dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    for e in entries {
+        let p = dir.join(e.path());
+        let r = match e {
+            Entry::Dir { mode, .. } => std::fs::create_dir_all(&p).and_then(|()| {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+            }),
+            Entry::File { mode, data, .. } => std::fs::write(&p, data).and_then(|()| {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+            }),
+            Entry::Symlink { target, .. } => std::os::unix::fs::symlink(target, &p),
+            Entry::CharDev { .. } => Ok(()),
+        };
+        r.map_err(|err| format!("stage {}: {err}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn tree_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(std::result::Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => 4096 + tree_bytes(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len().div_ceil(4096) * 4096),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Image size for `content` bytes: ext4 overhead and free space, plus the
+/// 1 MiB before the partition, rounded up to 128 MiB (Kata's alignment).
+pub fn disk_size(content: u64) -> u64 {
+    (PART_START + content * 3 / 2 + 16 * MIB).div_ceil(SIZE_ALIGN) * SIZE_ALIGN
+}
+
+/// One MBR partition entry in sfdisk's script syntax.
+pub fn sfdisk_script(start: u64, size: u64) -> String {
+    format!(
+        "label: dos\nunit: sectors\n\nstart={}, size={}, type=83\n",
+        start / 512,
+        size / 512
+    )
+}
+
+fn sfdisk(image: &Path, script: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(image)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sfdisk: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("sfdisk: no stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("sfdisk: {e}"))?;
+    let st = child.wait().map_err(|e| format!("sfdisk: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("sfdisk {} failed: {st}", image.display()))
+    }
+}
+
+/// Builds the disk image at `out` from `stage_dir`.
+pub fn disk(stage_dir: &Path, out: &Path) -> Result<()> {
+    ensure_packages(&[("mkfs.ext4", "e2fsprogs"), ("sfdisk", "fdisk")])?;
+    let size = disk_size(tree_bytes(stage_dir));
+    let part_size = size - PART_START;
+    let part = out.with_extension("part");
+    let _ = std::fs::remove_file(&part);
+    run(std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-L",
+            "rootfs",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(stage_dir)
+        .arg(&part)
+        .arg(format!("{}k", part_size / 1024))
+        .stdout(std::process::Stdio::null()))?;
+    let mut img =
+        std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    img.set_len(size)
+        .map_err(|e| format!("size {}: {e}", out.display()))?;
+    let mut src =
+        std::fs::File::open(&part).map_err(|e| format!("open {}: {e}", part.display()))?;
+    std::io::Seek::seek(&mut img, std::io::SeekFrom::Start(PART_START))
+        .map_err(|e| e.to_string())?;
+    std::io::copy(&mut src, &mut img).map_err(|e| format!("copy into {}: {e}", out.display()))?;
+    drop(img);
+    let _ = std::fs::remove_file(&part);
+    sfdisk(out, &sfdisk_script(PART_START, part_size))
+}
+
+/// Fletcher-64 over 32-bit little-endian words, as the kernel's nd_fletcher64.
+pub fn fletcher64(data: &[u8]) -> u64 {
+    let (mut lo, mut hi) = (0u32, 0u32);
+    for w in data.chunks_exact(4) {
+        lo = lo.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+        hi = hi.wrapping_add(lo);
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The NVDIMM PFN info block (struct nd_pfn_sb, 4 KiB) that makes the kernel
+/// map the namespace in fsdax mode with the data at `dataoff`.
+pub fn pfn_info_block(namespace_size: u64, dataoff: u64, align: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    b[..16].copy_from_slice(b"NVDIMM_PFN_INFO\0");
+    // uuid: any non-zero value; parent_uuid stays zero (label-less namespace).
+    b[16..32].copy_from_slice(&[
+        0x6d, 0x69, 0x6e, 0x6f, 0x73, 0x2d, 0x64, 0x61, 0x78, 0x2d, 0x68, 0x64, 0x72, 0x00, 0x00,
+        0x01,
+    ]);
+    let put = |b: &mut Vec<u8>, off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+    put(&mut b, 48, &0u32.to_le_bytes()); // flags
+    put(&mut b, 52, &1u16.to_le_bytes()); // version_major
+    put(&mut b, 54, &4u16.to_le_bytes()); // version_minor
+    put(&mut b, 56, &dataoff.to_le_bytes());
+    put(
+        &mut b,
+        64,
+        &((namespace_size - dataoff) / 4096).to_le_bytes(),
+    ); // npfns
+       // mode: PFN_MODE_RAM — the struct pages live in guest RAM, so the header
+       // stays 2 MiB whatever the image size (PFN_MODE_PMEM would need 64 bytes
+       // of header per 4 KiB page).
+    put(&mut b, 72, &1u32.to_le_bytes());
+    put(&mut b, 76, &0u32.to_le_bytes()); // start_pad
+    put(&mut b, 80, &0u32.to_le_bytes()); // end_trunc
+    put(&mut b, 84, &align.to_le_bytes());
+    put(&mut b, 88, &4096u32.to_le_bytes()); // page_size
+    put(&mut b, 92, &64u16.to_le_bytes()); // page_struct_size
+    let sum = fletcher64(&b);
+    put(&mut b, 4088, &sum.to_le_bytes());
+    b
+}
+
+/// A classic MBR with one Linux partition (type 0x83) at `start` sectors.
+pub fn mbr(disk_id: u32, start: u64, sectors: u64) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    m[440..444].copy_from_slice(&disk_id.to_le_bytes());
+    let e = &mut m[446..462];
+    // CHS fields set to the "beyond 8 GiB" marker; LBA fields are what count.
+    e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    e[4] = 0x83;
+    e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    e[8..12].copy_from_slice(&u32::try_from(start).unwrap_or(u32::MAX).to_le_bytes());
+    e[12..16].copy_from_slice(&u32::try_from(sectors).unwrap_or(u32::MAX).to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xaa;
+    m
+}
+
+/// Builds the DAX image: Kata's 2 MiB header, then the disk image.
+pub fn dax(disk_image: &Path, out: &Path) -> Result<()> {
+    let disk_len = std::fs::metadata(disk_image)
+        .map_err(|e| format!("{}: {e}", disk_image.display()))?
+        .len();
+    let header = out.with_extension("header");
+    // As osbuilder: the header's MBR points at the rootfs partition behind it
+    // (header + 1 MiB), ending 1 MiB before the disk image's size. The
+    // partition lies beyond the 2 MiB header, so the MBR is written here
+    // rather than by a partitioning tool.
+    let start = DAX_HEADER + PART_START;
+    let end = disk_len - MIB;
+    let mut head = vec![0u8; DAX_HEADER as usize];
+    head[..512].copy_from_slice(&mbr(0x6d69_6e6f, start / 512, (end - start) / 512));
+    let block = pfn_info_block(DAX_HEADER + disk_len, DAX_HEADER, DAX_ALIGN);
+    head[PFN_INFO_OFFSET as usize..PFN_INFO_OFFSET as usize + block.len()].copy_from_slice(&block);
+    std::fs::write(&header, &head).map_err(|e| format!("write {}: {e}", header.display()))?;
+    let mut o = std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    for p in [&header, &disk_image.to_path_buf()] {
+        let mut i = std::fs::File::open(p).map_err(|e| format!("open {}: {e}", p.display()))?;
+        std::io::copy(&mut i, &mut o).map_err(|e| format!("write {}: {e}", out.display()))?;
+    }
+    let _ = std::fs::remove_file(&header);
+    Ok(())
+}
+
+/// Builds the image of `kind` under target/images and returns its path.
+pub fn build(kind: &str, bin: &Path, agent: Option<&Path>) -> Result<PathBuf> {
+    let dir = root().join("target/images");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    match kind {
+        "initrd" => initrd(bin, agent, &dir.join("minos-initrd.cpio.gz")),
+        "disk" | "dax" => {
+            let stage_dir = dir.join("rootfs");
+            stage(&rootfs(bin, agent, false)?, &stage_dir)?;
+            let disk_img = dir.join("minos-disk.img");
+            disk(&stage_dir, &disk_img)?;
+            if kind == "disk" {
+                return Ok(disk_img);
+            }
+            let out = dir.join("minos-dax.img");
+            dax(&disk_img, &out)?;
+            Ok(out)
+        }
+        other => Err(format!("unknown --kind {other:?} (initrd, disk, dax)")),
+    }
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let value = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+    };
+    let kind = value("--kind").map_or("initrd", String::as_str);
+    let agent = value("--agent").map(PathBuf::from);
+    let bin = crate::build()?;
+    let p = build(kind, &bin, agent.as_deref())?;
+    println!("xtask: {kind} image: {}", p.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_newc_layout_is_what_cpio_reads() {
+        let entries = vec![
+            Entry::Dir {
+                path: "etc".into(),
+                mode: 0o755,
+            },
+            Entry::File {
+                path: "etc/hostname".into(),
+                mode: 0o644,
+                data: b"minos\n".to_vec(),
+            },
+            Entry::Symlink {
+                path: "init".into(),
+                target: "sbin/init".into(),
+            },
+            Entry::CharDev {
+                path: "dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+        ];
+        let mut buf = Vec::new();
+        write_cpio(&entries, &mut buf).unwrap();
+        assert_eq!(buf.len() % 4, 0);
+        assert!(buf.starts_with(b"070701"));
+        let dir = std::env::temp_dir().join(format!("minos-cpio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let archive = dir.join("a.cpio");
+        std::fs::write(&archive, &buf).unwrap();
+        // GNU cpio lists what it reads: the archive is valid newc.
+        let out = std::process::Command::new("cpio")
+            .args(["-itv", "--quiet", "-F"])
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(list.contains("etc/hostname"), "{list}");
+        assert!(list.contains("init -> sbin/init"), "{list}");
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with("crw-------") && l.contains("dev/console")),
+            "{list}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,343 @@
+//! `cargo xtask boot`: boot a minos image in QEMU under TCG and summarise.
+//!
+//! Guest time is deterministic with `-icount shift=0,sleep=off` (1 guest
+//! instruction = 1 ns; idle time is skipped), so the figures in the summary
+//! line are guest CLOCK_BOOTTIME and repeat run after run:
+//!
+//! `boot: kernel_ms=N init_to_agent_ms=N agent_ready_ms=N mem_used_kib=N poweroff=clean`
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::util::{ensure_packages, Result};
+
+/// Kata's QEMU x86 command line (tests/fixtures/kata/kernel-cmdline-qemu-x86.txt)
+/// without its console and root parameters, which depend on the boot.
+pub fn kata_cmdline() -> String {
+    let text = include_str!("../../tests/fixtures/kata/kernel-cmdline-qemu-x86.txt");
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap_or_default();
+    line.split_whitespace()
+        .filter(|w| !w.starts_with("console=") && !w.starts_with("root") && *w != "ro")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How the image is attached, as Kata attaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Initrd,
+    /// virtio-blk, root=/dev/vda1.
+    Disk,
+    /// NVDIMM with the DAX header, root=/dev/pmem0p1.
+    Dax,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "initrd" => Ok(Kind::Initrd),
+            "disk" => Ok(Kind::Disk),
+            "dax" => Ok(Kind::Dax),
+            other => Err(format!("unknown --kind {other:?} (initrd, disk, dax)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Initrd => "initrd",
+            Kind::Disk => "disk",
+            Kind::Dax => "dax",
+        }
+    }
+
+    /// Kata's root parameters for this kind.
+    fn root_cmdline(self) -> &'static str {
+        match self {
+            Kind::Initrd => "",
+            Kind::Disk => {
+                "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+            }
+            Kind::Dax => {
+                "root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub kernel: PathBuf,
+    pub kind: Kind,
+    pub image: PathBuf,
+    /// Extra virtio-blk disks (read-write), e.g. a data disk.
+    pub data_disks: Vec<PathBuf>,
+    pub machine: String,
+    pub extra_cmdline: String,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+    pub echo: bool,
+}
+
+/// What a boot showed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootReport {
+    pub init_start_us: Option<u64>,
+    pub agent_ready_us: Option<u64>,
+    pub mem_used_kib: Option<u64>,
+    pub shutdown_seen: bool,
+    pub exited_cleanly: bool,
+    pub console: String,
+}
+
+impl BootReport {
+    pub fn ok(&self) -> bool {
+        self.agent_ready_us.is_some() && self.shutdown_seen && self.exited_cleanly
+    }
+
+    pub fn summary(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or("unknown".to_string(), |v| format!("{}", v / 1000));
+        let init_to_agent = match (self.init_start_us, self.agent_ready_us) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        format!(
+            "boot: kernel_ms={} init_to_agent_ms={} agent_ready_ms={} mem_used_kib={} poweroff={}",
+            ms(self.init_start_us),
+            ms(init_to_agent),
+            ms(self.agent_ready_us),
+            self.mem_used_kib
+                .map_or("unknown".into(), |v| v.to_string()),
+            if self.shutdown_seen && self.exited_cleanly {
+                "clean"
+            } else {
+                "failed"
+            }
+        )
+    }
+
+    /// Takes what it needs from one console line.
+    pub fn observe(&mut self, line: &str) {
+        let num = |key: &str| -> Option<u64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        if line.contains("timeline event=init_start") {
+            self.init_start_us = num("boottime_us=");
+        } else if line.contains("agent-shim: ready") {
+            self.agent_ready_us = num("boottime_us=");
+        } else if line.contains("agent-shim: mem_used_kib=") {
+            self.mem_used_kib = num("mem_used_kib=");
+        } else if line.contains("timeline event=shutdown_start") {
+            self.shutdown_seen = true;
+        }
+        self.console.push_str(line);
+        self.console.push('\n');
+    }
+}
+
+/// Boots and waits for QEMU to exit (the guest powers off) or the timeout.
+pub fn boot(o: &BootOptions) -> Result<BootReport> {
+    ensure_packages(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    let cmdline = format!(
+        "console=ttyS0 {} {} init.timeline=console {}",
+        kata_cmdline(),
+        o.kind.root_cmdline(),
+        o.extra_cmdline
+    );
+    let machine = match o.machine.as_str() {
+        "q35" if o.kind == Kind::Dax => "q35,accel=tcg,nvdimm=on".to_string(),
+        "q35" => "q35,accel=tcg".to_string(),
+        "microvm" => "microvm,accel=tcg,acpi=off,pit=off,pic=off,rtc=on,isa-serial=on".to_string(),
+        other => return Err(format!("unknown machine {other:?} (q35, microvm)")),
+    };
+    // A guest waiting on virtio-blk makes icount skip ahead unpredictably:
+    // the disk kind runs with sleep=on (approximate timings).
+    let icount = if o.kind == Kind::Disk || !o.data_disks.is_empty() {
+        "shift=0,sleep=on"
+    } else {
+        "shift=0,sleep=off"
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", &machine, "-smp", "1"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-icount", icount])
+        .arg("-kernel")
+        .arg(&o.kernel);
+    let image_len = std::fs::metadata(&o.image)
+        .map_err(|e| format!("{}: {e}", o.image.display()))?
+        .len();
+    match o.kind {
+        Kind::Initrd => {
+            cmd.args(["-m", &format!("{}M", o.memory_mib)])
+                .arg("-initrd")
+                .arg(&o.image);
+        }
+        Kind::Disk => {
+            cmd.args(["-m", &format!("{}M", o.memory_mib)])
+                .arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=root,format=raw,readonly=on",
+                    o.image.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=root"]);
+        }
+        Kind::Dax => {
+            // As Kata's QEMU attaches it: a file-backed NVDIMM, unarmed, read-only.
+            cmd.args([
+                "-m",
+                &format!("{}M,slots=2,maxmem={}M", o.memory_mib, o.memory_mib + 4096),
+            ])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=root,mem-path={},size={image_len},readonly=on,share=off",
+                o.image.display()
+            ))
+            .args(["-device", "nvdimm,id=nv0,memdev=root,unarmed=on"]);
+        }
+    }
+    for (i, d) in o.data_disks.iter().enumerate() {
+        cmd.arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=data{i},format=raw",
+                d.display()
+            ))
+            .args(["-device", &format!("virtio-blk-pci,drive=data{i}")]);
+    }
+    cmd.arg("-append")
+        .arg(&cmdline)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("start qemu: {e}"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    for src in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(src)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                let _ = tx.send(line.trim_end_matches('\r').to_string());
+            }
+        });
+    }
+    drop(tx);
+    let mut report = BootReport::default();
+    let deadline = Instant::now() + o.timeout;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if o.echo {
+                    println!("{line}");
+                }
+                report.observe(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "guest did not power off within {:?}\n{}",
+                o.timeout, report.console
+            ));
+        }
+    }
+    let status = child.wait().map_err(|e| format!("wait for qemu: {e}"))?;
+    report.exited_cleanly = status.success();
+    Ok(report)
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let value = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let kind = Kind::parse(&value("--kind").unwrap_or_else(|| "dax".into()))?;
+    let flavour = value("--flavour").unwrap_or_else(|| "test".into());
+    let kernel = match value("--kernel") {
+        Some(k) => PathBuf::from(k),
+        None => crate::kernel::build(&flavour)?.vmlinux,
+    };
+    let bin = crate::build()?;
+    let image = crate::image::build(kind.name(), &bin, None)?;
+    let opts = BootOptions {
+        kernel,
+        kind,
+        image,
+        data_disks: Vec::new(),
+        machine: value("--machine").unwrap_or_else(|| "q35".into()),
+        extra_cmdline: value("--cmdline").unwrap_or_else(|| "agent.exit_after=2s".into()),
+        memory_mib: 512,
+        timeout: Duration::from_secs(300),
+        echo: true,
+    };
+    let report = boot(&opts)?;
+    println!("{}", report.summary());
+    if report.ok() {
+        Ok(())
+    } else {
+        Err("the agent did not become ready or the guest did not power off cleanly".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kata_cmdline_keeps_the_runtime_keys_and_drops_console_and_root() {
+        let c = kata_cmdline();
+        assert!(c.contains("systemd.unit=kata-containers.target"));
+        assert!(c.contains("quiet") && c.contains("panic=1") && c.contains("reboot=k"));
+        assert!(!c.contains("console=") && !c.contains("root=") && !c.contains(" ro "));
+    }
+
+    #[test]
+    fn report_from_console_lines() {
+        let mut r = BootReport::default();
+        for l in [
+            "minos-init: timeline event=init_start boottime_us=250000",
+            "agent-shim: ready boottime_us=262500",
+            "agent-shim: mem_used_kib=20480",
+            "minos-init: timeline event=shutdown_start boottime_us=2300000",
+        ] {
+            r.observe(l);
+        }
+        r.exited_cleanly = true;
+        assert!(r.ok());
+        assert_eq!(
+            r.summary(),
+            "boot: kernel_ms=250 init_to_agent_ms=12 agent_ready_ms=262 mem_used_kib=20480 poweroff=clean"
+        );
+    }
+}
