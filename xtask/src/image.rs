@@ -119,7 +119,7 @@ fn overlay_files(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()> {
 }
 
 /// The rootfs entries: directories, overlay, binaries, links, units.
-pub fn rootfs(bin: &Path, agent: Option<&Path>, initrd: bool) -> Result<Vec<Entry>> {
+pub fn rootfs(bin: &Path, agent: Option<&Path>, initrd: bool, extra: &[Entry]) -> Result<Vec<Entry>> {
     let mut v: Vec<Entry> = DIRS
         .iter()
         .map(|d| Entry::Dir {
@@ -166,6 +166,7 @@ pub fn rootfs(bin: &Path, agent: Option<&Path>, initrd: bool) -> Result<Vec<Entr
             minor: 1,
         });
     }
+    v.extend(extra.iter().cloned());
     // Later entries replace earlier ones of the same path; parents first.
     let mut seen = std::collections::BTreeMap::new();
     for e in v {
@@ -224,8 +225,8 @@ fn pad(out: &mut dyn Write, len: usize) -> std::io::Result<()> {
 }
 
 /// Builds the initrd at `out` (gzip-compressed newc cpio).
-pub fn initrd(bin: &Path, agent: Option<&Path>, out: &Path) -> Result<PathBuf> {
-    let entries = rootfs(bin, agent, true)?;
+pub fn initrd(bin: &Path, agent: Option<&Path>, extra: &[Entry], out: &Path) -> Result<PathBuf> {
+    let entries = rootfs(bin, agent, true, extra)?;
     let file = std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
     let mut gz =
         flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::best());
@@ -442,21 +443,22 @@ pub fn dax(disk_image: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the image of `kind` under target/images and returns its path.
-pub fn build(kind: &str, bin: &Path, agent: Option<&Path>) -> Result<PathBuf> {
+/// Builds the image of `kind` under target/images (file names starting with
+/// `name`) and returns its path. `extra` entries are added to the rootfs.
+pub fn build(kind: &str, bin: &Path, agent: Option<&Path>, extra: &[Entry], name: &str) -> Result<PathBuf> {
     let dir = root().join("target/images");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     match kind {
-        "initrd" => initrd(bin, agent, &dir.join("minos-initrd.cpio.gz")),
+        "initrd" => initrd(bin, agent, extra, &dir.join(format!("{name}-initrd.cpio.gz"))),
         "disk" | "dax" => {
-            let stage_dir = dir.join("rootfs");
-            stage(&rootfs(bin, agent, false)?, &stage_dir)?;
-            let disk_img = dir.join("minos-disk.img");
+            let stage_dir = dir.join(format!("{name}-rootfs"));
+            stage(&rootfs(bin, agent, false, extra)?, &stage_dir)?;
+            let disk_img = dir.join(format!("{name}-disk.img"));
             disk(&stage_dir, &disk_img)?;
             if kind == "disk" {
                 return Ok(disk_img);
             }
-            let out = dir.join("minos-dax.img");
+            let out = dir.join(format!("{name}-dax.img"));
             dax(&disk_img, &out)?;
             Ok(out)
         }
@@ -473,7 +475,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let kind = value("--kind").map_or("initrd", String::as_str);
     let agent = value("--agent").map(PathBuf::from);
     let bin = crate::build()?;
-    let p = build(kind, &bin, agent.as_deref())?;
+    let p = build(kind, &bin, agent.as_deref(), &[], "minos")?;
     println!("xtask: {kind} image: {}", p.display());
     Ok(())
 }

@@ -13,12 +13,13 @@ mod kernel;
 mod measure;
 mod qemu;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]> [--help]";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         Some("kernel") => kernel::main(&args[1..]),
         Some("image") => image::main(&args[1..]),
         Some("boot") => qemu::main(&args[1..]),
+        Some("vmtest") => build().and_then(|_| vmtest::run(args.get(1).map(String::as_str))),
         Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
@@ -91,6 +93,7 @@ fn test() -> Result<()> {
     util::step("build (dev)", || cargo(&["build", "--workspace", "--bins"]))?;
     util::step("tests", || cargo(&["test", "--workspace"]))?;
     util::step("release build", || build().map(|_| ()))?;
+    util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
     util::step("budgets", || measure::spec(true))?;
     println!("xtask: all checks passed");
     Ok(())

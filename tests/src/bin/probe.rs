@@ -45,6 +45,13 @@ fn main() {
         ["orphans", n] => orphans(n.parse().unwrap_or(0)),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
+        ["mount", dev, dir, fstype] => {
+            let _ = std::fs::create_dir_all(dir);
+            match rustix::mount::mount(*dev, *dir, *fstype, rustix::mount::MountFlags::empty(), None) {
+                Ok(()) => 0,
+                Err(e) => fail(&format!("mount {dev} on {dir} ({fstype}): {e}")),
+            }
+        }
         ["say", text] => {
             println!("{text}");
             0

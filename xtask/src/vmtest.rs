@@ -1,0 +1,159 @@
+//! Whole-VM tests, run by `cargo xtask test` (and `cargo xtask vmtest`):
+//! the `test` kernel flavour, the project's images, QEMU under TCG. Each
+//! scenario asserts on what the guest printed and on how QEMU ended; the
+//! data-disk scenario also checks the disk from the host (e2fsck, debugfs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::image::Entry;
+use crate::qemu::{boot, BootOptions, BootReport, Kind};
+use crate::util::{root, Result};
+
+fn unit(name: &str, text: &str) -> Entry {
+    Entry::File { path: format!("etc/minos/units/{name}"), mode: 0o644, data: text.as_bytes().to_vec() }
+}
+
+fn check(name: &str, cond: bool, what: &str, report: &BootReport) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("{name}: {what}\n--- console ---\n{}", report.console))
+    }
+}
+
+/// The checks every boot must pass: timeline, units, agent, timesync,
+/// poweroff. `all_started` is not reached when a test unit powers off.
+fn common_checks(name: &str, r: &BootReport, all_started: bool) -> Result<()> {
+    for needle in [
+        "timeline event=init_start",
+        "timeline event=mounts_done",
+        "timeline event=unit_ready unit=kata-agent.service",
+        "timeline event=unit_ready unit=timesync.service",
+        "timesync: started",
+        "agent-shim: ready boottime_us=",
+        "timeline event=shutdown_start",
+    ] {
+        check(name, r.console.contains(needle), &format!("console lacks {needle:?}"), r)?;
+    }
+    if all_started {
+        check(name, r.console.contains("timeline event=all_started"), "console lacks all_started", r)?;
+    }
+    check(name, r.mem_used_kib.is_some(), "no mem_used_kib line", r)?;
+    check(name, r.shutdown_seen && r.exited_cleanly, "the guest did not power off cleanly", r)
+}
+
+struct Scenario {
+    name: &'static str,
+    kind: Kind,
+    machine: &'static str,
+    /// Added to the image.
+    extra: Vec<Entry>,
+    cmdline: &'static str,
+    data_disk: bool,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let poweroff_unit = unit(
+        "test-poweroff.service",
+        "[Unit]\nAfter=kata-agent.service timesync.service\n[Service]\nType=oneshot\n\
+         ExecStart=/usr/bin/probe sleep 0.5\nExecStart=/sbin/poweroff\n",
+    );
+    vec![
+        Scenario { name: "initrd-q35", kind: Kind::Initrd, machine: "q35", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
+        Scenario { name: "disk-q35", kind: Kind::Disk, machine: "q35", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
+        Scenario { name: "dax-q35", kind: Kind::Dax, machine: "q35", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
+        Scenario { name: "disk-microvm", kind: Kind::Disk, machine: "microvm", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
+        // `poweroff` run inside the guest (the agent would run for an hour).
+        Scenario { name: "dax-q35-poweroff", kind: Kind::Dax, machine: "q35", extra: vec![poweroff_unit], cmdline: "agent.exit_after=1h", data_disk: false },
+        // A read-write data disk written just before poweroff.
+        Scenario {
+            name: "dax-q35-data-disk",
+            kind: Kind::Dax,
+            machine: "q35",
+            extra: vec![unit(
+                "test-data.service",
+                "[Unit]\nAfter=kata-agent.service\n[Service]\nType=oneshot\n\
+                 ExecStart=/usr/bin/probe mount /dev/vda /mnt ext4\n\
+                 ExecStart=/usr/bin/probe copy /etc/passwd /mnt/passwd-copy\n\
+                 ExecStart=/usr/bin/probe write /mnt/hello written-before-poweroff\n\
+                 ExecStart=/sbin/poweroff\n",
+            )],
+            cmdline: "agent.exit_after=1h",
+            data_disk: true,
+        },
+    ]
+}
+
+fn data_disk(path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    crate::util::run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(path).arg("32M").stdout(std::process::Stdio::null()))
+}
+
+fn check_data_disk(name: &str, path: &Path, r: &BootReport) -> Result<()> {
+    let fsck = Command::new("e2fsck").arg("-fn").arg(path).output().map_err(|e| format!("e2fsck: {e}"))?;
+    check(name, fsck.status.success(), &format!("e2fsck -fn: {}", String::from_utf8_lossy(&fsck.stdout)), r)?;
+    let cat = |file: &str| -> Result<Vec<u8>> {
+        let o = Command::new("debugfs").args(["-R", &format!("cat {file}")]).arg(path).output().map_err(|e| format!("debugfs: {e}"))?;
+        Ok(o.stdout)
+    };
+    let passwd = std::fs::read(root().join("rootfs-skel/overlay/etc/passwd")).map_err(|e| e.to_string())?;
+    check(name, cat("/passwd-copy")? == passwd, "/passwd-copy differs on the data disk", r)?;
+    check(name, cat("/hello")? == b"written-before-poweroff", "/hello differs on the data disk", r)
+}
+
+pub fn run(only: Option<&str>) -> Result<()> {
+    let kernel = crate::kernel::build("test")?.vmlinux;
+    let bin = crate::util::release_dir();
+    let probe = bin.join("probe");
+    if !probe.is_file() {
+        return Err(format!("{} is missing (cargo build --release --workspace --bins)", probe.display()));
+    }
+    let probe_entry = Entry::File { path: "usr/bin/probe".into(), mode: 0o755, data: std::fs::read(&probe).map_err(|e| e.to_string())? };
+    let mut failures = Vec::new();
+    for s in scenarios() {
+        if only.is_some_and(|o| o != s.name) {
+            continue;
+        }
+        let mut extra = s.extra.clone();
+        extra.push(probe_entry.clone());
+        let image = crate::image::build(s.kind.name(), &bin, None, &extra, &format!("test-{}", s.name))?;
+        let disk = root().join(format!("target/images/test-{}-data.ext4", s.name));
+        let mut data_disks: Vec<PathBuf> = Vec::new();
+        if s.data_disk {
+            data_disk(&disk)?;
+            data_disks.push(disk.clone());
+        }
+        let o = BootOptions {
+            kernel: kernel.clone(),
+            kind: s.kind,
+            image,
+            data_disks,
+            machine: s.machine.into(),
+            extra_cmdline: s.cmdline.into(),
+            memory_mib: 512,
+            timeout: Duration::from_secs(300),
+            echo: false,
+        };
+        let result = boot(&o).and_then(|r| {
+            common_checks(s.name, &r, s.extra.is_empty())?;
+            if s.data_disk {
+                check_data_disk(s.name, &disk, &r)?;
+            }
+            Ok(r)
+        });
+        match result {
+            Ok(r) => println!("vmtest: {:<20} ok   {}", s.name, r.summary()),
+            Err(e) => {
+                println!("vmtest: {:<20} FAILED", s.name);
+                failures.push(e);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} VM scenario(s) failed:\n{}", failures.len(), failures.join("\n\n")))
+    }
+}
