@@ -17,6 +17,8 @@ use crate::{
 /// Runs PID 1; never returns.
 pub fn run(args: &[String]) -> ! {
     let t0 = timeline::now_us();
+    // Block the handled signals first, so none sent during boot is lost.
+    let signals = sys::SignalFd::new(&supervisor::handled_signals());
     logger::install(LevelFilter::Info);
     let mode = if std::env::var_os("container").is_some() {
         Mode::Container
@@ -40,7 +42,7 @@ pub fn run(args: &[String]) -> ! {
     let mut errors = Vec::new();
     mounts::mount_dev(&mut table, mode, &mut errors);
     if mode == Mode::Vm {
-        sys::ensure_stdio();
+        sys::console_on_stdio();
         logger::use_kmsg();
     }
 
@@ -89,7 +91,7 @@ pub fn run(args: &[String]) -> ! {
     let mut units = load_units(Path::new(UNITS_DIR), &cfg);
     apply_nofile_limits(&mut units, mode);
 
-    let signals = match sys::SignalFd::new(&supervisor::handled_signals()) {
+    let signals = match signals {
         Ok(s) => s,
         Err(e) => {
             // Without signals init cannot reap: nothing safe is left to do.
@@ -129,7 +131,7 @@ pub fn run(args: &[String]) -> ! {
 
 /// sync, unmount or remount read-only, reboot(2).
 pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
-    rustix::fs::sync();
+    sync_bounded();
     if req.urgency != Urgency::Immediate {
         match std::fs::read_to_string("/proc/self/mountinfo") {
             Ok(info) => {
@@ -141,7 +143,7 @@ pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
                 log::error!("shutdown: read /proc/self/mountinfo: {e}; filesystems left mounted")
             }
         }
-        rustix::fs::sync();
+        sync_bounded();
     }
     log::info!("shutdown: {} now", req.kind.name());
     let cmd = match req.kind {
@@ -157,6 +159,42 @@ pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
         err.map_or("returned".into(), |e| e.to_string())
     );
     std::process::exit(if mode == Mode::Container { 0 } else { 1 });
+}
+
+/// sync(2) in a child process (init's own `sync` personality), waited for
+/// at most 30 s: a dead virtio-fs or network file system can block sync
+/// forever, and PID 1 must still reach reboot(2).
+fn sync_bounded() {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new("/proc/self/exe")
+        .arg0("sync")
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("shutdown: run sync in a child: {e}; syncing in init");
+            rustix::fs::sync();
+            return;
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                log::error!("shutdown: sync did not finish within 30s; going on");
+                return;
+            }
+            Err(e) => {
+                log::warn!("shutdown: wait for sync: {e}");
+                return;
+            }
+        }
+    }
 }
 
 fn install_panic_hook() {
@@ -379,13 +417,18 @@ impl UnitDeps for Unit {
 /// Raises fs.nr_open to the largest LimitNOFILE= asked for (VM), or clamps
 /// the units' limits to it where init may not change it (container).
 fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
-    let want = units
-        .iter()
-        .flat_map(|u| &u.service.limits)
-        .filter(|l| l.resource == LimitResource::Nofile)
-        .filter_map(|l| l.hard.max(l.soft))
-        .max();
-    let Some(want) = want else { return };
+    let nofile = |u: &Unit| -> Vec<(Option<u64>, Option<u64>)> {
+        u.service
+            .limits
+            .iter()
+            .filter(|l| l.resource == LimitResource::Nofile)
+            .map(|l| (l.soft, l.hard))
+            .collect()
+    };
+    let all: Vec<(Option<u64>, Option<u64>)> = units.iter().flat_map(nofile).collect();
+    if all.is_empty() {
+        return;
+    }
     let current: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -398,34 +441,39 @@ fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
         let own = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
         max = max.min(own.unwrap_or(u64::MAX));
     }
-    if want <= max {
-        return;
-    }
-    if mode == Mode::Vm {
+    // The largest finite limit asked for; `infinity` means "as high as the
+    // kernel allows", which is fs.nr_open (as systemd's setrlimit_closest).
+    let want = all
+        .iter()
+        .flat_map(|(s, h)| [*s, *h])
+        .flatten()
+        .max()
+        .unwrap_or(0);
+    if mode == Mode::Vm && want > max {
         match std::fs::write("/proc/sys/fs/nr_open", want.to_string()) {
             Ok(()) => {
                 log::debug!("fs.nr_open raised from {current} to {want}");
-                return;
+                max = want;
             }
             Err(e) => log::error!("raise fs.nr_open to {want}: {e}"),
         }
     }
     for u in units.iter_mut() {
+        let name = u.name.clone();
         for l in u
             .service
             .limits
             .iter_mut()
             .filter(|l| l.resource == LimitResource::Nofile)
         {
-            if l.soft.is_none_or(|s| s > max) || l.hard.is_none_or(|h| h > max) {
+            if l.soft.is_some_and(|s| s > max) || l.hard.is_some_and(|h| h > max) {
                 log::warn!(
-                    "{}: LimitNOFILE above what this system allows (fs.nr_open, or init's own hard limit \
-                     without CAP_SYS_RESOURCE): clamped to {max}",
-                    u.name
+                    "{name}: LimitNOFILE above what this system allows (fs.nr_open, or init's own \
+                     hard limit without CAP_SYS_RESOURCE): clamped to {max}"
                 );
-                l.soft = Some(l.soft.map_or(max, |s| s.min(max)));
-                l.hard = Some(l.hard.map_or(max, |h| h.min(max)));
             }
+            l.soft = Some(l.soft.map_or(max, |s| s.min(max)));
+            l.hard = Some(l.hard.map_or(max, |h| h.min(max)));
         }
     }
 }

@@ -30,7 +30,13 @@ pub fn notify_socket(path: &Path) -> io::Result<OwnedFd> {
         None,
     )?;
     rustix::net::sockopt::set_socket_passcred(&fd, true)?;
-    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    // World-writable, as systemd's: a unit running as another user must be
+    // able to send READY=1; the sender's pid (SCM_CREDENTIALS) is what init
+    // trusts.
+    let old = rustix::process::umask(rustix::fs::Mode::empty());
+    let bound = SocketAddrUnix::new(path).and_then(|a| rustix::net::bind(&fd, &a));
+    rustix::process::umask(old);
+    bound?;
     Ok(fd)
 }
 
@@ -121,9 +127,9 @@ pub fn serve(
     let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
     let _ = conn.set_nonblocking(false);
-    let uid = rustix::net::sockopt::socket_peercred(&conn)
-        .map(|c| c.uid.as_raw())
-        .ok();
+    // SO_PEERCRED through libc: rustix's UCred has a non-zero pid, and a
+    // peer in an ancestor PID namespace shows as pid 0.
+    let uid = crate::sys::peer_uid(&conn).ok();
     if uid != Some(0) {
         log::warn!("control socket: refused a client with uid {uid:?}");
         let _ =

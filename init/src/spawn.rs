@@ -113,7 +113,7 @@ pub fn context(
         set_env(&mut env, k, v);
     }
     for (path, optional) in &svc.environment_files {
-        match std::fs::read_to_string(path) {
+        match crate::sys::read_regular_file(path) {
             Ok(text) => {
                 for (k, v) in parse_env_file(&text) {
                     set_env(&mut env, &k, &v);
@@ -135,7 +135,12 @@ pub fn context(
             d.clone()
         }
     });
-    let oom_score_adjust = svc.oom_score_adjust.filter(|&v| oom_allowed(&unit.name, v));
+    // Unset: a unit gets 0 rather than init's own -1000, which fork would
+    // copy (raising the value is always allowed).
+    let oom_score_adjust = svc
+        .oom_score_adjust
+        .filter(|&v| oom_allowed(&unit.name, v))
+        .or_else(|| (own_oom_score_adj() < 0).then_some(0));
     Ok(ExecContext {
         env,
         account,
@@ -198,14 +203,18 @@ fn open_stdio(
                 .truncate(truncate)
                 .mode(0o644);
         }
-        o.custom_flags(libc::O_NOCTTY);
-        o.open(path)
-            .map(StdStdio::from)
-            .map_err(|source| SpawnError::OpenStdio {
-                stream,
-                path: path.to_path_buf(),
-                source,
-            })
+        // O_NONBLOCK: PID 1 must not hang opening a FIFO without a peer
+        // (a writer gets ENXIO instead) or a tty waiting for carrier. The
+        // child gets a blocking descriptor.
+        o.custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK);
+        let err = |source| SpawnError::OpenStdio {
+            stream,
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = o.open(path).map_err(err)?;
+        crate::sys::set_blocking(&f).map_err(err)?;
+        Ok(StdStdio::from(f))
     };
     match stdio {
         Stdio::Null => Ok(StdStdio::null()),
@@ -264,6 +273,13 @@ pub fn has_capability(cap: CapabilitySet) -> bool {
     rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(cap))
 }
 
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Lowering oom_score_adj below init's own needs CAP_SYS_RESOURCE, which a
 /// container may lack: then the setting is skipped with a warning rather
 /// than failing the unit (in a VM init always holds it).
@@ -271,10 +287,7 @@ fn oom_allowed(unit: &str, value: i32) -> bool {
     if has_capability(CapabilitySet::SYS_RESOURCE) {
         return true;
     }
-    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
+    let own = own_oom_score_adj();
     if value < own {
         log::warn!("{unit}: OOMScoreAdjust={value} needs CAP_SYS_RESOURCE, which init lacks here; left at {own}");
         return false;

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -286,14 +287,17 @@ fn pid_of(child: &Child) -> Option<Pid> {
     i32::try_from(child.id()).ok().and_then(Pid::from_raw)
 }
 
-fn kill_group(child: &Child, sig: Signal) {
+/// Sends `sig` (a raw number: KillSignal= may be SIGRTMIN+N) to the process
+/// group `child` leads, or to the process alone if it left its group.
+fn kill_group(child: &Child, sig: i32) {
     if let Some(pid) = pid_of(child) {
+        let pid = pid.as_raw_nonzero().get();
         // Each unit process leads its own session and process group.
-        if rustix::process::kill_process_group(pid, sig).is_err() {
-            let _ = rustix::process::kill_process(pid, sig);
+        if crate::sys::kill_pid(-pid, sig).is_err() {
+            let _ = crate::sys::kill_pid(pid, sig);
         }
-        if sig != Signal::KILL {
-            let _ = rustix::process::kill_process_group(pid, Signal::CONT);
+        if sig != libc::SIGKILL {
+            let _ = crate::sys::kill_pid(-pid, libc::SIGCONT);
         }
     }
 }
@@ -402,8 +406,10 @@ impl Supervisor {
             }
         }
         drop(fds);
-        self.read_signals();
+        // READY=1 first: a notify unit that reports and exits at once must
+        // be seen as ready before its exit is reaped (as systemd orders it).
         self.read_notify();
+        self.read_signals();
         self.serve_control();
     }
 
@@ -521,6 +527,11 @@ impl Supervisor {
         };
         if let Some(cmd) = u.queue.pop_front() {
             let Some(ctx) = u.ctx.as_ref() else { return };
+            // ExecStop= commands count against TimeoutStopSec=, as in systemd.
+            if matches!(u.state, State::Stopping(_)) && u.deadline.is_none() {
+                u.deadline =
+                    deadline_after(u.unit.service.timeout_stop).map(|d| (d, Timer::StopTimeout));
+            }
             match spawn::spawn(&u.unit, &cmd, ctx, mode) {
                 Ok(child) => u.control = Some((child, cmd)),
                 Err(e) => {
@@ -538,16 +549,23 @@ impl Supervisor {
         match u.state {
             State::StartPre => self.start_main(i),
             State::Starting => {
-                // Oneshot: every ExecStart succeeded.
+                // Oneshot: every ExecStart succeeded. With RemainAfterExit=
+                // it stays active (no process) until stopped, so that its
+                // ExecStop= runs at shutdown.
+                let remain = u.unit.service.remain_after_exit;
                 self.mark_ready(i);
-                self.terminated(i, Outcome::Success);
+                if remain {
+                    if let Some(u) = self.units.get_mut(i) {
+                        u.state = State::Running;
+                    }
+                } else {
+                    self.terminated(i, Outcome::Success);
+                }
             }
             State::Stopping(_) => {
                 if u.main.is_some() && !u.signalled {
-                    let sig =
-                        Signal::from_named_raw(u.unit.service.kill_signal).unwrap_or(Signal::TERM);
                     if let Some(m) = &u.main {
-                        kill_group(m, sig);
+                        kill_group(m, u.unit.service.kill_signal);
                     }
                     u.signalled = true;
                     u.deadline = deadline_after(u.unit.service.timeout_stop)
@@ -701,6 +719,7 @@ impl Supervisor {
         u.queue.clear();
         if !shutting_down
             && outcome != Outcome::StartLimit
+            && outcome != Outcome::DependencyFailed
             && should_restart(u.unit.service.restart, outcome)
         {
             u.restarts += 1;
@@ -723,7 +742,13 @@ impl Supervisor {
         } else {
             u.state = State::Failed;
             log::error!("{}: failed: {}", u.name(), outcome.describe());
-            u.unit.failure_action
+            // As in systemd, a unit that never ran because a dependency
+            // failed does not trigger its own FailureAction=.
+            if outcome == Outcome::DependencyFailed {
+                Action::None
+            } else {
+                u.unit.failure_action
+            }
         };
         if !outcome.is_success() {
             let desc = u
@@ -783,17 +808,18 @@ impl Supervisor {
                 };
             }
             State::Running | State::Starting | State::StartPre => {
+                // ExecStop= runs for a unit that is up (a main process, or
+                // a oneshot that remains active after exit).
+                let was_running = u.state == State::Running;
                 u.state = State::Stopping(AfterStop::Stay);
                 u.signalled = false;
-                if u.main.is_some() && u.settled {
+                if was_running {
                     u.queue = u.unit.service.exec_stop.iter().cloned().collect();
                 } else {
                     u.queue.clear();
                 }
                 if let Some((c, _)) = &u.control {
-                    let sig =
-                        Signal::from_named_raw(u.unit.service.kill_signal).unwrap_or(Signal::TERM);
-                    kill_group(c, sig);
+                    kill_group(c, u.unit.service.kill_signal);
                     u.deadline = deadline_after(u.unit.service.timeout_stop)
                         .map(|d| (d, Timer::StopTimeout));
                     return;
@@ -840,11 +866,14 @@ impl Supervisor {
                         u.name(),
                         u.unit.service.timeout_stop
                     );
+                    if let State::Stopping(AfterStop::Terminate(_)) = u.state {
+                        u.state = State::Stopping(AfterStop::Terminate(Outcome::Timeout));
+                    }
                     if let Some(m) = &u.main {
-                        kill_group(m, Signal::KILL);
+                        kill_group(m, libc::SIGKILL);
                     }
                     if let Some((c, _)) = &u.control {
-                        kill_group(c, Signal::KILL);
+                        kill_group(c, libc::SIGKILL);
                     }
                     u.deadline = Some((now + Duration::from_secs(5), Timer::KillTimeout));
                 }
@@ -912,6 +941,9 @@ impl Supervisor {
             let mut progressed = false;
             let mut blocked = Vec::new();
             for i in 0..self.units.len() {
+                if self.shutdown.is_some() {
+                    return;
+                }
                 let Some(u) = self.units.get(i) else { continue };
                 if u.state != State::Waiting {
                     continue;
@@ -987,10 +1019,19 @@ impl Supervisor {
     }
 
     pub fn request_shutdown(&mut self, req: ShutdownRequest) {
-        if let Some((cur, _)) = &mut self.shutdown {
-            // A more urgent request overrides a slower one in progress.
-            if req.urgency == Urgency::Immediate {
-                cur.urgency = Urgency::Immediate;
+        if let Some((cur, phase)) = &mut self.shutdown {
+            // A more urgent request overrides a slower one in progress: an
+            // orderly shutdown stuck on a unit can still be forced.
+            match (cur.urgency, req.urgency) {
+                (_, Urgency::Immediate) => cur.urgency = Urgency::Immediate,
+                (Urgency::Orderly, Urgency::Force)
+                    if matches!(phase, ShutdownPhase::StoppingUnits) =>
+                {
+                    cur.urgency = Urgency::Force;
+                    log::info!("shutdown: forced; not waiting for units to stop");
+                    self.begin_kill_all();
+                }
+                _ => {}
             }
             return;
         }
@@ -1044,20 +1085,55 @@ impl Supervisor {
         }
         match phase {
             ShutdownPhase::StoppingUnits => {
-                for i in 0..self.units.len() {
-                    let Some(u) = self.units.get(i) else { continue };
-                    if u.state.is_terminal() || matches!(u.state, State::Stopping(_)) {
+                // Repeat until a pass changes nothing: stopping one unit can
+                // unblock one checked earlier in the same pass.
+                loop {
+                    let mut progressed = false;
+                    for i in 0..self.units.len() {
+                        let Some(u) = self.units.get(i) else {
+                            continue;
+                        };
+                        if u.state.is_terminal() || matches!(u.state, State::Stopping(_)) {
+                            continue;
+                        }
+                        // Stop u only once every unit ordered after it is down.
+                        let blocked = self.units.iter().any(|d| {
+                            d.unit.name != u.unit.name
+                                && !d.state.is_terminal()
+                                && self.is_after(&d.unit, &u.unit)
+                        });
+                        if !blocked {
+                            self.stop_unit(i);
+                            progressed = true;
+                        }
+                    }
+                    if progressed {
                         continue;
                     }
-                    // Stop u only once every unit ordered after it is down.
-                    let blocked = self.units.iter().any(|d| {
-                        d.unit.name != u.unit.name
-                            && !d.state.is_terminal()
-                            && self.is_after(&d.unit, &u.unit)
-                    });
-                    if !blocked {
-                        self.stop_unit(i);
+                    let stopping = self
+                        .units
+                        .iter()
+                        .any(|u| matches!(u.state, State::Stopping(_)));
+                    let left: Vec<usize> = (0..self.units.len())
+                        .filter(|&i| self.units.get(i).is_some_and(|u| !u.state.is_terminal()))
+                        .collect();
+                    if !stopping && !left.is_empty() {
+                        // Only an ordering cycle leaves units that block each other.
+                        let names: Vec<&str> = left
+                            .iter()
+                            .filter_map(|&i| self.units.get(i))
+                            .map(UnitRt::name)
+                            .collect();
+                        log::error!(
+                            "shutdown: ordering cycle among {}; stopping them together",
+                            names.join(", ")
+                        );
+                        for i in left {
+                            self.stop_unit(i);
+                        }
+                        continue;
                     }
+                    break;
                 }
                 if self.units.iter().all(|u| u.state.is_terminal()) {
                     self.begin_kill_all();
@@ -1066,10 +1142,15 @@ impl Supervisor {
                 }
             }
             ShutdownPhase::Terminating { .. } | ShutdownPhase::Killing { .. } => {
-                if matches!(
-                    rustix::process::wait(WaitOptions::NOHANG),
-                    Err(rustix::io::Errno::CHILD)
-                ) {
+                // Peek (WNOWAIT): a child that exited meanwhile is reaped by
+                // reap(), with its status going where it belongs.
+                let peek = rustix::process::waitid(
+                    rustix::process::WaitId::All,
+                    rustix::process::WaitIdOptions::EXITED
+                        | rustix::process::WaitIdOptions::NOHANG
+                        | rustix::process::WaitIdOptions::NOWAIT,
+                );
+                if matches!(peek, Err(rustix::io::Errno::CHILD)) {
                     if let Some((req, _)) = self.shutdown {
                         self.shutdown = Some((req, ShutdownPhase::Done));
                     }
@@ -1082,7 +1163,8 @@ impl Supervisor {
     }
 
     fn read_notify(&mut self) {
-        loop {
+        // At most 16 datagrams per wakeup, so a flood cannot starve reaping.
+        for _ in 0..16 {
             let Some(fd) = &self.notify else { return };
             let Some((pid, msg)) = control::recv_notify(fd.as_fd()) else {
                 return;
@@ -1141,6 +1223,7 @@ impl Supervisor {
             };
             let state = match u.state {
                 State::Failed => format!("failed({})", short(u.result)),
+                State::Running if u.main.is_none() => "active-exited".to_string(),
                 s => s.name().to_string(),
             };
             out.push_str(&format!(
@@ -1167,7 +1250,13 @@ impl Supervisor {
                 let _ = std::io::stdout().write_all(line.as_bytes());
             }
             Mode::Vm => {
-                if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+                // Non-blocking: a console stopped by flow control drops the
+                // line rather than stalling PID 1.
+                let console = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open("/dev/console");
+                if let Ok(mut f) = console {
                     use std::io::Write;
                     let _ = f.write_all(line.as_bytes());
                 }

@@ -124,27 +124,36 @@ pub fn kill_all(sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// In an initrd the kernel may start init with fds 0-2 closed; points each
-/// closed one at the console (or /dev/null) so later files do not land there.
-pub fn ensure_stdio() {
-    use std::os::fd::{AsRawFd, IntoRawFd};
+/// When the kernel found no /dev/console for init (an initrd without it),
+/// std's start-up put /dev/null on fds 0-2; once devtmpfs is mounted, point
+/// those at the console instead.
+pub fn console_on_stdio() {
+    use std::os::fd::AsRawFd;
+    let is_null = |fd: i32| {
+        // SAFETY: fds 0-2 are open (std's start-up guarantees it) and are
+        // only borrowed for the fstat call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::fs::fstat(fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice
+                && rustix::fs::major(st.st_rdev) == 1
+                && rustix::fs::minor(st.st_rdev) == 3
+        })
+    };
+    if !(0..3).all(is_null) {
+        return;
+    }
+    let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    else {
+        return;
+    };
     for fd in 0..3 {
-        // SAFETY: fcntl(F_GETFD) on an integer only queries the fd table.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
-            continue;
-        }
-        let open = |p: &str| std::fs::OpenOptions::new().read(true).write(true).open(p);
-        let Ok(file) = open("/dev/console").or_else(|_| open("/dev/null")) else {
-            continue;
-        };
-        if file.as_raw_fd() == fd {
-            // open(2) returned the lowest free number: exactly the slot to fill.
-            let _ = file.into_raw_fd();
-            continue;
-        }
-        // SAFETY: `file` is open for the duration of the call; `fd` is a
-        // closed slot, so dup2 closes nothing anyone owns.
-        unsafe { libc::dup2(file.as_raw_fd(), fd) };
+        // SAFETY: dup2 onto fds 0-2, which std owns as process-wide stdio;
+        // the new description replaces /dev/null and `console` stays open
+        // for the call. dup2 clears FD_CLOEXEC on the copy.
+        unsafe { libc::dup2(console.as_raw_fd(), fd) };
     }
 }
 
@@ -206,6 +215,55 @@ pub fn trim_text_mapping() {
             log::debug!("madvise own text {start:#x}+{len:#x}: {e}");
         }
     }
+}
+
+/// Clears O_NONBLOCK on a descriptor init opened without blocking.
+pub fn set_blocking(f: &std::fs::File) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(f)?;
+    rustix::fs::fcntl_setfl(f, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// Reads a file that must be a regular file, without ever blocking PID 1
+/// (a FIFO put in its place is refused instead of waited on).
+pub fn read_regular_file(path: &std::path::Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// The uid of the peer of a unix stream socket (SO_PEERCRED).
+pub fn peer_uid(sock: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
+    // SAFETY: ucred is plain data; all-zero is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes passed; the
+    // kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use crate::cmdline::BootMarker;
@@ -102,7 +103,12 @@ impl Timeline {
 
     /// Also writes the lines to `path` (the console).
     pub fn copy_to_console(&mut self, path: &std::path::Path) {
-        match std::fs::OpenOptions::new().write(true).open(path) {
+        // Non-blocking: a stalled console drops a line, never PID 1's time.
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path);
+        match open {
             Ok(f) => self.console = Some(f),
             Err(e) => log::warn!("init.timeline=console: open {}: {e}", path.display()),
         }

@@ -694,3 +694,109 @@ fn container_mode_dev_is_a_fresh_tmpfs_with_the_standard_nodes() {
     // tmpfs shows mode= only when it differs from its default, 1777.
     assert!(tmp.contains("mode=1777") || !tmp.contains("mode="), "{tmp}");
 }
+
+#[test]
+fn a_hanging_exec_stop_times_out_and_the_failure_action_runs() {
+    let fs = Rootfs::new("stop-hang");
+    fs.unit(
+        "agent.service",
+        "[Service]\nExecStart=/bin/probe exit 0 200\nExecStop=/bin/probe sleep 600\nTimeoutStopSec=1s\n\
+         FailureAction=poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log("agent.service: failed: timeout");
+    assert!(end.elapsed < Duration::from_secs(20), "{:?}", end.elapsed);
+}
+
+#[test]
+fn an_ordering_cycle_neither_blocks_boot_nor_shutdown() {
+    let fs = Rootfs::new("cycle");
+    fs.unit(
+        "a.service",
+        "[Unit]\nAfter=b.service\n[Service]\nExecStart=/bin/probe sleep 600\n",
+    );
+    fs.unit(
+        "b.service",
+        "[Unit]\nAfter=a.service\n[Service]\nExecStart=/bin/probe sleep 600\n",
+    );
+    let mut pid1 = fs.start(&[]);
+    pid1.wait_for("timeline event=all_started", WAIT);
+    pid1.signal(libc::SIGTERM);
+    let end = pid1.wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log("ordering cycle among a.service, b.service; starting them anyway");
+    end.assert_log("shutdown: ordering cycle among a.service, b.service; stopping them together");
+}
+
+#[test]
+fn non_root_notify_units_remain_after_exit_and_dependency_failures() {
+    let fs = Rootfs::new("misc");
+    // A Type=notify unit running as another user can reach the socket.
+    fs.unit(
+        "user-notify.service",
+        "[Service]\nType=notify\nUser=probeuser\nTimeoutStartSec=5s\nExecStart=/bin/probe notify 0\n",
+    );
+    // RemainAfterExit=: ExecStop= runs at shutdown.
+    fs.unit(
+        "setup.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/probe append /data/log setup\n\
+         ExecStop=/bin/probe append /data/log teardown\n",
+    );
+    // A failed requirement: not started, not restarted, no FailureAction=.
+    fs.unit(
+        "broken.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe exit 1\n",
+    );
+    fs.unit(
+        "needs-broken.service",
+        "[Unit]\nRequires=broken.service\nAfter=broken.service\nFailureAction=reboot\n\
+         [Service]\nRestart=always\nRestartSec=100ms\nExecStart=/bin/probe append /data/log needs-broken\n",
+    );
+    // Unset OOMScoreAdjust=: 0, whatever init's own value; infinity: the ceiling.
+    fs.unit(
+        "report.service",
+        "[Service]\nType=oneshot\nLimitNOFILE=infinity\nExecStart=/bin/probe report /data/report\n",
+    );
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=user-notify.service setup.service needs-broken.service report.service\n\
+         [Service]\nType=oneshot\nExecStart=/usr/bin/systemctl status\nStandardOutput=file:/data/status\n\
+         ExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(
+        end.signal(),
+        Some(SIGINT),
+        "poweroff, not FailureAction=reboot:\n{}",
+        end.output
+    );
+    let status = fs.read("data/status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("user-notify.service") && l.contains("running")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("setup.service") && l.contains("active-exited")),
+        "{status}"
+    );
+    let log = fs.read("data/log");
+    let names: Vec<String> = stamps(&log).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["setup", "teardown"],
+        "needs-broken never ran: {log}"
+    );
+    end.assert_log("needs-broken.service: not started: required unit broken.service failed");
+    let report = fs.read("data/report");
+    assert!(report.contains("oom_score_adj=0\n"), "{report}");
+    let want = nofile_ceiling(u64::MAX);
+    assert!(
+        report.contains(&format!("nofile={want}/{want}\n")),
+        "{report}"
+    );
+}

@@ -119,7 +119,12 @@ fn overlay_files(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()> {
 }
 
 /// The rootfs entries: directories, overlay, binaries, links, units.
-pub fn rootfs(bin: &Path, agent: Option<&Path>, initrd: bool, extra: &[Entry]) -> Result<Vec<Entry>> {
+pub fn rootfs(
+    bin: &Path,
+    agent: Option<&Path>,
+    initrd: bool,
+    extra: &[Entry],
+) -> Result<Vec<Entry>> {
     let mut v: Vec<Entry> = DIRS
         .iter()
         .map(|d| Entry::Dir {
@@ -445,11 +450,22 @@ pub fn dax(disk_image: &Path, out: &Path) -> Result<()> {
 
 /// Builds the image of `kind` under target/images (file names starting with
 /// `name`) and returns its path. `extra` entries are added to the rootfs.
-pub fn build(kind: &str, bin: &Path, agent: Option<&Path>, extra: &[Entry], name: &str) -> Result<PathBuf> {
+pub fn build(
+    kind: &str,
+    bin: &Path,
+    agent: Option<&Path>,
+    extra: &[Entry],
+    name: &str,
+) -> Result<PathBuf> {
     let dir = root().join("target/images");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     match kind {
-        "initrd" => initrd(bin, agent, extra, &dir.join(format!("{name}-initrd.cpio.gz"))),
+        "initrd" => initrd(
+            bin,
+            agent,
+            extra,
+            &dir.join(format!("{name}-initrd.cpio.gz")),
+        ),
         "disk" | "dax" => {
             let stage_dir = dir.join(format!("{name}-rootfs"));
             stage(&rootfs(bin, agent, false, extra)?, &stage_dir)?;

@@ -181,7 +181,11 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
         .arg(&o.kernel);
     // microvm has no PCI bus: its virtio devices sit on MMIO, and QEMU adds
     // them to the kernel command line (virtio_mmio.device=) itself.
-    let blk = if o.machine == "microvm" { "virtio-blk-device" } else { "virtio-blk-pci" };
+    let blk = if o.machine == "microvm" {
+        "virtio-blk-device"
+    } else {
+        "virtio-blk-pci"
+    };
     let image_len = std::fs::metadata(&o.image)
         .map_err(|e| format!("{}: {e}", o.image.display()))?
         .len();

@@ -12,14 +12,21 @@ use crate::qemu::{boot, BootOptions, BootReport, Kind};
 use crate::util::{root, Result};
 
 fn unit(name: &str, text: &str) -> Entry {
-    Entry::File { path: format!("etc/minos/units/{name}"), mode: 0o644, data: text.as_bytes().to_vec() }
+    Entry::File {
+        path: format!("etc/minos/units/{name}"),
+        mode: 0o644,
+        data: text.as_bytes().to_vec(),
+    }
 }
 
 fn check(name: &str, cond: bool, what: &str, report: &BootReport) -> Result<()> {
     if cond {
         Ok(())
     } else {
-        Err(format!("{name}: {what}\n--- console ---\n{}", report.console))
+        Err(format!(
+            "{name}: {what}\n--- console ---\n{}",
+            report.console
+        ))
     }
 }
 
@@ -35,13 +42,28 @@ fn common_checks(name: &str, r: &BootReport, all_started: bool) -> Result<()> {
         "agent-shim: ready boottime_us=",
         "timeline event=shutdown_start",
     ] {
-        check(name, r.console.contains(needle), &format!("console lacks {needle:?}"), r)?;
+        check(
+            name,
+            r.console.contains(needle),
+            &format!("console lacks {needle:?}"),
+            r,
+        )?;
     }
     if all_started {
-        check(name, r.console.contains("timeline event=all_started"), "console lacks all_started", r)?;
+        check(
+            name,
+            r.console.contains("timeline event=all_started"),
+            "console lacks all_started",
+            r,
+        )?;
     }
     check(name, r.mem_used_kib.is_some(), "no mem_used_kib line", r)?;
-    check(name, r.shutdown_seen && r.exited_cleanly, "the guest did not power off cleanly", r)
+    check(
+        name,
+        r.shutdown_seen && r.exited_cleanly,
+        "the guest did not power off cleanly",
+        r,
+    )
 }
 
 struct Scenario {
@@ -61,12 +83,47 @@ fn scenarios() -> Vec<Scenario> {
          ExecStart=/usr/bin/probe sleep 0.5\nExecStart=/sbin/poweroff\n",
     );
     vec![
-        Scenario { name: "initrd-q35", kind: Kind::Initrd, machine: "q35", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
-        Scenario { name: "disk-q35", kind: Kind::Disk, machine: "q35", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
-        Scenario { name: "dax-q35", kind: Kind::Dax, machine: "q35", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
-        Scenario { name: "disk-microvm", kind: Kind::Disk, machine: "microvm", extra: vec![], cmdline: "agent.exit_after=1s", data_disk: false },
+        Scenario {
+            name: "initrd-q35",
+            kind: Kind::Initrd,
+            machine: "q35",
+            extra: vec![],
+            cmdline: "agent.exit_after=1s",
+            data_disk: false,
+        },
+        Scenario {
+            name: "disk-q35",
+            kind: Kind::Disk,
+            machine: "q35",
+            extra: vec![],
+            cmdline: "agent.exit_after=1s",
+            data_disk: false,
+        },
+        Scenario {
+            name: "dax-q35",
+            kind: Kind::Dax,
+            machine: "q35",
+            extra: vec![],
+            cmdline: "agent.exit_after=1s",
+            data_disk: false,
+        },
+        Scenario {
+            name: "disk-microvm",
+            kind: Kind::Disk,
+            machine: "microvm",
+            extra: vec![],
+            cmdline: "agent.exit_after=1s",
+            data_disk: false,
+        },
         // `poweroff` run inside the guest (the agent would run for an hour).
-        Scenario { name: "dax-q35-poweroff", kind: Kind::Dax, machine: "q35", extra: vec![poweroff_unit], cmdline: "agent.exit_after=1h", data_disk: false },
+        Scenario {
+            name: "dax-q35-poweroff",
+            kind: Kind::Dax,
+            machine: "q35",
+            extra: vec![poweroff_unit],
+            cmdline: "agent.exit_after=1h",
+            data_disk: false,
+        },
         // A read-write data disk written just before poweroff.
         Scenario {
             name: "dax-q35-data-disk",
@@ -88,19 +145,49 @@ fn scenarios() -> Vec<Scenario> {
 
 fn data_disk(path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
-    crate::util::run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(path).arg("32M").stdout(std::process::Stdio::null()))
+    crate::util::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096"])
+            .arg(path)
+            .arg("32M")
+            .stdout(std::process::Stdio::null()),
+    )
 }
 
 fn check_data_disk(name: &str, path: &Path, r: &BootReport) -> Result<()> {
-    let fsck = Command::new("e2fsck").arg("-fn").arg(path).output().map_err(|e| format!("e2fsck: {e}"))?;
-    check(name, fsck.status.success(), &format!("e2fsck -fn: {}", String::from_utf8_lossy(&fsck.stdout)), r)?;
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("e2fsck: {e}"))?;
+    check(
+        name,
+        fsck.status.success(),
+        &format!("e2fsck -fn: {}", String::from_utf8_lossy(&fsck.stdout)),
+        r,
+    )?;
     let cat = |file: &str| -> Result<Vec<u8>> {
-        let o = Command::new("debugfs").args(["-R", &format!("cat {file}")]).arg(path).output().map_err(|e| format!("debugfs: {e}"))?;
+        let o = Command::new("debugfs")
+            .args(["-R", &format!("cat {file}")])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("debugfs: {e}"))?;
         Ok(o.stdout)
     };
-    let passwd = std::fs::read(root().join("rootfs-skel/overlay/etc/passwd")).map_err(|e| e.to_string())?;
-    check(name, cat("/passwd-copy")? == passwd, "/passwd-copy differs on the data disk", r)?;
-    check(name, cat("/hello")? == b"written-before-poweroff", "/hello differs on the data disk", r)
+    let passwd =
+        std::fs::read(root().join("rootfs-skel/overlay/etc/passwd")).map_err(|e| e.to_string())?;
+    check(
+        name,
+        cat("/passwd-copy")? == passwd,
+        "/passwd-copy differs on the data disk",
+        r,
+    )?;
+    check(
+        name,
+        cat("/hello")? == b"written-before-poweroff",
+        "/hello differs on the data disk",
+        r,
+    )
 }
 
 pub fn run(only: Option<&str>) -> Result<()> {
@@ -108,9 +195,16 @@ pub fn run(only: Option<&str>) -> Result<()> {
     let bin = crate::util::release_dir();
     let probe = bin.join("probe");
     if !probe.is_file() {
-        return Err(format!("{} is missing (cargo build --release --workspace --bins)", probe.display()));
+        return Err(format!(
+            "{} is missing (cargo build --release --workspace --bins)",
+            probe.display()
+        ));
     }
-    let probe_entry = Entry::File { path: "usr/bin/probe".into(), mode: 0o755, data: std::fs::read(&probe).map_err(|e| e.to_string())? };
+    let probe_entry = Entry::File {
+        path: "usr/bin/probe".into(),
+        mode: 0o755,
+        data: std::fs::read(&probe).map_err(|e| e.to_string())?,
+    };
     let mut failures = Vec::new();
     for s in scenarios() {
         if only.is_some_and(|o| o != s.name) {
@@ -118,7 +212,13 @@ pub fn run(only: Option<&str>) -> Result<()> {
         }
         let mut extra = s.extra.clone();
         extra.push(probe_entry.clone());
-        let image = crate::image::build(s.kind.name(), &bin, None, &extra, &format!("test-{}", s.name))?;
+        let image = crate::image::build(
+            s.kind.name(),
+            &bin,
+            None,
+            &extra,
+            &format!("test-{}", s.name),
+        )?;
         let disk = root().join(format!("target/images/test-{}-data.ext4", s.name));
         let mut data_disks: Vec<PathBuf> = Vec::new();
         if s.data_disk {
@@ -154,6 +254,10 @@ pub fn run(only: Option<&str>) -> Result<()> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} VM scenario(s) failed:\n{}", failures.len(), failures.join("\n\n")))
+        Err(format!(
+            "{} VM scenario(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        ))
     }
 }

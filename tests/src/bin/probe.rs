@@ -47,7 +47,13 @@ fn main() {
         ["ls", dir, path] => list(dir, path),
         ["mount", dev, dir, fstype] => {
             let _ = std::fs::create_dir_all(dir);
-            match rustix::mount::mount(*dev, *dir, *fstype, rustix::mount::MountFlags::empty(), None) {
+            match rustix::mount::mount(
+                *dev,
+                *dir,
+                *fstype,
+                rustix::mount::MountFlags::empty(),
+                None,
+            ) {
                 Ok(()) => 0,
                 Err(e) => fail(&format!("mount {dev} on {dir} ({fstype}): {e}")),
             }
