@@ -552,4 +552,136 @@ mod tests {
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    fn sfdisk_dump(image: &Path) -> String {
+        let o = std::process::Command::new("sfdisk")
+            .arg("-d")
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "sfdisk -d {}", image.display());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The values Kata's osbuilder (image_builder.sh) uses: partition from
+    /// 1 MiB, 4 KiB ext4 blocks, images rounded up to 128 MiB, a 2 MiB DAX
+    /// header with 2 MiB alignment and the PFN info block at 4 KiB.
+    #[test]
+    fn disk_and_dax_layout_match_kata_osbuilder() {
+        assert_eq!(
+            (
+                PART_START,
+                SIZE_ALIGN,
+                DAX_HEADER,
+                DAX_ALIGN,
+                PFN_INFO_OFFSET
+            ),
+            (MIB, 128 * MIB, 2 * MIB, 2 << 20, 4096)
+        );
+        for content in [0, 1, 50 * MIB, 100 * MIB, 300 * MIB] {
+            let size = disk_size(content);
+            assert_eq!(size % SIZE_ALIGN, 0);
+            assert!(size >= PART_START + content);
+        }
+        let dir = std::env::temp_dir().join(format!("minos-image-test-{}", std::process::id()));
+        let stage_dir = dir.join("stage");
+        let entries = vec![
+            Entry::Dir {
+                path: "etc".into(),
+                mode: 0o755,
+            },
+            Entry::File {
+                path: "etc/hostname".into(),
+                mode: 0o644,
+                data: b"minos\n".to_vec(),
+            },
+            Entry::Symlink {
+                path: "init".into(),
+                target: "sbin/init".into(),
+            },
+        ];
+        stage(&entries, &stage_dir).unwrap();
+        let disk_img = dir.join("disk.img");
+        disk(&stage_dir, &disk_img).unwrap();
+        let len = std::fs::metadata(&disk_img).unwrap().len();
+        assert_eq!(len, 128 * MIB);
+        let dump = sfdisk_dump(&disk_img);
+        assert!(dump.contains("label: dos"), "{dump}");
+        assert!(
+            dump.contains(&format!(
+                "start=        2048, size=      {}, type=83",
+                (len - MIB) / 512
+            )),
+            "{dump}"
+        );
+        // The file system inside is clean and has the files.
+        let fs = format!("{}?offset={}", disk_img.display(), PART_START);
+        let fsck = std::process::Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&fs)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        let dumpe2fs = std::process::Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&fs)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&dumpe2fs.stdout).contains("Block size:               4096")
+        );
+        let cat = std::process::Command::new("debugfs")
+            .args(["-R", "cat /etc/hostname"])
+            .arg(&fs)
+            .output()
+            .unwrap();
+        assert_eq!(cat.stdout, b"minos\n");
+
+        let dax_img = dir.join("dax.img");
+        dax(&disk_img, &dax_img).unwrap();
+        let bytes = std::fs::read(&dax_img).unwrap();
+        assert_eq!(bytes.len() as u64, len + DAX_HEADER);
+        let dump = sfdisk_dump(&dax_img);
+        assert!(
+            dump.contains(&format!(
+                "start=        6144, size=      {}, type=83",
+                (len - MIB - 3 * MIB) / 512
+            )),
+            "{dump}"
+        );
+        // Behind the header: the disk image, byte for byte.
+        assert!(bytes[DAX_HEADER as usize..] == std::fs::read(&disk_img).unwrap()[..]);
+        let pfn = &bytes[4096..8192];
+        assert_eq!(&pfn[..16], b"NVDIMM_PFN_INFO\0");
+        let u64_at = |o: usize| u64::from_le_bytes(pfn[o..o + 8].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(pfn[o..o + 4].try_into().unwrap());
+        assert_eq!(u64_at(56), DAX_HEADER, "dataoff");
+        assert_eq!(u64_at(64), len / 4096, "npfns");
+        assert_eq!(u32_at(72), 1, "mode: PFN_MODE_RAM");
+        assert_eq!(u32_at(84), DAX_ALIGN, "align");
+        assert_eq!(u32_at(88), 4096, "page_size");
+        assert_eq!(
+            &pfn[32..48],
+            &[0u8; 16],
+            "parent_uuid of a label-less namespace"
+        );
+        let mut zeroed = pfn.to_vec();
+        zeroed[4088..].fill(0);
+        assert_eq!(
+            u64_at(4088),
+            fletcher64(&zeroed),
+            "checksum as nd_sb_checksum computes it"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn fletcher64_known_value() {
+        // Words 1, 2: lo = 3, hi = 1 + 3 = 4.
+        assert_eq!(fletcher64(&[1, 0, 0, 0, 2, 0, 0, 0]), (4u64 << 32) | 3);
+    }
 }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("build") => build().map(|_| ()),
         Some("test") => test(),
-        Some("demo") => demo::run(),
+        Some("demo") => demo::run(&args[1..]),
         Some("kernel") => kernel::main(&args[1..]),
         Some("image") => image::main(&args[1..]),
         Some("boot") => qemu::main(&args[1..]),

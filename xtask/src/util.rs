@@ -60,7 +60,11 @@ pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     println!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
+    // `apt-get update` once per run.
+    static UPDATED: std::sync::Once = std::sync::Once::new();
+    let mut updated = Ok(());
+    UPDATED.call_once(|| updated = run(Command::new("apt-get").args(["update", "-q"])));
+    updated?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
