@@ -115,12 +115,21 @@ fn scenarios() -> Vec<Scenario> {
             cmdline: "agent.exit_after=1s",
             data_disk: false,
         },
-        // `poweroff` run inside the guest (the agent would run for an hour).
+        // `poweroff` run inside the guest (the agent would run for an hour);
+        // a unit reports what it got: in a VM, LimitNOFILE=1073741824 and
+        // OOMScoreAdjust=-997 apply exactly (init raised fs.nr_open).
         Scenario {
             name: "dax-q35-poweroff",
             kind: Kind::Dax,
             machine: "q35",
-            extra: vec![poweroff_unit],
+            extra: vec![
+                poweroff_unit,
+                unit(
+                    "test-report.service",
+                    "[Service]\nType=oneshot\nLimitNOFILE=1073741824\nOOMScoreAdjust=-997\n\
+                     ExecStart=/usr/bin/probe report /dev/console\n",
+                ),
+            ],
             cmdline: "agent.exit_after=1h",
             data_disk: false,
         },
@@ -240,6 +249,20 @@ pub fn run(only: Option<&str>) -> Result<()> {
             common_checks(s.name, &r, s.extra.is_empty())?;
             if s.data_disk {
                 check_data_disk(s.name, &disk, &r)?;
+            }
+            if s.name == "dax-q35-poweroff" {
+                for needle in [
+                    "nofile=1073741824/1073741824",
+                    "oom_score_adj=-997",
+                    "stdin=/dev/null",
+                ] {
+                    check(
+                        s.name,
+                        r.console.contains(needle),
+                        &format!("report lacks {needle}"),
+                        &r,
+                    )?;
+                }
             }
             Ok(r)
         });
