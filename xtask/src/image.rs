@@ -1,4 +1,5 @@
-//! `cargo xtask image --kind initrd|disk|dax [--agent PATH]`: the guest image.
+//! `cargo xtask image --kind initrd|disk|dax [--agent PATH] [--base DIR|TARBALL]`:
+//! the guest image, optionally on top of an existing rootfs.
 //!
 //! The rootfs is rootfs-skel/overlay plus the static binaries: init as
 //! /sbin/init (and /init for an initrd), timesync, agent-shim installed as
@@ -232,14 +233,19 @@ fn pad(out: &mut dyn Write, len: usize) -> std::io::Result<()> {
 /// Builds the initrd at `out` (gzip-compressed newc cpio).
 pub fn initrd(bin: &Path, agent: Option<&Path>, extra: &[Entry], out: &Path) -> Result<PathBuf> {
     let entries = rootfs(bin, agent, true, extra)?;
+    write_initrd(&entries, out)?;
+    Ok(out.to_path_buf())
+}
+
+/// Writes entries as a gzip-compressed newc cpio.
+fn write_initrd(entries: &[Entry], out: &Path) -> Result<()> {
     let file = std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
     let mut gz =
         flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::best());
-    write_cpio(&entries, &mut gz).map_err(|e| format!("write {}: {e}", out.display()))?;
+    write_cpio(entries, &mut gz).map_err(|e| format!("write {}: {e}", out.display()))?;
     gz.finish()
         .and_then(|mut w| w.flush())
-        .map_err(|e| format!("write {}: {e}", out.display()))?;
-    Ok(out.to_path_buf())
+        .map_err(|e| format!("write {}: {e}", out.display()))
 }
 
 /// Kata's layout constants (osbuilder image_builder.sh).
@@ -252,12 +258,25 @@ pub const PFN_INFO_OFFSET: u64 = 4096;
 
 /// Writes the entries into `dir` as real files (char devices are left out:
 /// a disk root gets devtmpfs).
-pub fn stage(entries: &[Entry], dir: &Path) -> Result<()> {
+pub fn stage(entries: &[Entry], dir: &Path, base: Option<&Path>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    if let Some(base) = base {
+        unpack_base(base, dir)?;
+    }
     for e in entries {
         let p = dir.join(e.path());
+        // A file or link of the base at this path is replaced, never written
+        // through: /sbin/init is often a link to systemd.
+        if !matches!(e, Entry::Dir { .. }) {
+            if let Ok(md) = std::fs::symlink_metadata(&p) {
+                if !md.is_dir() {
+                    std::fs::remove_file(&p)
+                        .map_err(|err| format!("replace {}: {err}", p.display()))?;
+                }
+            }
+        }
         let r = match e {
             Entry::Dir { mode, .. } => std::fs::create_dir_all(&p).and_then(|()| {
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
@@ -269,6 +288,71 @@ pub fn stage(entries: &[Entry], dir: &Path) -> Result<()> {
             Entry::CharDev { .. } => Ok(()),
         };
         r.map_err(|err| format!("stage {}: {err}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies a base rootfs (a directory, or a tarball in any compression tar
+/// recognises) into `dir`, keeping modes, owners and links.
+fn unpack_base(base: &Path, dir: &Path) -> Result<()> {
+    if base.is_dir() {
+        run(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(base.join("."))
+            .arg(dir))
+    } else if base.is_file() {
+        run(std::process::Command::new("tar")
+            .arg("-xpf")
+            .arg(base)
+            .arg("-C")
+            .arg(dir))
+    } else {
+        Err(format!(
+            "--base {}: neither a directory nor a tarball",
+            base.display()
+        ))
+    }
+}
+
+/// Reads a staged tree back as entries (for an initrd made from a base).
+pub fn entries_from_tree(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("read {}: {e}", dir.display()))?
+        .filter_map(std::result::Result::ok)
+        .collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = e.path();
+        let md =
+            std::fs::symlink_metadata(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+        let mode = md.permissions().mode() & 0o7777;
+        if md.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            out.push(Entry::Symlink {
+                path: rel,
+                target: target.to_string_lossy().into_owned(),
+            });
+        } else if md.is_dir() {
+            out.push(Entry::Dir {
+                path: rel.clone(),
+                mode,
+            });
+            entries_from_tree(&path, &rel, out)?;
+        } else if md.is_file() {
+            out.push(Entry::File {
+                path: rel,
+                mode,
+                data: read(&path)?,
+            });
+        }
     }
     Ok(())
 }
@@ -457,9 +541,37 @@ pub fn build(
     extra: &[Entry],
     name: &str,
 ) -> Result<PathBuf> {
+    build_on(kind, bin, agent, extra, name, None)
+}
+
+/// Like [`build`], on top of a base rootfs (directory or tarball): the base's
+/// files stay, minos's replace them where both exist (its init among them).
+pub fn build_on(
+    kind: &str,
+    bin: &Path,
+    agent: Option<&Path>,
+    extra: &[Entry],
+    name: &str,
+    base: Option<&Path>,
+) -> Result<PathBuf> {
     let dir = root().join("target/images");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     match kind {
+        "initrd" if base.is_some() => {
+            let stage_dir = dir.join(format!("{name}-rootfs"));
+            stage(&rootfs(bin, agent, true, extra)?, &stage_dir, base)?;
+            let mut entries = Vec::new();
+            entries_from_tree(&stage_dir, "", &mut entries)?;
+            entries.push(Entry::CharDev {
+                path: "dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            });
+            let out = dir.join(format!("{name}-initrd.cpio.gz"));
+            write_initrd(&entries, &out)?;
+            Ok(out)
+        }
         "initrd" => initrd(
             bin,
             agent,
@@ -468,7 +580,7 @@ pub fn build(
         ),
         "disk" | "dax" => {
             let stage_dir = dir.join(format!("{name}-rootfs"));
-            stage(&rootfs(bin, agent, false, extra)?, &stage_dir)?;
+            stage(&rootfs(bin, agent, false, extra)?, &stage_dir, base)?;
             let disk_img = dir.join(format!("{name}-disk.img"));
             disk(&stage_dir, &disk_img)?;
             if kind == "disk" {
@@ -490,8 +602,9 @@ pub fn main(args: &[String]) -> Result<()> {
     };
     let kind = value("--kind").map_or("initrd", String::as_str);
     let agent = value("--agent").map(PathBuf::from);
+    let base = value("--base").map(PathBuf::from);
     let bin = crate::build()?;
-    let p = build(kind, &bin, agent.as_deref(), &[], "minos")?;
+    let p = build_on(kind, &bin, agent.as_deref(), &[], "minos", base.as_deref())?;
     println!("xtask: {kind} image: {}", p.display());
     Ok(())
 }
@@ -600,7 +713,7 @@ mod tests {
                 target: "sbin/init".into(),
             },
         ];
-        stage(&entries, &stage_dir).unwrap();
+        stage(&entries, &stage_dir, None).unwrap();
         let disk_img = dir.join("disk.img");
         disk(&stage_dir, &disk_img).unwrap();
         let len = std::fs::metadata(&disk_img).unwrap().len();
@@ -683,5 +796,76 @@ mod tests {
     fn fletcher64_known_value() {
         // Words 1, 2: lo = 3, hi = 1 + 3 = 4.
         assert_eq!(fletcher64(&[1, 0, 0, 0, 2, 0, 0, 0]), (4u64 << 32) | 3);
+    }
+
+    /// `--base`: the base rootfs's files stay, its init is replaced (not
+    /// written through its link to systemd), for a directory and a tarball.
+    #[test]
+    fn overlay_onto_a_base_rootfs_keeps_its_files_and_replaces_its_init() {
+        let dir = std::env::temp_dir().join(format!("minos-base-test-{}", std::process::id()));
+        let base = dir.join("base");
+        for d in ["usr/lib/systemd", "usr/sbin", "usr/bin", "etc"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("usr/sbin", base.join("sbin")).unwrap();
+        std::fs::write(base.join("usr/lib/systemd/systemd"), b"systemd").unwrap();
+        std::os::unix::fs::symlink("../lib/systemd/systemd", base.join("usr/sbin/init")).unwrap();
+        std::fs::write(base.join("usr/bin/systemctl"), b"systemctl").unwrap();
+        std::fs::write(base.join("etc/os-release"), b"ID=debian\n").unwrap();
+        let tarball = dir.join("base.tar.gz");
+        run(std::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&base)
+            .arg("."))
+        .unwrap();
+        let entries = vec![
+            Entry::Dir {
+                path: "sbin".into(),
+                mode: 0o755,
+            },
+            Entry::File {
+                path: "sbin/init".into(),
+                mode: 0o755,
+                data: b"minos-init".to_vec(),
+            },
+            Entry::Symlink {
+                path: "usr/bin/systemctl".into(),
+                target: "/sbin/init".into(),
+            },
+        ];
+        for (name, b) in [("from-dir", &base), ("from-tarball", &tarball)] {
+            let out = dir.join(name);
+            stage(&entries, &out, Some(b)).unwrap();
+            assert_eq!(
+                std::fs::read(out.join("etc/os-release")).unwrap(),
+                b"ID=debian\n",
+                "{name}"
+            );
+            assert_eq!(
+                std::fs::read(out.join("usr/lib/systemd/systemd")).unwrap(),
+                b"systemd",
+                "{name}: not written through the link"
+            );
+            // Merged /usr: /sbin/init lands in usr/sbin, as a regular file.
+            let md = std::fs::symlink_metadata(out.join("usr/sbin/init")).unwrap();
+            assert!(md.is_file(), "{name}");
+            assert_eq!(
+                std::fs::read(out.join("sbin/init")).unwrap(),
+                b"minos-init",
+                "{name}"
+            );
+            assert_eq!(
+                std::fs::read_link(out.join("usr/bin/systemctl")).unwrap(),
+                Path::new("/sbin/init"),
+                "{name}"
+            );
+            let mut back = Vec::new();
+            entries_from_tree(&out, "", &mut back).unwrap();
+            assert!(back.iter().any(|e| matches!(e, Entry::Symlink { path, target } if path == "sbin" && target == "usr/sbin")));
+            assert!(back.iter().any(|e| matches!(e, Entry::File { path, data, .. } if path == "usr/sbin/init" && data == b"minos-init")));
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
