@@ -48,6 +48,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let report = crate::qemu::boot(&crate::qemu::BootOptions {
         kernel: kernel.vmlinux,
         kind: crate::qemu::Kind::Dax,
+        fs: crate::image::Fs::Ext4,
         image,
         data_disks: Vec::new(),
         machine: "q35".into(),

@@ -1,4 +1,4 @@
-//! `cargo xtask image --kind initrd|disk|dax [--agent PATH] [--base DIR|TARBALL]`:
+//! `cargo xtask image --kind initrd|disk|dax [--fs ext4|erofs] [--agent PATH] [--base DIR|TARBALL]`:
 //! the guest image, optionally on top of an existing rootfs.
 //!
 //! The rootfs is rootfs-skel/overlay plus the static binaries: init as
@@ -410,28 +410,63 @@ fn sfdisk(image: &Path, script: &str) -> Result<()> {
 }
 
 /// Builds the disk image at `out` from `stage_dir`.
-pub fn disk(stage_dir: &Path, out: &Path) -> Result<()> {
+/// The root file system of the disk and dax kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    /// Read-only, compact; osbuilder's `erofs` option.
+    Erofs,
+}
+
+impl Fs {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ext4" => Ok(Fs::Ext4),
+            "erofs" => Ok(Fs::Erofs),
+            other => Err(format!("unknown --fs {other:?} (ext4, erofs)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "ext4",
+            Fs::Erofs => "erofs",
+        }
+    }
+}
+
+/// Builds the disk image at `out` from `stage_dir` with file system `fs`.
+pub fn disk_fs(stage_dir: &Path, out: &Path, fs: Fs) -> Result<()> {
     ensure_packages(&[("mkfs.ext4", "e2fsprogs"), ("sfdisk", "fdisk")])?;
     let size = disk_size(tree_bytes(stage_dir));
     let part_size = size - PART_START;
     let part = out.with_extension("part");
     let _ = std::fs::remove_file(&part);
-    run(std::process::Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-L",
-            "rootfs",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(stage_dir)
-        .arg(&part)
-        .arg(format!("{}k", part_size / 1024))
-        .stdout(std::process::Stdio::null()))?;
+    if fs == Fs::Erofs {
+        ensure_packages(&[("mkfs.erofs", "erofs-utils")])?;
+        run(std::process::Command::new("mkfs.erofs")
+            .args(["--quiet", "-T0", "--all-root"])
+            .arg(&part)
+            .arg(stage_dir)
+            .stdout(std::process::Stdio::null()))?;
+    } else {
+        run(std::process::Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-L",
+                "rootfs",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+            ])
+            .arg(stage_dir)
+            .arg(&part)
+            .arg(format!("{}k", part_size / 1024))
+            .stdout(std::process::Stdio::null()))?;
+    }
     let mut img =
         std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
     img.set_len(size)
@@ -541,7 +576,7 @@ pub fn build(
     extra: &[Entry],
     name: &str,
 ) -> Result<PathBuf> {
-    build_on(kind, bin, agent, extra, name, None)
+    build_on(kind, bin, agent, extra, name, None, Fs::Ext4)
 }
 
 /// Like [`build`], on top of a base rootfs (directory or tarball): the base's
@@ -553,6 +588,7 @@ pub fn build_on(
     extra: &[Entry],
     name: &str,
     base: Option<&Path>,
+    fs: Fs,
 ) -> Result<PathBuf> {
     let dir = root().join("target/images");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -582,7 +618,7 @@ pub fn build_on(
             let stage_dir = dir.join(format!("{name}-rootfs"));
             stage(&rootfs(bin, agent, false, extra)?, &stage_dir, base)?;
             let disk_img = dir.join(format!("{name}-disk.img"));
-            disk(&stage_dir, &disk_img)?;
+            disk_fs(&stage_dir, &disk_img, fs)?;
             if kind == "disk" {
                 return Ok(disk_img);
             }
@@ -603,9 +639,18 @@ pub fn main(args: &[String]) -> Result<()> {
     let kind = value("--kind").map_or("initrd", String::as_str);
     let agent = value("--agent").map(PathBuf::from);
     let base = value("--base").map(PathBuf::from);
+    let fs = Fs::parse(value("--fs").map_or("ext4", String::as_str))?;
     let bin = crate::build()?;
-    let p = build_on(kind, &bin, agent.as_deref(), &[], "minos", base.as_deref())?;
-    println!("xtask: {kind} image: {}", p.display());
+    let p = build_on(
+        kind,
+        &bin,
+        agent.as_deref(),
+        &[],
+        "minos",
+        base.as_deref(),
+        fs,
+    )?;
+    println!("xtask: {kind} image ({}): {}", fs.name(), p.display());
     Ok(())
 }
 
@@ -715,7 +760,7 @@ mod tests {
         ];
         stage(&entries, &stage_dir, None).unwrap();
         let disk_img = dir.join("disk.img");
-        disk(&stage_dir, &disk_img).unwrap();
+        disk_fs(&stage_dir, &disk_img, Fs::Ext4).unwrap();
         let len = std::fs::metadata(&disk_img).unwrap().len();
         assert_eq!(len, 128 * MIB);
         let dump = sfdisk_dump(&disk_img);

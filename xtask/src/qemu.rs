@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::image::Fs;
 use crate::util::{ensure_packages, Result};
 
 /// Kata's QEMU x86 command line (tests/fixtures/kata/kernel-cmdline-qemu-x86.txt)
@@ -56,16 +57,18 @@ impl Kind {
         }
     }
 
-    /// Kata's root parameters for this kind.
-    fn root_cmdline(self) -> &'static str {
-        match self {
-            Kind::Initrd => "",
-            Kind::Disk => {
+    /// Kata's root parameters for this kind (erofs takes no ext4 options).
+    fn root_cmdline(self, fs: Fs) -> &'static str {
+        match (self, fs) {
+            (Kind::Initrd, _) => "",
+            (Kind::Disk, Fs::Ext4) => {
                 "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
             }
-            Kind::Dax => {
+            (Kind::Dax, Fs::Ext4) => {
                 "root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4"
             }
+            (Kind::Disk, Fs::Erofs) => "root=/dev/vda1 ro rootfstype=erofs",
+            (Kind::Dax, Fs::Erofs) => "root=/dev/pmem0p1 rootflags=dax ro rootfstype=erofs",
         }
     }
 }
@@ -74,6 +77,7 @@ impl Kind {
 pub struct BootOptions {
     pub kernel: PathBuf,
     pub kind: Kind,
+    pub fs: Fs,
     pub image: PathBuf,
     /// Extra virtio-blk disks (read-write), e.g. a data disk.
     pub data_disks: Vec<PathBuf>,
@@ -148,7 +152,7 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
     let cmdline = format!(
         "console=ttyS0 {} {} init.timeline=console {}",
         kata_cmdline(),
-        o.kind.root_cmdline(),
+        o.kind.root_cmdline(o.fs),
         o.extra_cmdline
     );
     let machine = match o.machine.as_str() {
@@ -298,10 +302,12 @@ pub fn main(args: &[String]) -> Result<()> {
         None => crate::kernel::build(&flavour)?.vmlinux,
     };
     let bin = crate::build()?;
-    let image = crate::image::build(kind.name(), &bin, None, &[], "minos")?;
+    let fs = Fs::parse(&value("--fs").unwrap_or_else(|| "ext4".into()))?;
+    let image = crate::image::build_on(kind.name(), &bin, None, &[], "minos", None, fs)?;
     let opts = BootOptions {
         kernel,
         kind,
+        fs,
         image,
         data_disks: Vec::new(),
         machine: value("--machine").unwrap_or_else(|| "q35".into()),

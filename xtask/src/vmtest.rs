@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::image::Entry;
+use crate::image::{Entry, Fs};
 use crate::qemu::{boot, BootOptions, BootReport, Kind};
 use crate::util::{root, Result};
 
@@ -69,6 +69,7 @@ fn common_checks(name: &str, r: &BootReport, all_started: bool) -> Result<()> {
 struct Scenario {
     name: &'static str,
     kind: Kind,
+    fs: Fs,
     machine: &'static str,
     /// Added to the image.
     extra: Vec<Entry>,
@@ -86,6 +87,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "initrd-q35",
             kind: Kind::Initrd,
+            fs: Fs::Ext4,
             machine: "q35",
             extra: vec![],
             cmdline: "agent.exit_after=1s",
@@ -94,6 +96,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "disk-q35",
             kind: Kind::Disk,
+            fs: Fs::Ext4,
             machine: "q35",
             extra: vec![],
             cmdline: "agent.exit_after=1s",
@@ -102,6 +105,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dax-q35",
             kind: Kind::Dax,
+            fs: Fs::Ext4,
             machine: "q35",
             extra: vec![],
             cmdline: "agent.exit_after=1s",
@@ -110,7 +114,18 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "disk-microvm",
             kind: Kind::Disk,
+            fs: Fs::Ext4,
             machine: "microvm",
+            extra: vec![],
+            cmdline: "agent.exit_after=1s",
+            data_disk: false,
+        },
+        // osbuilder's erofs root, read-only and compact, on DAX.
+        Scenario {
+            name: "dax-q35-erofs",
+            kind: Kind::Dax,
+            fs: Fs::Erofs,
+            machine: "q35",
             extra: vec![],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
@@ -121,6 +136,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dax-q35-poweroff",
             kind: Kind::Dax,
+            fs: Fs::Ext4,
             machine: "q35",
             extra: vec![
                 poweroff_unit,
@@ -137,6 +153,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dax-q35-data-disk",
             kind: Kind::Dax,
+            fs: Fs::Ext4,
             machine: "q35",
             extra: vec![unit(
                 "test-data.service",
@@ -221,12 +238,14 @@ pub fn run(only: Option<&str>) -> Result<()> {
         }
         let mut extra = s.extra.clone();
         extra.push(probe_entry.clone());
-        let image = crate::image::build(
+        let image = crate::image::build_on(
             s.kind.name(),
             &bin,
             None,
             &extra,
             &format!("test-{}", s.name),
+            None,
+            s.fs,
         )?;
         let disk = root().join(format!("target/images/test-{}-data.ext4", s.name));
         let mut data_disks: Vec<PathBuf> = Vec::new();
@@ -237,6 +256,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
         let o = BootOptions {
             kernel: kernel.clone(),
             kind: s.kind,
+            fs: s.fs,
             image,
             data_disks,
             machine: s.machine.into(),
