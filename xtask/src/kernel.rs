@@ -44,6 +44,7 @@ fn source() -> Result<PathBuf> {
     if dir.join("Makefile").is_file() {
         return Ok(dir);
     }
+    ensure_packages(&[("xz", "xz-utils")])?;
     let tarball = Path::new("/usr/src/linux-source-6.12.tar.xz");
     if !tarball.is_file() {
         ensure_packages(&[("/usr/src/linux-source-6.12.tar.xz", "linux-source-6.12")])?;
