@@ -181,6 +181,7 @@ pub fn build(flavour: &str) -> Result<Kernel> {
         ("bc", "bc"),
         ("gcc", "gcc"),
         ("make", "make"),
+        ("perl", "perl"),
     ])?;
     if !Path::new("/usr/include/libelf.h").exists() {
         ensure_packages(&[("/usr/include/libelf.h", "libelf-dev")])?;
