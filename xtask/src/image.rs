@@ -87,38 +87,6 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))
 }
 
-/// Every file of rootfs-skel/overlay, relative path → contents.
-fn overlay_files(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("read {}: {e}", dir.display()))?
-        .filter_map(std::result::Result::ok)
-        .collect();
-    names.sort_by_key(|e| e.file_name());
-    for e in names {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let path = e.path();
-        if path.is_dir() {
-            out.push(Entry::Dir {
-                path: rel.clone(),
-                mode: 0o755,
-            });
-            overlay_files(&path, &rel, out)?;
-        } else {
-            out.push(Entry::File {
-                path: rel,
-                mode: 0o644,
-                data: read(&path)?,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// The rootfs entries: directories, overlay, binaries, links, units.
 pub fn rootfs(
     bin: &Path,
@@ -133,7 +101,7 @@ pub fn rootfs(
             mode: 0o755,
         })
         .collect();
-    overlay_files(&root().join("rootfs-skel/overlay"), "", &mut v)?;
+    entries_from_tree(&root().join("rootfs-skel/overlay"), "", &mut v)?;
     let agent_path = agent.map_or_else(|| bin.join("agent-shim"), Path::to_path_buf);
     for (from, to) in [
         (bin.join("init"), "sbin/init"),
