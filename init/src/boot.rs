@@ -131,20 +131,7 @@ pub fn run(args: &[String]) -> ! {
 
 /// sync, unmount or remount read-only, reboot(2).
 pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
-    sync_bounded();
-    if req.urgency != Urgency::Immediate {
-        match std::fs::read_to_string("/proc/self/mountinfo") {
-            Ok(info) => {
-                for f in mounts::unmount_all(&info) {
-                    log::warn!("shutdown: could not unmount or remount read-only: {f}");
-                }
-            }
-            Err(e) => {
-                log::error!("shutdown: read /proc/self/mountinfo: {e}; filesystems left mounted")
-            }
-        }
-        sync_bounded();
-    }
+    filesystems_down(req.urgency != Urgency::Immediate);
     log::info!("shutdown: {} now", req.kind.name());
     let cmd = match req.kind {
         PowerKind::Poweroff => rustix::system::RebootCommand::PowerOff,
@@ -161,40 +148,69 @@ pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
     std::process::exit(if mode == Mode::Container { 0 } else { 1 });
 }
 
-/// sync(2) in a child process (init's own `sync` personality), waited for
-/// at most 30 s: a dead virtio-fs or network file system can block sync
+/// The child personality that does the file-system part of shutdown.
+pub const SHUTDOWN_FS: &str = "minos-shutdown-fs";
+const SHUTDOWN_FS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// sync, then (with `unmount`) every file system unmounted or remounted
+/// read-only in reverse order, then sync again. Done in a child process
+/// (init's `minos-shutdown-fs` personality) that init waits for at most
+/// 60 s: a dead virtio-fs or network file system can block sync or umount
 /// forever, and PID 1 must still reach reboot(2).
-fn sync_bounded() {
+fn filesystems_down(unmount: bool) {
     use std::os::unix::process::CommandExt;
-    let child = std::process::Command::new("/proc/self/exe")
-        .arg0("sync")
-        .stdin(std::process::Stdio::null())
-        .spawn();
-    let mut child = match child {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg0(SHUTDOWN_FS).stdin(std::process::Stdio::null());
+    if unmount {
+        cmd.arg("--unmount");
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            log::warn!("shutdown: run sync in a child: {e}; syncing in init");
-            rustix::fs::sync();
+            log::warn!("shutdown: run {SHUTDOWN_FS}: {e}; doing it in init");
+            shutdown_fs(unmount);
             return;
         }
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + SHUTDOWN_FS_TIMEOUT;
     loop {
         match child.try_wait() {
             Ok(Some(_)) => return,
             Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
             Ok(None) => {
-                log::error!("shutdown: sync did not finish within 30s; going on");
+                log::error!(
+                    "shutdown: sync/unmount did not finish within {}s (a hung file system?); going on",
+                    SHUTDOWN_FS_TIMEOUT.as_secs()
+                );
                 return;
             }
             Err(e) => {
-                log::warn!("shutdown: wait for sync: {e}");
+                log::warn!("shutdown: wait for {SHUTDOWN_FS}: {e}");
                 return;
             }
         }
     }
+}
+
+/// The work of [`filesystems_down`], in whichever process runs it.
+pub fn shutdown_fs(unmount: bool) {
+    rustix::fs::sync();
+    if !unmount {
+        return;
+    }
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(info) => {
+            for f in mounts::unmount_all(&info) {
+                log::warn!("shutdown: could not unmount or remount read-only: {f}");
+            }
+        }
+        Err(e) => {
+            log::error!("shutdown: read /proc/self/mountinfo: {e}; filesystems left mounted")
+        }
+    }
+    rustix::fs::sync();
 }
 
 fn install_panic_hook() {

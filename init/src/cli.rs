@@ -28,6 +28,21 @@ pub fn main(args: &[String]) -> i32 {
         "reboot" => power_command(PowerKind::Reboot, rest),
         "halt" => power_command(PowerKind::Halt, rest),
         "systemctl" => systemctl(rest),
+        // Only as init's own child at shutdown (see boot::filesystems_down).
+        boot::SHUTDOWN_FS => {
+            if rustix::process::getppid() != Some(rustix::process::Pid::INIT) {
+                eprintln!("{name}: internal to init's shutdown; refusing to run");
+                return 2;
+            }
+            crate::logger::install(log::LevelFilter::Info);
+            if std::env::var_os("container").is_some() {
+                crate::logger::use_stderr();
+            } else {
+                crate::logger::use_kmsg();
+            }
+            boot::shutdown_fs(rest.iter().any(|a| a == "--unmount"));
+            0
+        }
         // For minimal rootfs images without coreutils (kata-agent.service's
         // ExecStop runs /bin/sync).
         "sync" => {
