@@ -8,6 +8,8 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use minos_common::args::Arg;
+
 use crate::duration::{parse_duration, DurationError};
 
 pub const USAGE: &str = "\
@@ -47,11 +49,7 @@ pub struct Options {
     pub strict: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Help,
-    Run(Options),
-}
+pub type Command = minos_common::args::Command<Options>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
@@ -87,22 +85,15 @@ where
     let mut self_check_seen = false;
     while let Some(arg) = args.next() {
         // Non-UTF-8 arguments are never valid options; the lossy form names them.
-        let arg = arg.to_string_lossy().into_owned();
-        let (name, inline_value) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let flag = |option: &'static str| match inline_value {
-            Some(_) => Err(ArgsError::UnexpectedValue(option)),
-            None => Ok(()),
-        };
+        let arg = Arg::new(arg);
+        let name = arg.name();
         match name {
             "-h" | "--help" => {
-                flag("--help")?;
+                arg.flag(ArgsError::UnexpectedValue("--help"))?;
                 return Ok(Command::Help);
             }
             "--self-check" => {
-                flag("--self-check")?;
+                arg.flag(ArgsError::UnexpectedValue("--self-check"))?;
                 if self_check_seen {
                     return Err(ArgsError::Repeated("--self-check"));
                 }
@@ -110,7 +101,7 @@ where
                 options.self_check = true;
             }
             "--strict" => {
-                flag("--strict")?;
+                arg.flag(ArgsError::UnexpectedValue("--strict"))?;
                 if options.strict {
                     return Err(ArgsError::Repeated("--strict"));
                 }
@@ -123,14 +114,10 @@ where
                 } else {
                     "--fail-after"
                 };
-                let value = match inline_value {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .map(|v| v.to_string_lossy().into_owned())
-                        .ok_or(ArgsError::MissingValue(option))?,
-                };
-                let duration = parse_duration(&value)
+                let value = arg
+                    .value(&mut args)
+                    .ok_or(ArgsError::MissingValue(option))?;
+                let duration = parse_duration(&value.to_string_lossy())
                     .map_err(|source| ArgsError::InvalidDuration { option, source })?;
                 let timer = if option == "--exit-after" {
                     Timer::ExitAfter(duration)
@@ -146,7 +133,7 @@ where
                     (Some(_), _) => return Err(ArgsError::ConflictingTimers),
                 };
             }
-            _ => return Err(ArgsError::UnknownArgument(arg)),
+            _ => return Err(ArgsError::UnknownArgument(arg.into_text())),
         }
     }
     Ok(Command::Run(options))

@@ -15,19 +15,15 @@
 //! keys on the kernel command line (see [`cmdline`]); arguments win.
 //! Diagnostics go to stderr through `log`.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod args;
 pub mod cmdline;
 pub mod duration;
-pub mod logging;
 pub mod memory;
 pub mod notify;
 pub mod selfcheck;
-#[allow(unsafe_code)]
-pub mod signals;
 
-use std::error::Error;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
@@ -36,8 +32,9 @@ use std::time::Instant;
 
 use args::{Command, Options, Timer};
 use memory::MemLine;
+use minos_common::signals::{BlockedSignals, Signal};
+pub use minos_common::Report;
 use selfcheck::SelfCheck;
-use signals::{BlockedSignals, Signal};
 
 /// Exit status for bad usage and a failed `--strict` self-check.
 pub const STATUS_USAGE: u8 = 2;
@@ -96,23 +93,6 @@ impl Environment {
             cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
             notify_socket: notify::socket_from_env(),
         }
-    }
-}
-
-/// Displays an error followed by its chain of causes, `a: b: c`. The one
-/// place where causes are printed.
-#[derive(Debug)]
-pub struct Report<'a>(pub &'a (dyn Error + 'static));
-
-impl fmt::Display for Report<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
     }
 }
 

@@ -4,7 +4,11 @@
 
 use std::process::ExitCode;
 
+use minos_common::logging::{self, StderrLogger};
+
+static LOGGER: StderrLogger = StderrLogger::new("agent-shim");
+
 fn main() -> ExitCode {
-    agent_shim::logging::init();
+    logging::init(&LOGGER);
     ExitCode::from(agent_shim::run(std::env::args_os().skip(1)))
 }

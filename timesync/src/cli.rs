@@ -3,6 +3,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use minos_common::args::Arg;
+
 /// Where the configuration is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/timesync.conf";
 
@@ -35,11 +37,7 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Help,
-    Run(Options),
-}
+pub type Command = minos_common::args::Command<Options>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
@@ -65,25 +63,14 @@ where
     let mut config_seen = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        let text = arg.to_string_lossy();
-        let (name, inline_value) = match text.split_once('=') {
-            Some((name, _)) if name.starts_with("--") => (name, true),
-            _ => (text.as_ref(), false),
-        };
-        let flag = |option: &'static str| {
-            if inline_value {
-                Err(ArgsError::UnexpectedValue(option))
-            } else {
-                Ok(())
-            }
-        };
-        match name {
+        let arg = Arg::new(arg);
+        match arg.name() {
             "-h" | "--help" => {
-                flag("--help")?;
+                arg.flag(ArgsError::UnexpectedValue("--help"))?;
                 return Ok(Command::Help);
             }
             "--check-config" => {
-                flag("--check-config")?;
+                arg.flag(ArgsError::UnexpectedValue("--check-config"))?;
                 if options.check_config {
                     return Err(ArgsError::Repeated("--check-config"));
                 }
@@ -94,32 +81,18 @@ where
                     return Err(ArgsError::Repeated("--config"));
                 }
                 config_seen = true;
-                let value = if inline_value {
-                    inline_path(&arg)
-                } else {
-                    args.next().ok_or(ArgsError::MissingValue("--config"))?
-                };
+                let value = arg
+                    .value(&mut args)
+                    .ok_or(ArgsError::MissingValue("--config"))?;
                 if value.is_empty() {
                     return Err(ArgsError::MissingValue("--config"));
                 }
                 options.config = PathBuf::from(value);
             }
-            _ => return Err(ArgsError::UnknownArgument(text.into_owned())),
+            _ => return Err(ArgsError::UnknownArgument(arg.into_text())),
         }
     }
     Ok(Command::Run(options))
-}
-
-/// The bytes after the first `=` of `--config=PATH`, unchanged.
-fn inline_path(arg: &OsString) -> OsString {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let bytes = arg.as_bytes();
-    let value = bytes
-        .iter()
-        .position(|&b| b == b'=')
-        .and_then(|eq| bytes.get(eq + 1..))
-        .unwrap_or_default();
-    OsString::from_vec(value.to_vec())
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@
 
 use std::process::ExitCode;
 
+use minos_common::logging::{self, StderrLogger};
+
+static LOGGER: StderrLogger = StderrLogger::new("timesync");
+
 fn main() -> ExitCode {
-    timesync::logging::init();
+    logging::init(&LOGGER);
     ExitCode::from(timesync::run(std::env::args_os().skip(1)))
 }

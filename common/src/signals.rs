@@ -6,9 +6,9 @@
 //! is the crate's only `unsafe` and its only use of libc.
 //!
 //! The mask is per thread: [`BlockedSignals::block`] must run on the main
-//! thread before any other thread exists (agent-shim has no other threads),
-//! otherwise a process-directed signal could be delivered, with its default
-//! action, to a thread that does not block it.
+//! thread before any other thread exists (agent-shim and timesync have no
+//! other threads), otherwise a process-directed signal could be delivered,
+//! with its default action, to a thread that does not block it.
 
 use std::fmt;
 use std::io;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// any overflow in the kernel's timeout arithmetic.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A signal that ends the shim.
+/// A signal that ends the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Term,
@@ -39,7 +39,8 @@ impl fmt::Debug for BlockedSignals {
 
 impl BlockedSignals {
     /// Blocks SIGTERM and SIGINT in the calling thread. From here on they stay
-    /// pending until [`wait_until`](Self::wait_until) collects them.
+    /// pending until [`wait`](Self::wait) or [`wait_until`](Self::wait_until)
+    /// collects them.
     pub fn block() -> io::Result<Self> {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: `set.as_mut_ptr()` points to writable memory of the right
@@ -66,6 +67,18 @@ impl BlockedSignals {
             return Err(io::Error::from_raw_os_error(rc));
         }
         Ok(blocked)
+    }
+
+    /// Waits until SIGTERM or SIGINT arrives. EINTR (a stop/continue, a
+    /// debugger) restarts the wait.
+    pub fn wait(&self) -> io::Result<Signal> {
+        loop {
+            // Without a deadline `wait_until` returns only with a signal or an
+            // error; looping on `None` keeps that promise out of the types.
+            if let Some(signal) = self.wait_until(None)? {
+                return Ok(signal);
+            }
+        }
     }
 
     /// Waits until SIGTERM or SIGINT arrives (`Some`) or `deadline` passes
@@ -159,6 +172,15 @@ mod tests {
         assert_eq!(signals.wait_until(deadline).unwrap(), Some(Signal::Term));
         raise_in_this_thread(libc::SIGINT);
         assert_eq!(signals.wait_until(None).unwrap(), Some(Signal::Int));
+    }
+
+    #[test]
+    fn wait_collects_sigterm_and_sigint() {
+        let signals = BlockedSignals::block().unwrap();
+        raise_in_this_thread(libc::SIGTERM);
+        assert_eq!(signals.wait().unwrap(), Signal::Term);
+        raise_in_this_thread(libc::SIGINT);
+        assert_eq!(signals.wait().unwrap(), Signal::Int);
     }
 
     #[test]
