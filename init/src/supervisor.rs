@@ -391,12 +391,14 @@ impl Supervisor {
             tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(d.subsec_nanos()),
         });
-        let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::IN)];
+        // Fixed capacity: the loop does not allocate per wakeup.
+        let mut fds: heapless::Vec<PollFd<'_>, 3> = heapless::Vec::new();
+        let _ = fds.push(PollFd::new(self.signals.fd(), PollFlags::IN));
         if let Some(n) = &self.notify {
-            fds.push(PollFd::new(n, PollFlags::IN));
+            let _ = fds.push(PollFd::new(n, PollFlags::IN));
         }
         if let Some(c) = &self.control {
-            fds.push(PollFd::new(c, PollFlags::IN));
+            let _ = fds.push(PollFd::new(c, PollFlags::IN));
         }
         match rustix::event::poll(&mut fds, ts.as_ref()) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
