@@ -10,15 +10,22 @@ use std::time::Duration;
 
 use minos_common::args::Arg;
 
+use crate::address::{Address, AddressError};
+use crate::client::DEFAULT_TIMEOUT;
 use crate::duration::{parse_duration, DurationError};
 
 pub const USAGE: &str = "\
 usage: agent-shim [OPTIONS]
+       agent-shim check ADDR [--timeout DURATION]
 
-A stand-in for kata-agent: prints a readiness marker, notifies NOTIFY_SOCKET
-(sd_notify READY=1) and runs until SIGTERM or SIGINT.
+A stand-in for kata-agent: answers the agent's ttRPC health check
+(grpc.Health), prints a readiness marker, notifies NOTIFY_SOCKET (sd_notify
+READY=1) and runs until SIGTERM or SIGINT.
 
 options:
+  --server-addr ADDR     listen on ADDR (unix://PATH or vsock://CID:PORT);
+                         default vsock://-1:1024, skipped with a warning where
+                         there is no vsock
   --exit-after DURATION  exit with status 0 after DURATION (e.g. 500ms, 2s, 1min)
   --fail-after DURATION  exit with status 1 after DURATION
   --self-check           print pid, RLIMIT_NOFILE, oom_score_adj, stdin and stdout
@@ -27,9 +34,25 @@ options:
                          as kata-agent.service sets them
   -h, --help             print this help
 
-kernel command line (/proc/cmdline), used when no timer option is given:
+kernel command line (/proc/cmdline), for what the options leave unset:
   agent.exit_after=DURATION  as --exit-after
   agent.fail_after=DURATION  as --fail-after
+  agent.server_addr=ADDR     as --server-addr
+";
+
+pub const CHECK_USAGE: &str = "\
+usage: agent-shim check ADDR [--timeout DURATION]
+
+Sends grpc.Health/Check to the agent at ADDR and prints the status it reports
+(SERVING, NOT_SERVING, UNKNOWN). Exits 0 only for SERVING, 1 otherwise, 2 for
+bad usage.
+
+ADDR: unix://PATH, vsock://CID:PORT, or hvsock://PATH:PORT (hybrid vsock of
+Firecracker and Cloud Hypervisor: CONNECT PORT on the unix socket PATH).
+
+options:
+  --timeout DURATION  give up after DURATION (default 5s)
+  -h, --help          print this help
 ";
 
 /// When the shim ends on its own, and with what status.
@@ -42,14 +65,29 @@ pub enum Timer {
 }
 
 /// Everything `run` needs from the command line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     pub timer: Option<Timer>,
     pub self_check: bool,
     pub strict: bool,
+    /// `--server-addr`; `None` leaves it to the kernel command line or the
+    /// default.
+    pub server_addr: Option<Address>,
 }
 
 pub type Command = minos_common::args::Command<Options>;
+
+/// `agent-shim check ADDR [--timeout DURATION]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOptions {
+    pub address: Address,
+    pub timeout: Duration,
+}
+
+pub type CheckCommand = minos_common::args::Command<CheckOptions>;
+
+/// The first argument that selects the health-check client.
+pub const CHECK: &str = "check";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
@@ -69,6 +107,14 @@ pub enum ArgsError {
     Repeated(&'static str),
     #[error("options `--exit-after` and `--fail-after` exclude each other")]
     ConflictingTimers,
+    #[error("invalid value for `{option}`")]
+    InvalidAddress {
+        option: &'static str,
+        #[source]
+        source: AddressError,
+    },
+    #[error("`check` needs the agent's address")]
+    MissingAddress,
 }
 
 /// Parses the arguments after the program name.
@@ -133,10 +179,69 @@ where
                     (Some(_), _) => return Err(ArgsError::ConflictingTimers),
                 };
             }
+            "--server-addr" => {
+                let option = "--server-addr";
+                let value = arg
+                    .value(&mut args)
+                    .ok_or(ArgsError::MissingValue(option))?;
+                if options.server_addr.is_some() {
+                    return Err(ArgsError::Repeated(option));
+                }
+                let address = Address::parse_listen(&value.to_string_lossy())
+                    .map_err(|source| ArgsError::InvalidAddress { option, source })?;
+                options.server_addr = Some(address);
+            }
             _ => return Err(ArgsError::UnknownArgument(arg.into_text())),
         }
     }
     Ok(Command::Run(options))
+}
+
+/// Parses the arguments after `check`: one address and `--timeout`, in
+/// any order.
+pub fn parse_check_args<I>(args: I) -> Result<CheckCommand, ArgsError>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let mut address = None;
+    let mut timeout = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = Arg::new(arg);
+        match arg.name() {
+            "-h" | "--help" => {
+                arg.flag(ArgsError::UnexpectedValue("--help"))?;
+                return Ok(CheckCommand::Help);
+            }
+            "--timeout" => {
+                let option = "--timeout";
+                let value = arg
+                    .value(&mut args)
+                    .ok_or(ArgsError::MissingValue(option))?;
+                if timeout.is_some() {
+                    return Err(ArgsError::Repeated(option));
+                }
+                let duration = parse_duration(&value.to_string_lossy())
+                    .map_err(|source| ArgsError::InvalidDuration { option, source })?;
+                timeout = Some(duration);
+            }
+            name if name.starts_with('-') || address.is_some() => {
+                return Err(ArgsError::UnknownArgument(arg.into_text()))
+            }
+            _ => {
+                let text = arg.into_text();
+                let parsed = Address::parse(&text).map_err(|source| ArgsError::InvalidAddress {
+                    option: "ADDR",
+                    source,
+                })?;
+                address = Some(parsed);
+            }
+        }
+    }
+    Ok(CheckCommand::Run(CheckOptions {
+        address: address.ok_or(ArgsError::MissingAddress)?,
+        timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+    }))
 }
 
 #[cfg(test)]
@@ -162,13 +267,13 @@ mod tests {
             timer: Some(Timer::ExitAfter(Duration::from_millis(500))),
             ..Options::default()
         };
-        assert_eq!(parse(&["--exit-after", "500ms"]), run(exit));
+        assert_eq!(parse(&["--exit-after", "500ms"]), run(exit.clone()));
         assert_eq!(parse(&["--exit-after=500ms"]), run(exit));
         let fail = Options {
             timer: Some(Timer::FailAfter(Duration::from_secs(60))),
             ..Options::default()
         };
-        assert_eq!(parse(&["--fail-after", "1min"]), run(fail));
+        assert_eq!(parse(&["--fail-after", "1min"]), run(fail.clone()));
         assert_eq!(parse(&["--fail-after=1min"]), run(fail));
     }
 
@@ -184,9 +289,9 @@ mod tests {
             strict: true,
             ..Options::default()
         };
-        assert_eq!(parse(&["--self-check", "--strict"]), run(strict));
+        assert_eq!(parse(&["--self-check", "--strict"]), run(strict.clone()));
         // --strict implies the check it is strict about.
-        assert_eq!(parse(&["--strict"]), run(strict));
+        assert_eq!(parse(&["--strict"]), run(strict.clone()));
         assert_eq!(
             parse(&["--strict", "--self-check", "--exit-after", "2s"]),
             run(Options {
@@ -298,6 +403,106 @@ mod tests {
         assert_eq!(
             parse_args([arg]),
             Err(ArgsError::UnknownArgument("--\u{fffd}".into()))
+        );
+    }
+
+    #[test]
+    fn server_addr() {
+        let expected = Options {
+            server_addr: Some(Address::Unix("/run/agent.sock".into())),
+            ..Options::default()
+        };
+        assert_eq!(
+            parse(&["--server-addr", "unix:///run/agent.sock"]),
+            run(expected.clone())
+        );
+        assert_eq!(
+            parse(&["--server-addr=unix:///run/agent.sock"]),
+            run(expected)
+        );
+        assert_eq!(
+            parse(&["--server-addr", "vsock://-1:1024"]),
+            run(Options {
+                server_addr: Some(crate::address::DEFAULT_SERVER_ADDR),
+                ..Options::default()
+            })
+        );
+        assert_eq!(
+            parse(&["--server-addr"]),
+            Err(ArgsError::MissingValue("--server-addr"))
+        );
+        assert_eq!(
+            parse(&["--server-addr=unix:///a", "--server-addr=unix:///b"]),
+            Err(ArgsError::Repeated("--server-addr"))
+        );
+        let err = parse(&["--server-addr", "hvsock:///h.sock:1024"]).unwrap_err();
+        assert_eq!(
+            crate::Report(&err).to_string(),
+            "invalid value for `--server-addr`: address `hvsock:///h.sock:1024`: \
+             hvsock is for the host's side (the `check` client) only"
+        );
+        assert!(matches!(
+            parse(&["--server-addr", "/run/agent.sock"]),
+            Err(ArgsError::InvalidAddress {
+                option: "--server-addr",
+                ..
+            })
+        ));
+    }
+
+    fn check(args: &[&str]) -> Result<CheckCommand, ArgsError> {
+        parse_check_args(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn check_arguments() {
+        let address = Address::Unix("/run/a.sock".into());
+        assert_eq!(
+            check(&["unix:///run/a.sock"]),
+            Ok(CheckCommand::Run(CheckOptions {
+                address: address.clone(),
+                timeout: DEFAULT_TIMEOUT
+            }))
+        );
+        let quick = Ok(CheckCommand::Run(CheckOptions {
+            address,
+            timeout: Duration::from_millis(300),
+        }));
+        assert_eq!(check(&["unix:///run/a.sock", "--timeout", "300ms"]), quick);
+        assert_eq!(check(&["--timeout=300ms", "unix:///run/a.sock"]), quick);
+        assert_eq!(
+            check(&["hvsock:///run/h.sock:1024"]),
+            Ok(CheckCommand::Run(CheckOptions {
+                address: Address::HybridVsock {
+                    path: "/run/h.sock".into(),
+                    port: 1024
+                },
+                timeout: DEFAULT_TIMEOUT
+            }))
+        );
+        assert_eq!(check(&["--help"]), Ok(CheckCommand::Help));
+        assert_eq!(check(&[]), Err(ArgsError::MissingAddress));
+        assert_eq!(
+            check(&["unix:///a", "unix:///b"]),
+            Err(ArgsError::UnknownArgument("unix:///b".into()))
+        );
+        assert_eq!(
+            check(&["unix:///a", "--bogus"]),
+            Err(ArgsError::UnknownArgument("--bogus".into()))
+        );
+        assert_eq!(
+            check(&["unix:///a", "--timeout"]),
+            Err(ArgsError::MissingValue("--timeout"))
+        );
+        assert_eq!(
+            check(&["unix:///a", "--timeout=1s", "--timeout=2s"]),
+            Err(ArgsError::Repeated("--timeout"))
+        );
+        let err = check(&["vsock://x"]).unwrap_err();
+        assert_eq!(
+            crate::Report(&err).to_string(),
+            "invalid value for `ADDR`: address `vsock://x`: \
+             expected CID:PORT, CID a number or -1, PORT a number"
         );
     }
 }

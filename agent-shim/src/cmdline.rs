@@ -5,7 +5,9 @@
 //! Keys:
 //!
 //! - `agent.exit_after=DURATION`: as `--exit-after DURATION`;
-//! - `agent.fail_after=DURATION`: as `--fail-after DURATION`.
+//! - `agent.fail_after=DURATION`: as `--fail-after DURATION`;
+//! - `agent.server_addr=ADDR`: as `--server-addr ADDR` (kata-agent's own
+//!   key for where its ttRPC server listens).
 //!
 //! As in the kernel's own parameter names, `-` and `_` in a key are the same
 //! (`agent.exit-after` works too). A repeated key: the last valid value wins,
@@ -15,7 +17,8 @@
 //! word of `/proc/cmdline` counts, including those after `--`.
 //!
 //! Arguments take precedence: a timer given with `--exit-after` or
-//! `--fail-after` replaces any from the kernel command line ([`apply`]).
+//! `--fail-after` replaces any from the kernel command line, and
+//! `--server-addr` replaces `agent.server_addr` ([`apply`]).
 //!
 //! [`parse_cmdline`] is pure (text in, values and every warning out);
 //! [`read_cmdline`] takes the file's path so tests can use a fixture.
@@ -23,6 +26,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::address::{Address, AddressError};
 use crate::args::{Options, Timer};
 use crate::duration::{parse_duration, DurationError};
 
@@ -31,11 +35,13 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 
 const EXIT_AFTER: &str = "agent.exit_after";
 const FAIL_AFTER: &str = "agent.fail_after";
+const SERVER_ADDR: &str = "agent.server_addr";
 
 /// What the kernel command line asks of the shim.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelOptions {
     pub timer: Option<Timer>,
+    pub server_addr: Option<Address>,
 }
 
 /// A word of the kernel command line that was not applied, or a file that
@@ -55,6 +61,12 @@ pub enum CmdlineError {
         word: String,
         #[source]
         source: DurationError,
+    },
+    #[error("ignoring `{word}` on the kernel command line")]
+    InvalidAddress {
+        word: String,
+        #[source]
+        source: AddressError,
     },
     #[error(
         "ignoring `{exit_after}` and `{fail_after}` on the kernel command line: \
@@ -154,7 +166,21 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
     // The last valid word of each key, with its duration.
     let mut exit_after = None;
     let mut fail_after = None;
+    let mut server_addr = None;
     for param in params(text) {
+        if key_is(param.key, SERVER_ADDR) {
+            match param.value.map(Address::parse_listen) {
+                None => errors.push(CmdlineError::MissingValue {
+                    word: param.word.to_owned(),
+                }),
+                Some(Ok(address)) => server_addr = Some(address),
+                Some(Err(source)) => errors.push(CmdlineError::InvalidAddress {
+                    word: param.word.to_owned(),
+                    source,
+                }),
+            }
+            continue;
+        }
         let slot = if key_is(param.key, EXIT_AFTER) {
             &mut exit_after
         } else if key_is(param.key, FAIL_AFTER) {
@@ -188,7 +214,7 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
             None
         }
     };
-    (KernelOptions { timer }, errors)
+    (KernelOptions { timer, server_addr }, errors)
 }
 
 /// Reads and parses the kernel command line at `path` (normally
@@ -214,6 +240,7 @@ pub fn read_cmdline(path: &Path) -> (KernelOptions, Vec<CmdlineError>) {
 pub fn apply(args: Options, kernel: &KernelOptions) -> Options {
     Options {
         timer: args.timer.or(kernel.timer),
+        server_addr: args.server_addr.or_else(|| kernel.server_addr.clone()),
         ..args
     }
 }
@@ -371,25 +398,27 @@ mod tests {
     fn arguments_take_precedence() {
         let kernel = KernelOptions {
             timer: Some(Timer::FailAfter(Duration::from_secs(1))),
+            server_addr: None,
         };
         let args = Options {
             timer: Some(Timer::ExitAfter(Duration::from_secs(9))),
             self_check: true,
             strict: false,
+            server_addr: None,
         };
-        assert_eq!(apply(args, &kernel), args);
+        assert_eq!(apply(args.clone(), &kernel), args);
         let args = Options {
             timer: None,
             ..args
         };
         assert_eq!(
-            apply(args, &kernel),
+            apply(args.clone(), &kernel),
             Options {
                 timer: kernel.timer,
-                ..args
+                ..args.clone()
             }
         );
-        assert_eq!(apply(args, &KernelOptions::default()), args);
+        assert_eq!(apply(args.clone(), &KernelOptions::default()), args);
     }
 
     #[test]
@@ -420,6 +449,69 @@ mod tests {
         assert_eq!(
             errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
             [format!("cannot read {}", std::env::temp_dir().display())]
+        );
+    }
+
+    #[test]
+    fn server_addr_from_the_kernel_command_line() {
+        let (options, errors) = parse_cmdline(
+            "quiet agent.server_addr=vsock://-1:1024 agent.server-addr=\"unix:///run/a.sock\"\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            options.server_addr,
+            Some(Address::Unix("/run/a.sock".into()))
+        );
+        assert_eq!(options.timer, None);
+    }
+
+    #[test]
+    fn malformed_server_addr_is_named_and_ignored() {
+        let (options, errors) = parse_cmdline(
+            "agent.server_addr=vsock://3:1025 agent.server_addr=tcp://x:1 \
+             agent.server_addr agent.server_addr=hvsock:///h:1",
+        );
+        assert_eq!(
+            options.server_addr,
+            Some(Address::Vsock { cid: 3, port: 1025 })
+        );
+        let errors: Vec<String> = errors
+            .iter()
+            .map(|e| crate::Report(e).to_string())
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "ignoring `agent.server_addr=tcp://x:1` on the kernel command line: address \
+                 `tcp://x:1`: use unix://PATH, vsock://CID:PORT or hvsock://PATH:PORT",
+                "ignoring `agent.server_addr` on the kernel command line: no value",
+                "ignoring `agent.server_addr=hvsock:///h:1` on the kernel command line: address \
+                 `hvsock:///h:1`: hvsock is for the host's side (the `check` client) only",
+            ]
+        );
+    }
+
+    #[test]
+    fn server_addr_precedence() {
+        let from_args = Address::Unix("/args.sock".into());
+        let from_kernel = Address::Unix("/kernel.sock".into());
+        let kernel = KernelOptions {
+            timer: None,
+            server_addr: Some(from_kernel.clone()),
+        };
+        let args = Options {
+            server_addr: Some(from_args.clone()),
+            ..Options::default()
+        };
+        // --server-addr, then agent.server_addr, then (None) the default.
+        assert_eq!(apply(args, &kernel).server_addr, Some(from_args));
+        assert_eq!(
+            apply(Options::default(), &kernel).server_addr,
+            Some(from_kernel)
+        );
+        assert_eq!(
+            apply(Options::default(), &KernelOptions::default()).server_addr,
+            None
         );
     }
 }

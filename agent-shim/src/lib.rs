@@ -1,15 +1,19 @@
 //! agent-shim: a small stand-in for kata-agent, for tests and boot benchmarks.
 //!
-//! Lifecycle as kata-agent's under kata-agent.service: start, announce
-//! readiness, run until SIGTERM/SIGINT. Stdout carries the markers tests wait
-//! for (one line each, flushed at once):
+//! Lifecycle as kata-agent's under kata-agent.service: start, listen for the
+//! runtime's ttRPC health check ([`server`]), announce readiness, run until
+//! SIGTERM/SIGINT. Stdout carries the markers tests wait for (one line each,
+//! flushed at once):
 //!
 //! ```text
 //! agent-shim: self-check pid=N nofile=SOFT/HARD oom_score_adj=N stdin=T stdout=T
 //! agent-shim: ready boottime_us=N
 //! agent-shim: mem_used_kib=N|unknown
-//! agent-shim: exiting status=N reason=sigterm|sigint|exit-after|fail-after|self-check|error
+//! agent-shim: exiting status=N reason=sigterm|sigint|exit-after|fail-after|self-check|server|error
 //! ```
+//!
+//! `agent-shim check ADDR` is the other side, the runtime's health check
+//! ([`client`]).
 //!
 //! Settings come from the arguments and, as kata-agent's do, from `agent.*`
 //! keys on the kernel command line (see [`cmdline`]); arguments win.
@@ -17,12 +21,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod args;
+pub mod client;
 pub mod cmdline;
 pub mod duration;
+pub mod logging;
 pub mod memory;
 pub mod notify;
+pub mod protocols;
 pub mod selfcheck;
+pub mod server;
+mod vsock;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -30,7 +40,8 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use args::{Command, Options, Timer};
+use address::Address;
+use args::{CheckCommand, Command, Options, Timer};
 use memory::MemLine;
 use minos_common::signals::{BlockedSignals, Signal};
 pub use minos_common::Report;
@@ -47,6 +58,8 @@ pub enum Exit {
     ExitAfter,
     FailAfter,
     SelfCheckFailed,
+    /// The agent server could not listen where it was asked to.
+    ServerFailed,
     Error,
 }
 
@@ -54,7 +67,7 @@ impl Exit {
     pub fn status(self) -> u8 {
         match self {
             Exit::Sigterm | Exit::Sigint | Exit::ExitAfter => 0,
-            Exit::FailAfter | Exit::Error => 1,
+            Exit::FailAfter | Exit::ServerFailed | Exit::Error => 1,
             Exit::SelfCheckFailed => STATUS_USAGE,
         }
     }
@@ -66,6 +79,7 @@ impl Exit {
             Exit::ExitAfter => "exit-after",
             Exit::FailAfter => "fail-after",
             Exit::SelfCheckFailed => "self-check",
+            Exit::ServerFailed => "server",
             Exit::Error => "error",
         }
     }
@@ -83,6 +97,9 @@ pub struct Environment {
     pub cmdline: PathBuf,
     /// The value of `NOTIFY_SOCKET`, if set.
     pub notify_socket: Option<OsString>,
+    /// Where the server listens when neither `--server-addr` nor
+    /// `agent.server_addr` says: normally kata-agent's `vsock://-1:1024`.
+    pub default_server_addr: Address,
 }
 
 impl Environment {
@@ -92,6 +109,7 @@ impl Environment {
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
             notify_socket: notify::socket_from_env(),
+            default_server_addr: address::DEFAULT_SERVER_ADDR,
         }
     }
 }
@@ -113,6 +131,11 @@ where
         }
     };
     let mut stdout = io::stdout().lock();
+    let mut args = args.into_iter().peekable();
+    if args.peek().is_some_and(|first| first == args::CHECK) {
+        args.next();
+        return run_check(args, &mut stdout);
+    }
     match args::parse_args(args) {
         Ok(Command::Help) => {
             emit(&mut stdout, args::USAGE.trim_end());
@@ -129,8 +152,37 @@ where
     }
 }
 
+/// `agent-shim check ...`: prints the agent's status; 0 only for SERVING.
+fn run_check<I, W>(args: I, out: &mut W) -> u8
+where
+    I: IntoIterator<Item = OsString>,
+    W: Write,
+{
+    match args::parse_check_args(args) {
+        Ok(CheckCommand::Help) => {
+            emit(out, args::CHECK_USAGE.trim_end());
+            0
+        }
+        Ok(CheckCommand::Run(check)) => match client::check(&check.address, check.timeout) {
+            Ok(status) => {
+                emit(out, status);
+                u8::from(!status.is_serving())
+            }
+            Err(err) => {
+                log::error!("{}", Report(&err));
+                1
+            }
+        },
+        Err(err) => {
+            log::error!("{} (see agent-shim check --help)", Report(&err));
+            STATUS_USAGE
+        }
+    }
+}
+
 /// The shim's life after argument parsing: kernel command line, self-check,
-/// readiness, memory, wait, exit marker. `started` is when the process
+/// agent server, readiness, memory, wait, exit marker (the server is shut
+/// down before the marker). `started` is when the process
 /// began, the origin of the timers.
 pub fn serve<W: Write>(
     options: &Options,
@@ -162,7 +214,7 @@ fn serve_until_exit<W: Write>(
     for err in &errors {
         log::warn!("{}", Report(err));
     }
-    let options = &cmdline::apply(*options, &kernel);
+    let options = &cmdline::apply(options.clone(), &kernel);
 
     if options.self_check {
         let check = SelfCheck::gather(&env.proc_self);
@@ -180,6 +232,16 @@ fn serve_until_exit<W: Write>(
             }
         }
     }
+
+    // Listening before the ready line, so that whoever waits for it can
+    // connect at once. Dropped (shut down) on every way out of here.
+    let _server = match server::start(options.server_addr.as_ref(), &env.default_server_addr) {
+        Ok(server) => server,
+        Err(err) => {
+            log::error!("{}", Report(&err));
+            return Exit::ServerFailed;
+        }
+    };
 
     emit(
         out,
@@ -244,7 +306,20 @@ mod tests {
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from("/nonexistent/agent-shim/cmdline"),
             notify_socket: None,
+            default_server_addr: unique_abstract_addr(),
         }
+    }
+
+    /// A fresh abstract unix socket: tests run in parallel, and must not
+    /// take the host's vsock port 1024 or leave files behind.
+    fn unique_abstract_addr() -> Address {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        Address::Unix(PathBuf::from(format!(
+            "@agent-shim-lib-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )))
     }
 
     /// A temporary file holding a kernel command line.
@@ -320,6 +395,7 @@ mod tests {
             timer: Some(Timer::ExitAfter(Duration::ZERO)),
             self_check: true,
             strict: false,
+            server_addr: None,
         };
         let (exit, out) = serve_to_string(options, &env());
         assert_eq!(exit, Exit::ExitAfter);
@@ -420,6 +496,7 @@ mod tests {
             timer: Some(Timer::ExitAfter(Duration::ZERO)),
             self_check: true,
             strict: true,
+            server_addr: None,
         };
         let (exit, out) = serve_to_string(options, &env);
         assert_eq!(exit, Exit::SelfCheckFailed);
@@ -477,6 +554,7 @@ mod tests {
             (Exit::ExitAfter, 0, "exit-after"),
             (Exit::FailAfter, 1, "fail-after"),
             (Exit::SelfCheckFailed, 2, "self-check"),
+            (Exit::ServerFailed, 1, "server"),
             (Exit::Error, 1, "error"),
         ];
         for (exit, status, reason) in table {
@@ -505,5 +583,85 @@ mod tests {
             }
         }
         emit(&mut Broken, "line");
+    }
+
+    /// Runs `serve` on a thread for `run_for`, while `probe` runs here
+    /// once the server at `wait_for` answers.
+    fn serve_while(
+        options: Options,
+        env: Environment,
+        wait_for: &Address,
+        probe: impl FnOnce(),
+    ) -> Exit {
+        let server = std::thread::spawn(move || serve_to_string(options, &env).0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client::check(wait_for, Duration::from_secs(1)).is_err() {
+            assert!(Instant::now() < deadline, "{wait_for} never answered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        probe();
+        server.join().unwrap()
+    }
+
+    #[test]
+    fn server_address_precedence_argument_kernel_default() {
+        let from_kernel = unique_abstract_addr();
+        let from_args = unique_abstract_addr();
+        let default = unique_abstract_addr();
+        let cmdline = CmdlineFile::new(&format!("quiet agent.server_addr={from_kernel}\n"));
+        let env = Environment {
+            cmdline: cmdline.0.clone(),
+            default_server_addr: default.clone(),
+            ..env()
+        };
+        let timer = Some(Timer::ExitAfter(Duration::from_secs(1)));
+        let not_answering = |address: &Address| {
+            assert!(
+                client::check(address, Duration::from_secs(2)).is_err(),
+                "{address}"
+            );
+        };
+
+        // --server-addr wins over agent.server_addr and the default.
+        let options = Options {
+            timer,
+            server_addr: Some(from_args.clone()),
+            ..Options::default()
+        };
+        let exit = serve_while(options, env.clone(), &from_args, || {
+            not_answering(&from_kernel);
+            not_answering(&default);
+        });
+        assert_eq!(exit, Exit::ExitAfter);
+
+        // agent.server_addr wins over the default.
+        let options = Options {
+            timer,
+            ..Options::default()
+        };
+        let exit = serve_while(options.clone(), env.clone(), &from_kernel, || {
+            not_answering(&default);
+        });
+        assert_eq!(exit, Exit::ExitAfter);
+
+        // Neither: the default.
+        let env = Environment {
+            cmdline: PathBuf::from("/nonexistent/agent-shim/cmdline"),
+            ..env
+        };
+        let exit = serve_while(options, env, &default, || {});
+        assert_eq!(exit, Exit::ExitAfter);
+    }
+
+    #[test]
+    fn explicit_server_failure_exits_1_without_ready() {
+        let options = Options {
+            timer: Some(Timer::ExitAfter(Duration::ZERO)),
+            server_addr: Some(Address::Unix("/nonexistent/agent-shim/agent.sock".into())),
+            ..Options::default()
+        };
+        let (exit, out) = serve_to_string(options, &env());
+        assert_eq!((exit.status(), exit.reason()), (1, "server"));
+        assert_eq!(out, "agent-shim: exiting status=1 reason=server\n");
     }
 }

@@ -4,9 +4,9 @@
 
 use std::process::ExitCode;
 
-use minos_common::logging::{self, StderrLogger};
+use agent_shim::logging::{self, Logger};
 
-static LOGGER: StderrLogger = StderrLogger::new("agent-shim");
+static LOGGER: Logger = Logger::new("agent-shim");
 
 fn main() -> ExitCode {
     logging::init(&LOGGER);

@@ -18,7 +18,7 @@ Description=agent-shim as the agent
 
 [Service]
 Type=notify
-ExecStart=/usr/bin/agent-shim
+ExecStart=/usr/bin/agent-shim --server-addr unix:///run/agent-shim.sock
 OOMScoreAdjust=500
 ";
 

@@ -1,0 +1,247 @@
+//! The agent's ttRPC server, as far as the shim answers: Kata's
+//! `grpc.Health` service, which the runtime calls to see that the agent is
+//! up (`Check`) and which version it runs (`Version`).
+//!
+//! The server is ttrpc's synchronous one: a listener thread and a few
+//! threads per connection, no async runtime. Methods it does not know are
+//! answered by ttrpc itself with an error status (INVALID_ARGUMENT,
+//! "/SERVICE/METHOD does not exist", in ttrpc 0.10's sync server).
+//!
+//! Where it listens: the `--server-addr` argument, else `agent.server_addr`
+//! on the kernel command line, else kata-agent's default `vsock://-1:1024`.
+//! An address that was asked for and cannot be listened on is an error
+//! ([`start`]). The default one is forgiven when this system has no vsock
+//! (see [`ServerError::vsock_unavailable`]): then the shim runs without a
+//! server, so it still works as a lifecycle stand-in on hosts and in
+//! containers.
+
+use std::io;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::address::Address;
+#[cfg(doc)]
+use crate::address::DEFAULT_SERVER_ADDR;
+use crate::protocols::health::health_check_response::ServingStatus;
+use crate::protocols::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse};
+use crate::protocols::health_ttrpc::{create_health, Health};
+use crate::vsock::{self, Step};
+
+/// The value of both fields of `VersionCheckResponse`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address}: no usable vsock on this system")]
+    VsockSocket {
+        address: Address,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {address}")]
+    Listen {
+        address: Address,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{address} is a client address; the server listens on unix:// or vsock://")]
+    NotListenable { address: Address },
+    #[error("cannot start the agent server on {address}")]
+    Start {
+        address: Address,
+        #[source]
+        source: ttrpc::Error,
+    },
+}
+
+impl ServerError {
+    /// True when the failure means this system has no vsock to listen on,
+    /// rather than a problem with the address: `socket(AF_VSOCK)` itself
+    /// failed (the family is not built, not loaded or not allowed, e.g.
+    /// EAFNOSUPPORT), or `bind` found no such device or address (ENODEV,
+    /// EADDRNOTAVAIL). EADDRINUSE, EACCES and the like are not.
+    pub fn vsock_unavailable(&self) -> bool {
+        match self {
+            ServerError::VsockSocket { .. } => true,
+            ServerError::Listen {
+                address: Address::Vsock { .. },
+                source,
+            } => matches!(
+                source.raw_os_error(),
+                Some(libc_errno::ENODEV | libc_errno::EADDRNOTAVAIL)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// The two errno values [`ServerError::vsock_unavailable`] looks for,
+/// through rustix so the crate needs no libc.
+mod libc_errno {
+    pub const ENODEV: i32 = rustix::io::Errno::NODEV.raw_os_error();
+    pub const EADDRNOTAVAIL: i32 = rustix::io::Errno::ADDRNOTAVAIL.raw_os_error();
+}
+
+/// Answers `Check` with SERVING and `Version` with the crate version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HealthService;
+
+impl Health for HealthService {
+    fn check(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        _req: CheckRequest,
+    ) -> ttrpc::Result<HealthCheckResponse> {
+        let mut response = HealthCheckResponse::new();
+        response.status = ServingStatus::SERVING.into();
+        Ok(response)
+    }
+
+    fn version(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        _req: CheckRequest,
+    ) -> ttrpc::Result<VersionCheckResponse> {
+        let mut response = VersionCheckResponse::new();
+        response.grpc_version = VERSION.to_owned();
+        response.agent_version = VERSION.to_owned();
+        Ok(response)
+    }
+}
+
+/// A running server. Dropping it shuts it down: it stops listening, closes
+/// its connections, waits for their threads and removes a unix socket file
+/// it created.
+pub struct AgentServer {
+    server: Option<ttrpc::Server>,
+    address: Address,
+}
+
+impl std::fmt::Debug for AgentServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentServer")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentServer {
+    /// Listens on `address` and starts serving; when this returns, clients
+    /// can connect.
+    pub fn start(address: &Address) -> Result<Self, ServerError> {
+        let listener = listen(address)?;
+        let started = ttrpc::Server::new()
+            .add_listener(listener.into_raw_fd())
+            .and_then(|server| {
+                let mut server = server.register_service(create_health(Arc::new(HealthService)));
+                server.start().map(|()| server)
+            });
+        match started {
+            Ok(server) => Ok(Self {
+                server: Some(server),
+                address: address.clone(),
+            }),
+            Err(source) => {
+                remove_socket_file(address);
+                Err(ServerError::Start {
+                    address: address.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Stops the server (the same as dropping it).
+    pub fn shutdown(self) {}
+}
+
+impl Drop for AgentServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+        remove_socket_file(&self.address);
+    }
+}
+
+/// Starts the server where the options say: `address` if one was given
+/// (argument or kernel command line), else `default` (normally
+/// [`DEFAULT_SERVER_ADDR`]). `None` when the default was used and this
+/// system has no vsock; the reason is logged as a warning.
+pub fn start(
+    address: Option<&Address>,
+    default: &Address,
+) -> Result<Option<AgentServer>, ServerError> {
+    match address {
+        Some(address) => AgentServer::start(address).map(Some),
+        None => match AgentServer::start(default) {
+            Ok(server) => Ok(Some(server)),
+            Err(err) if err.vsock_unavailable() => {
+                log::warn!(
+                    "{}; running without the agent server (give --server-addr to require one)",
+                    crate::Report(&err)
+                );
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        },
+    }
+}
+
+fn listen(address: &Address) -> Result<OwnedFd, ServerError> {
+    match address {
+        Address::Unix(path) => {
+            let listener = bind_unix(path).map_err(|source| ServerError::Listen {
+                address: address.clone(),
+                source,
+            })?;
+            Ok(OwnedFd::from(listener))
+        }
+        Address::Vsock { cid, port } => vsock::listen(*cid, *port).map_err(|(step, source)| {
+            let address = address.clone();
+            match step {
+                Step::Socket => ServerError::VsockSocket { address, source },
+                _ => ServerError::Listen { address, source },
+            }
+        }),
+        Address::HybridVsock { .. } => Err(ServerError::NotListenable {
+            address: address.clone(),
+        }),
+    }
+}
+
+/// A non-blocking listener on a unix socket path, or on an abstract name
+/// for a path starting with `@`.
+pub(crate) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    let listener = match abstract_name(path) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            UnixListener::bind_addr(&addr)?
+        }
+        None => UnixListener::bind(path)?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+pub(crate) fn abstract_name(path: &Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().strip_prefix(b"@")
+}
+
+/// Removes the socket file of a unix address; best effort, as the file may
+/// never have been created or may be gone.
+fn remove_socket_file(address: &Address) {
+    if let Address::Unix(path) = address {
+        if abstract_name(path).is_none() {
+            let _ = std::fs::remove_file(PathBuf::from(path));
+        }
+    }
+}
