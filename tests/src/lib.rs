@@ -47,6 +47,19 @@ pub fn require_root() {
     );
 }
 
+/// New PID, mount, UTS, IPC, network and cgroup namespaces, init as PID 1,
+/// killed with unshare.
+pub const UNSHARE: [&str; 8] = [
+    "--pid",
+    "--fork",
+    "--mount",
+    "--uts",
+    "--ipc",
+    "--net",
+    "--cgroup",
+    "--kill-child",
+];
+
 /// A throw-away root filesystem for one test.
 #[derive(Debug)]
 pub struct Rootfs {
@@ -125,20 +138,11 @@ impl Rootfs {
     /// systemd in a container, init reads them from its argv).
     pub fn start(&self, args: &[&str]) -> Pid1 {
         let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--net",
-            "--cgroup",
-            "--kill-child",
-            "--root",
-        ])
-        .arg(&self.root)
-        .arg("/sbin/init")
-        .args(args);
+        cmd.args(UNSHARE)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("/sbin/init")
+            .args(args);
         self.spawn(cmd)
     }
 
@@ -152,19 +156,7 @@ impl Rootfs {
             args = args.join(" ")
         );
         let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--net",
-            "--cgroup",
-            "--kill-child",
-            "/bin/sh",
-            "-c",
-        ])
-        .arg(script);
+        cmd.args(UNSHARE).args(["/bin/sh", "-c"]).arg(script);
         self.spawn(cmd)
     }
 
