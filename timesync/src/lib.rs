@@ -14,10 +14,21 @@
 //! timesync: phc /dev/ptp0 present, not read yet (observe-only)   (only if it exists)
 //! ```
 
-#![forbid(unsafe_code)]
+// Unsafe code lives in `sys` alone (ioctls and clock_adjtime), each block
+// with its SAFETY argument.
+#![deny(unsafe_code)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod discipline;
+pub mod ntp;
+pub mod phc;
+pub mod resolve;
+pub mod rtc;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod sysclock;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
