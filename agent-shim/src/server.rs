@@ -3,9 +3,13 @@
 //! up (`Check`) and which version it runs (`Version`).
 //!
 //! The server is ttrpc's synchronous one: a listener thread and a few
-//! threads per connection, no async runtime. Methods it does not know are
-//! answered by ttrpc itself with an error status (INVALID_ARGUMENT,
-//! "/SERVICE/METHOD does not exist", in ttrpc 0.10's sync server).
+//! threads per connection, no async runtime. Every other method of the
+//! agent's protocol (`grpc.AgentService` in Kata's agent.proto, listed in
+//! [`AGENT_SERVICE_METHODS`]) is answered with the ttRPC UNIMPLEMENTED
+//! status, as kata-agent answers a method it lacks. A path outside both
+//! services gets ttrpc's own INVALID_ARGUMENT "/SERVICE/METHOD does not
+//! exist" — kata-agent's async server also answers INVALID_ARGUMENT for a
+//! service it does not have.
 //!
 //! Where it listens: the `--server-addr` argument, else `agent.server_addr`
 //! on the kernel command line, else kata-agent's default `vsock://-1:1024`.
@@ -15,6 +19,7 @@
 //! server, so it still works as a lifecycle stand-in on hosts and in
 //! containers.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -111,6 +116,82 @@ impl Health for HealthService {
     }
 }
 
+/// Every method of `service AgentService` in Kata's agent.proto
+/// (kata-containers `src/libs/protocols/protos/agent.proto`, package
+/// `grpc`). The shim implements none of them.
+pub const AGENT_SERVICE_METHODS: &[&str] = &[
+    "CreateContainer",
+    "StartContainer",
+    "RemoveContainer",
+    "ExecProcess",
+    "SignalProcess",
+    "WaitProcess",
+    "UpdateContainer",
+    "UpdateEphemeralMounts",
+    "StatsContainer",
+    "PauseContainer",
+    "ResumeContainer",
+    "RemoveStaleVirtiofsShareMounts",
+    "WriteStdin",
+    "ReadStdout",
+    "ReadStderr",
+    "CloseStdin",
+    "TtyWinResize",
+    "UpdateInterface",
+    "UpdateRoutes",
+    "ListInterfaces",
+    "ListRoutes",
+    "AddARPNeighbors",
+    "GetIPTables",
+    "SetIPTables",
+    "GetMetrics",
+    "CreateSandbox",
+    "DestroySandbox",
+    "OnlineCPUMem",
+    "ReseedRandomDev",
+    "GetGuestDetails",
+    "MemHotplugByProbe",
+    "SetGuestDateTime",
+    "CopyFile",
+    "GetOOMEvent",
+    "AddSwap",
+    "GetVolumeStats",
+    "ResizeVolume",
+    "SetPolicy",
+];
+
+/// Answers any request with the ttRPC UNIMPLEMENTED status, without
+/// decoding its payload.
+#[derive(Debug, Clone, Copy)]
+struct Unimplemented;
+
+impl ttrpc::MethodHandler for Unimplemented {
+    fn handler(&self, ctx: ttrpc::TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<()> {
+        let status = ttrpc::get_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            format!(
+                "/{}/{} is not implemented by agent-shim",
+                req.service, req.method
+            ),
+        );
+        ctx.respond(
+            ctx.mh.stream_id,
+            ttrpc::proto::ResponseInit::init_status(status),
+        )
+    }
+}
+
+/// The method table of `grpc.AgentService`: every method unimplemented.
+fn agent_service() -> HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
+    AGENT_SERVICE_METHODS
+        .iter()
+        .map(|method| {
+            let handler: Box<dyn ttrpc::MethodHandler + Send + Sync> = Box::new(Unimplemented);
+            (format!("/grpc.AgentService/{method}"), handler)
+        })
+        .collect()
+}
+
 /// A running server. Dropping it shuts it down: it stops listening, closes
 /// its connections, waits for their threads and removes a unix socket file
 /// it created.
@@ -135,7 +216,9 @@ impl AgentServer {
         let started = ttrpc::Server::new()
             .add_listener(listener.into_raw_fd())
             .and_then(|server| {
-                let mut server = server.register_service(create_health(Arc::new(HealthService)));
+                let mut server = server
+                    .register_service(create_health(Arc::new(HealthService)))
+                    .register_service(agent_service());
                 server.start().map(|()| server)
             });
         match started {

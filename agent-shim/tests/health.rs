@@ -99,18 +99,34 @@ fn raw_request(path: &Path, service: &str, method: &str) -> ttrpc::Result<ttrpc:
 }
 
 #[test]
-fn unknown_methods_get_an_error_status() {
+fn agent_methods_are_unimplemented_unknown_paths_do_not_exist() {
     let dir = TempDir::new();
     let path = dir.join("agent.sock");
     let _server = AgentServer::start(&unix(&path)).unwrap();
 
-    // ttrpc 0.10's sync server answers any path it has no handler for with
-    // INVALID_ARGUMENT "PATH does not exist" (its async server, which
-    // kata-agent uses, says UNIMPLEMENTED for an unknown method of a known
-    // service).
+    // Every method of Kata's grpc.AgentService: UNIMPLEMENTED, whatever the
+    // payload (the handler does not decode it).
+    assert_eq!(server::AGENT_SERVICE_METHODS.len(), 38);
+    for method in server::AGENT_SERVICE_METHODS {
+        match raw_request(&path, "grpc.AgentService", method) {
+            Err(ttrpc::Error::RpcStatus(status)) => {
+                assert_eq!(status.code(), ttrpc::Code::UNIMPLEMENTED, "{method}");
+                assert_eq!(
+                    status.message,
+                    format!("/grpc.AgentService/{method} is not implemented by agent-shim")
+                );
+            }
+            other => panic!("/grpc.AgentService/{method}: {other:?}"),
+        }
+    }
+
+    // Paths outside both services: ttrpc's sync server answers
+    // INVALID_ARGUMENT "PATH does not exist" (kata-agent's async server
+    // answers INVALID_ARGUMENT for an unknown service too).
     for (service, method) in [
         ("grpc.Health", "Watch"),
-        ("grpc.AgentService", "CreateContainer"),
+        ("grpc.AgentService", "NoSuchMethod"),
+        ("containerd.task.v2.Task", "Create"),
     ] {
         match raw_request(&path, service, method) {
             Err(ttrpc::Error::RpcStatus(status)) => {
@@ -123,7 +139,8 @@ fn unknown_methods_get_an_error_status() {
             other => panic!("/{service}/{method}: {other:?}"),
         }
     }
-    // The known path through the same raw route works.
+    // The known path through the same raw route works, on the server that
+    // just answered all of the above.
     assert!(raw_request(&path, "grpc.Health", "Check").is_ok());
 }
 
