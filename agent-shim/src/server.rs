@@ -24,6 +24,7 @@ use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::address::Address;
@@ -90,8 +91,26 @@ mod libc_errno {
 }
 
 /// Answers `Check` with SERVING and `Version` with the crate version.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HealthService;
+///
+/// When `announce` is set, the first answered `Check` also writes the line
+/// `agent-shim: health_check boottime_us=N` to stdout: the guest time at
+/// which the runtime (the host) first saw the agent up. It is written to
+/// file descriptor 1 directly, as the main thread holds the locked
+/// `io::Stdout` for the process's life.
+#[derive(Debug, Default)]
+pub struct HealthService {
+    announce: bool,
+    announced: AtomicBool,
+}
+
+impl HealthService {
+    pub fn new(announce: bool) -> Self {
+        Self {
+            announce,
+            announced: AtomicBool::new(false),
+        }
+    }
+}
 
 impl Health for HealthService {
     fn check(
@@ -101,6 +120,17 @@ impl Health for HealthService {
     ) -> ttrpc::Result<HealthCheckResponse> {
         let mut response = HealthCheckResponse::new();
         response.status = ServingStatus::SERVING.into();
+        if self.announce && !self.announced.swap(true, Ordering::Relaxed) {
+            let line = format!(
+                "agent-shim: health_check boottime_us={}\n",
+                crate::boottime_us()
+            );
+            // One write(2) of a short line; a closed stdout loses the
+            // marker, not the answer.
+            if let Err(err) = rustix::io::write(rustix::stdio::stdout(), line.as_bytes()) {
+                log::warn!("cannot write the health_check line to stdout: {err}");
+            }
+        }
         Ok(response)
     }
 
@@ -212,12 +242,17 @@ impl AgentServer {
     /// Listens on `address` and starts serving; when this returns, clients
     /// can connect.
     pub fn start(address: &Address) -> Result<Self, ServerError> {
+        Self::start_with(address, HealthService::new(false))
+    }
+
+    /// [`AgentServer::start`] with the given health service.
+    pub fn start_with(address: &Address, health: HealthService) -> Result<Self, ServerError> {
         let listener = listen(address)?;
         let started = ttrpc::Server::new()
             .add_listener(listener.into_raw_fd())
             .and_then(|server| {
                 let mut server = server
-                    .register_service(create_health(Arc::new(HealthService)))
+                    .register_service(create_health(Arc::new(health)))
                     .register_service(agent_service());
                 server.start().map(|()| server)
             });
@@ -256,14 +291,16 @@ impl Drop for AgentServer {
 /// Starts the server where the options say: `address` if one was given
 /// (argument or kernel command line), else `default` (normally
 /// [`DEFAULT_SERVER_ADDR`]). `None` when the default was used and this
-/// system has no vsock; the reason is logged as a warning.
+/// system has no vsock; the reason is logged as a warning. The first
+/// answered health check is announced on stdout ([`HealthService`]).
 pub fn start(
     address: Option<&Address>,
     default: &Address,
 ) -> Result<Option<AgentServer>, ServerError> {
+    let health = || HealthService::new(true);
     match address {
-        Some(address) => AgentServer::start(address).map(Some),
-        None => match AgentServer::start(default) {
+        Some(address) => AgentServer::start_with(address, health()).map(Some),
+        None => match AgentServer::start_with(default, health()) {
             Ok(server) => Ok(Some(server)),
             Err(err) if err.vsock_unavailable() => {
                 log::warn!(

@@ -326,6 +326,14 @@ fn binary_serves_once_ready_and_check_reports_serving() {
         rest.ends_with("agent-shim: exiting status=0 reason=sigterm\n"),
         "{rest}"
     );
+    // The first answered Check, and only that one, is announced.
+    let announced: Vec<&str> = rest
+        .lines()
+        .filter(|l| l.starts_with("agent-shim: health_check boottime_us="))
+        .collect();
+    assert_eq!(announced.len(), 1, "{rest}");
+    let us: u64 = announced[0].rsplit('=').next().unwrap().parse().unwrap();
+    assert!(us > 0);
     assert!(!path.exists());
 }
 

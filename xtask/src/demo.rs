@@ -42,7 +42,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }];
     let image = crate::image::build("dax", &bin, None, &extra, "demo")?;
     println!(
-        "demo: booting {} (DAX on NVDIMM, q35, TCG, -icount shift=0) with the kata kernel",
+        "demo: booting {} (DAX on NVDIMM, q35, TCG, -icount shift=0,sleep=on, vsock to the host) with the kata kernel",
         image.display()
     );
     let report = crate::qemu::boot(&crate::qemu::BootOptions {
@@ -56,10 +56,11 @@ pub fn run(args: &[String]) -> Result<()> {
         memory_mib: 512,
         timeout: Duration::from_secs(300),
         echo: true,
+        vsock: Some(bin.join("agent-shim")),
     })?;
     println!("{}", report.summary());
     if report.ok() {
-        println!("demo: the agent became ready and the guest powered off cleanly (times are guest CLOCK_BOOTTIME)");
+        println!("demo: the agent became ready, answered the host's health check over vsock, and the guest powered off cleanly (times are guest CLOCK_BOOTTIME)");
         Ok(())
     } else {
         Err("the agent did not become ready or the guest did not power off cleanly".into())

@@ -14,6 +14,7 @@ mod measure;
 mod qemu;
 mod util;
 mod vmtest;
+mod vsock;
 
 use std::process::ExitCode;
 

@@ -4,7 +4,17 @@
 //! instruction = 1 ns; idle time is skipped), so the figures in the summary
 //! line are guest CLOCK_BOOTTIME and repeat run after run:
 //!
-//! `boot: kernel_ms=N init_to_agent_ms=N agent_ready_ms=N mem_used_kib=N poweroff=clean`
+//! `boot: kernel_ms=N init_to_agent_ms=N agent_ready_ms=N health_check_ms=N mem_used_kib=N poweroff=clean`
+//!
+//! With `vsock` set, the guest has a real virtio-vsock device (see
+//! [`crate::vsock`]) and the host polls the agent's health check over
+//! hybrid vsock from power-on, as the Kata runtime does; `health_check_ms`
+//! is the guest time at which the agent answered the host's first check.
+//! Such a boot runs with `sleep=on`: with `sleep=off` an idle guest's
+//! virtual clock jumps to its next timer, so a request from the host would
+//! land at an arbitrary guest time (or after the agent's exit timer). With
+//! `sleep=on` guest time follows real time while the guest idles, and the
+//! busy parts of the boot stay instruction-counted (about ±5 %).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -86,6 +96,9 @@ pub struct BootOptions {
     pub memory_mib: u32,
     pub timeout: Duration,
     pub echo: bool,
+    /// Host↔guest vsock, with the host's health check run by this
+    /// agent-shim binary (`agent-shim check hvsock://...:1024`).
+    pub vsock: Option<PathBuf>,
 }
 
 /// What a boot showed.
@@ -94,6 +107,11 @@ pub struct BootReport {
     pub init_start_us: Option<u64>,
     pub agent_ready_us: Option<u64>,
     pub mem_used_kib: Option<u64>,
+    /// Guest time of the first health check the agent answered.
+    pub health_check_us: Option<u64>,
+    /// The host's health check: `None` without vsock, else its answer
+    /// (`SERVING`) or the last failure.
+    pub host_check: Option<std::result::Result<String, String>>,
     pub shutdown_seen: bool,
     pub exited_cleanly: bool,
     pub console: String,
@@ -101,7 +119,11 @@ pub struct BootReport {
 
 impl BootReport {
     pub fn ok(&self) -> bool {
-        self.agent_ready_us.is_some() && self.shutdown_seen && self.exited_cleanly
+        let host_check_ok = match &self.host_check {
+            None => true,
+            Some(answer) => answer.as_deref() == Ok("SERVING") && self.health_check_us.is_some(),
+        };
+        self.agent_ready_us.is_some() && self.shutdown_seen && self.exited_cleanly && host_check_ok
     }
 
     pub fn summary(&self) -> String {
@@ -110,8 +132,12 @@ impl BootReport {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
+        let health_check = match &self.host_check {
+            None => "off".to_string(),
+            Some(_) => ms(self.health_check_us),
+        };
         format!(
-            "boot: kernel_ms={} init_to_agent_ms={} agent_ready_ms={} mem_used_kib={} poweroff={}",
+            "boot: kernel_ms={} init_to_agent_ms={} agent_ready_ms={} health_check_ms={health_check} mem_used_kib={} poweroff={}",
             ms(self.init_start_us),
             ms(init_to_agent),
             ms(self.agent_ready_us),
@@ -136,6 +162,8 @@ impl BootReport {
             self.init_start_us = num("boottime_us=");
         } else if line.contains("agent-shim: ready") {
             self.agent_ready_us = num("boottime_us=");
+        } else if line.contains("agent-shim: health_check boottime_us=") {
+            self.health_check_us = num("boottime_us=");
         } else if line.contains("agent-shim: mem_used_kib=") {
             self.mem_used_kib = num("mem_used_kib=");
         } else if line.contains("timeline event=shutdown_start") {
@@ -165,12 +193,24 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
     };
     // A guest waiting on virtio-blk makes icount skip ahead unpredictably:
     // the disk kind runs with sleep=on (approximate timings).
-    let icount = if o.kind == Kind::Disk || !o.data_disks.is_empty() {
+    // A host request over vsock needs guest time to follow real time while
+    // the guest idles (see the module comment).
+    let icount = if o.kind == Kind::Disk || !o.data_disks.is_empty() || o.vsock.is_some() {
         "shift=0,sleep=on"
     } else {
         "shift=0,sleep=off"
     };
+    let backend = match o.vsock {
+        Some(_) => Some(crate::vsock::Backend::start()?),
+        None => None,
+    };
+    let mut machine = machine;
     let mut cmd = Command::new("qemu-system-x86_64");
+    if let Some(backend) = &backend {
+        let (memory, property) = crate::vsock::memory_args(o.memory_mib);
+        cmd.args(memory).args(backend.device_args(&o.machine));
+        machine.push_str(property);
+    }
     cmd.args(["-machine", &machine, "-smp", "1"])
         .args([
             "-nodefaults",
@@ -236,6 +276,10 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("start qemu: {e}"))?;
+    let checker = match (&backend, &o.vsock) {
+        (Some(backend), Some(shim)) => Some(crate::vsock::Checker::start(shim, &backend.uds())),
+        _ => None,
+    };
     let (tx, rx) = mpsc::channel::<String>();
     for src in [
         child
@@ -285,6 +329,11 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
     }
     let status = child.wait().map_err(|e| format!("wait for qemu: {e}"))?;
     report.exited_cleanly = status.success();
+    report.host_check = checker.map(crate::vsock::Checker::finish);
+    if let (Some(Err(err)), Some(backend)) = (&mut report.host_check, &backend) {
+        err.push_str(&format!("\nvhost-device-vsock's log:\n{}", backend.log()));
+    }
+    drop(backend);
     Ok(report)
 }
 
@@ -315,13 +364,17 @@ pub fn main(args: &[String]) -> Result<()> {
         memory_mib: 512,
         timeout: Duration::from_secs(300),
         echo: true,
+        vsock: (!args.iter().any(|a| a == "--no-vsock")).then(|| bin.join("agent-shim")),
     };
     let report = boot(&opts)?;
     println!("{}", report.summary());
+    if let Some(Err(err)) = &report.host_check {
+        println!("boot: the host's health check failed: {err}");
+    }
     if report.ok() {
         Ok(())
     } else {
-        Err("the agent did not become ready or the guest did not power off cleanly".into())
+        Err("the agent did not become ready, did not answer the host's health check, or the guest did not power off cleanly".into())
     }
 }
 
@@ -343,6 +396,7 @@ mod tests {
         for l in [
             "minos-init: timeline event=init_start boottime_us=250000",
             "agent-shim: ready boottime_us=262500",
+            "agent-shim: health_check boottime_us=263900",
             "agent-shim: mem_used_kib=20480",
             "minos-init: timeline event=shutdown_start boottime_us=2300000",
         ] {
@@ -352,7 +406,17 @@ mod tests {
         assert!(r.ok());
         assert_eq!(
             r.summary(),
-            "boot: kernel_ms=250 init_to_agent_ms=12 agent_ready_ms=262 mem_used_kib=20480 poweroff=clean"
+            "boot: kernel_ms=250 init_to_agent_ms=12 agent_ready_ms=262 health_check_ms=off mem_used_kib=20480 poweroff=clean"
         );
+        // With vsock, the host's answer counts.
+        r.host_check = Some(Ok("SERVING".into()));
+        assert!(r.ok());
+        assert!(r.summary().contains(" health_check_ms=263 "));
+        r.host_check = Some(Err("connection refused".into()));
+        assert!(!r.ok());
+        r.host_check = Some(Ok("SERVING".into()));
+        r.health_check_us = None;
+        assert!(!r.ok(), "an answer the guest did not log");
+        assert!(r.summary().contains(" health_check_ms=unknown "));
     }
 }

@@ -75,6 +75,8 @@ struct Scenario {
     extra: Vec<Entry>,
     cmdline: &'static str,
     data_disk: bool,
+    /// Host↔guest vsock; the host's health check must be answered.
+    vsock: bool,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -92,6 +94,7 @@ fn scenarios() -> Vec<Scenario> {
             extra: vec![],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
+            vsock: false,
         },
         Scenario {
             name: "disk-q35",
@@ -101,6 +104,7 @@ fn scenarios() -> Vec<Scenario> {
             extra: vec![],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
+            vsock: false,
         },
         Scenario {
             name: "dax-q35",
@@ -110,6 +114,7 @@ fn scenarios() -> Vec<Scenario> {
             extra: vec![],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
+            vsock: false,
         },
         Scenario {
             name: "disk-microvm",
@@ -119,6 +124,7 @@ fn scenarios() -> Vec<Scenario> {
             extra: vec![],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
+            vsock: false,
         },
         // osbuilder's erofs root, read-only and compact, on DAX.
         Scenario {
@@ -129,6 +135,7 @@ fn scenarios() -> Vec<Scenario> {
             extra: vec![],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
+            vsock: false,
         },
         // `poweroff` run inside the guest (the agent would run for an hour);
         // a unit reports what it got: in a VM, LimitNOFILE=1073741824 and
@@ -148,6 +155,7 @@ fn scenarios() -> Vec<Scenario> {
             ],
             cmdline: "agent.exit_after=1h",
             data_disk: false,
+            vsock: false,
         },
         // A read-write data disk written just before poweroff.
         Scenario {
@@ -165,6 +173,31 @@ fn scenarios() -> Vec<Scenario> {
             )],
             cmdline: "agent.exit_after=1h",
             data_disk: true,
+            vsock: false,
+        },
+        // The runtime's view: a real virtio-vsock device (vhost-user
+        // backend), the host's `agent-shim check hvsock://...:1024` gets
+        // SERVING, then the agent exits and the guest powers off. On q35
+        // (PCI) and on microvm (MMIO).
+        Scenario {
+            name: "dax-q35-vsock",
+            kind: Kind::Dax,
+            fs: Fs::Ext4,
+            machine: "q35",
+            extra: vec![],
+            cmdline: "agent.exit_after=2s",
+            data_disk: false,
+            vsock: true,
+        },
+        Scenario {
+            name: "initrd-microvm-vsock",
+            kind: Kind::Initrd,
+            fs: Fs::Ext4,
+            machine: "microvm",
+            extra: vec![],
+            cmdline: "agent.exit_after=2s",
+            data_disk: false,
+            vsock: true,
         },
     ]
 }
@@ -264,11 +297,35 @@ pub fn run(only: Option<&str>) -> Result<()> {
             memory_mib: 512,
             timeout: Duration::from_secs(300),
             echo: false,
+            vsock: s.vsock.then(|| bin.join("agent-shim")),
         };
         let result = boot(&o).and_then(|r| {
             common_checks(s.name, &r, s.extra.is_empty())?;
             if s.data_disk {
                 check_data_disk(s.name, &disk, &r)?;
+            }
+            if s.vsock {
+                check(
+                    s.name,
+                    r.host_check
+                        .as_ref()
+                        .is_some_and(|a| a.as_deref() == Ok("SERVING")),
+                    &format!("the host's health check over vsock: {:?}", r.host_check),
+                    &r,
+                )?;
+                check(
+                    s.name,
+                    r.health_check_us.is_some(),
+                    "the agent did not log the answered health check",
+                    &r,
+                )?;
+                check(
+                    s.name,
+                    r.console
+                        .contains("agent-shim: exiting status=0 reason=exit-after"),
+                    "the agent did not exit after the check",
+                    &r,
+                )?;
             }
             if s.name == "dax-q35-poweroff" {
                 for needle in [
