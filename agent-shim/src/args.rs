@@ -28,16 +28,25 @@ options:
                          there is no vsock
   --exit-after DURATION  exit with status 0 after DURATION (e.g. 500ms, 2s, 1min)
   --fail-after DURATION  exit with status 1 after DURATION
-  --self-check           print pid, RLIMIT_NOFILE, oom_score_adj, stdin and stdout
-  --strict               with --self-check (implied): exit 2 unless oom_score_adj
-                         is -997 and the RLIMIT_NOFILE soft limit is 1073741824,
-                         as kata-agent.service sets them
+  --self-check           print one line checking what kata-agent relies on: pid
+                         (not 1), RLIMIT_NOFILE 1073741824, oom_score_adj -997,
+                         stdin /dev/null, stdout the console, proc, sysfs,
+                         devtmpfs, devpts, /dev/shm, /run and /tmp (tmpfs)
+                         mounted, cgroup2 (or v1) on /sys/fs/cgroup, PATH,
+                         hostname, lo up, /run writable, /tmp mode 1777; and
+                         `gaps=` naming the checks that fail (or `none`). With
+                         `container` set, /dev may be a tmpfs and stdout a
+                         pipe or /dev/pts/N
+  --strict               with --self-check (implied): exit 2 before the ready
+                         line on any gap, each named on stderr
   -h, --help             print this help
 
 kernel command line (/proc/cmdline), for what the options leave unset:
   agent.exit_after=DURATION  as --exit-after
   agent.fail_after=DURATION  as --fail-after
   agent.server_addr=ADDR     as --server-addr
+  agent.self_check[=BOOL]    as --self-check
+  agent.strict[=BOOL]        as --strict
 ";
 
 pub const CHECK_USAGE: &str = "\

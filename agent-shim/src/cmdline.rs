@@ -7,7 +7,13 @@
 //! - `agent.exit_after=DURATION`: as `--exit-after DURATION`;
 //! - `agent.fail_after=DURATION`: as `--fail-after DURATION`;
 //! - `agent.server_addr=ADDR`: as `--server-addr ADDR` (kata-agent's own
-//!   key for where its ttRPC server listens).
+//!   key for where its ttRPC server listens);
+//! - `agent.self_check[=BOOL]`: as `--self-check`;
+//! - `agent.strict[=BOOL]`: as `--strict` (implies `agent.self_check`).
+//!
+//! A boolean key alone means true, as kata-agent's flags
+//! (`agent.debug_console`) do; with a value it is `1`, `y`, `yes`, `true`,
+//! `on` or `0`, `n`, `no`, `false`, `off` (any case).
 //!
 //! As in the kernel's own parameter names, `-` and `_` in a key are the same
 //! (`agent.exit-after` works too). A repeated key: the last valid value wins,
@@ -18,7 +24,9 @@
 //!
 //! Arguments take precedence: a timer given with `--exit-after` or
 //! `--fail-after` replaces any from the kernel command line, and
-//! `--server-addr` replaces `agent.server_addr` ([`apply`]).
+//! `--server-addr` replaces `agent.server_addr` ([`apply`]). `--self-check`
+//! and `--strict` can only turn their check on, so the kernel's keys apply
+//! when the arguments leave them off.
 //!
 //! [`parse_cmdline`] is pure (text in, values and every warning out);
 //! [`read_cmdline`] takes the file's path so tests can use a fixture.
@@ -36,12 +44,18 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 const EXIT_AFTER: &str = "agent.exit_after";
 const FAIL_AFTER: &str = "agent.fail_after";
 const SERVER_ADDR: &str = "agent.server_addr";
+const SELF_CHECK: &str = "agent.self_check";
+const STRICT: &str = "agent.strict";
 
 /// What the kernel command line asks of the shim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelOptions {
     pub timer: Option<Timer>,
     pub server_addr: Option<Address>,
+    /// `agent.self_check`.
+    pub self_check: bool,
+    /// `agent.strict`.
+    pub strict: bool,
 }
 
 /// A word of the kernel command line that was not applied, or a file that
@@ -68,6 +82,11 @@ pub enum CmdlineError {
         #[source]
         source: AddressError,
     },
+    #[error(
+        "ignoring `{word}` on the kernel command line: not a boolean \
+         (use 1, y, yes, true, on, 0, n, no, false or off)"
+    )]
+    InvalidBool { word: String },
     #[error(
         "ignoring `{exit_after}` and `{fail_after}` on the kernel command line: \
          they exclude each other"
@@ -159,6 +178,18 @@ fn key_is(key: &str, name: &str) -> bool {
             .all(|(a, b)| a == b || (matches!(a, '-' | '_') && matches!(b, '-' | '_')))
 }
 
+/// A boolean key's value: none (the key alone) is true.
+fn parse_bool(value: Option<&str>) -> Option<bool> {
+    let Some(value) = value else {
+        return Some(true);
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "y" | "yes" | "true" | "on" => Some(true),
+        "0" | "n" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 /// Reads the shim's keys from the text of `/proc/cmdline`; returns what
 /// applies and every word that was ignored, with the reason.
 pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
@@ -167,7 +198,25 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
     let mut exit_after = None;
     let mut fail_after = None;
     let mut server_addr = None;
+    let mut self_check = false;
+    let mut strict = false;
     for param in params(text) {
+        let flag = if key_is(param.key, SELF_CHECK) {
+            Some(&mut self_check)
+        } else if key_is(param.key, STRICT) {
+            Some(&mut strict)
+        } else {
+            None
+        };
+        if let Some(flag) = flag {
+            match parse_bool(param.value) {
+                Some(on) => *flag = on,
+                None => errors.push(CmdlineError::InvalidBool {
+                    word: param.word.to_owned(),
+                }),
+            }
+            continue;
+        }
         if key_is(param.key, SERVER_ADDR) {
             match param.value.map(Address::parse_listen) {
                 None => errors.push(CmdlineError::MissingValue {
@@ -214,7 +263,15 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
             None
         }
     };
-    (KernelOptions { timer, server_addr }, errors)
+    (
+        KernelOptions {
+            timer,
+            server_addr,
+            self_check,
+            strict,
+        },
+        errors,
+    )
 }
 
 /// Reads and parses the kernel command line at `path` (normally
@@ -238,10 +295,12 @@ pub fn read_cmdline(path: &Path) -> (KernelOptions, Vec<CmdlineError>) {
 /// The options in effect: the arguments, with what they leave unset taken
 /// from the kernel command line.
 pub fn apply(args: Options, kernel: &KernelOptions) -> Options {
+    let strict = args.strict || kernel.strict;
     Options {
         timer: args.timer.or(kernel.timer),
         server_addr: args.server_addr.or_else(|| kernel.server_addr.clone()),
-        ..args
+        self_check: args.self_check || kernel.self_check || strict,
+        strict,
     }
 }
 
@@ -398,7 +457,7 @@ mod tests {
     fn arguments_take_precedence() {
         let kernel = KernelOptions {
             timer: Some(Timer::FailAfter(Duration::from_secs(1))),
-            server_addr: None,
+            ..KernelOptions::default()
         };
         let args = Options {
             timer: Some(Timer::ExitAfter(Duration::from_secs(9))),
@@ -492,12 +551,78 @@ mod tests {
     }
 
     #[test]
+    fn self_check_and_strict_from_the_kernel_command_line() {
+        let flags = |text: &str| {
+            let (options, errors) = parse_cmdline(text);
+            let errors: Vec<String> = errors
+                .iter()
+                .map(|e| crate::Report(e).to_string())
+                .collect();
+            ((options.self_check, options.strict), errors)
+        };
+        assert_eq!(flags("quiet"), ((false, false), vec![]));
+        assert_eq!(flags("agent.self_check"), ((true, false), vec![]));
+        assert_eq!(
+            flags("agent.self-check=yes agent.strict=0"),
+            ((true, false), vec![])
+        );
+        assert_eq!(
+            flags("agent.strict agent.self_check=off"),
+            ((false, true), vec![])
+        );
+        assert_eq!(
+            flags("agent.strict=\"ON\" agent.strict=maybe agent.self_check="),
+            (
+                (false, true),
+                vec![
+                    "ignoring `agent.strict=maybe` on the kernel command line: not a boolean \
+                     (use 1, y, yes, true, on, 0, n, no, false or off)"
+                        .to_owned(),
+                    "ignoring `agent.self_check=` on the kernel command line: not a boolean \
+                     (use 1, y, yes, true, on, 0, n, no, false or off)"
+                        .to_owned(),
+                ]
+            )
+        );
+        // The last valid value wins; similar names are not ours.
+        assert_eq!(
+            flags("agent.strict agent.strict=false agent.self_checks agent.stricter"),
+            ((false, false), vec![])
+        );
+    }
+
+    #[test]
+    fn kernel_flags_turn_the_check_on_arguments_cannot_turn_it_off() {
+        let strict = KernelOptions {
+            strict: true,
+            ..KernelOptions::default()
+        };
+        let applied = apply(Options::default(), &strict);
+        assert!(
+            applied.self_check && applied.strict,
+            "strict implies the check"
+        );
+        let check = KernelOptions {
+            self_check: true,
+            ..KernelOptions::default()
+        };
+        let applied = apply(Options::default(), &check);
+        assert!(applied.self_check && !applied.strict);
+        let args = Options {
+            self_check: true,
+            strict: true,
+            ..Options::default()
+        };
+        assert_eq!(apply(args.clone(), &KernelOptions::default()), args);
+    }
+
+    #[test]
     fn server_addr_precedence() {
         let from_args = Address::Unix("/args.sock".into());
         let from_kernel = Address::Unix("/kernel.sock".into());
         let kernel = KernelOptions {
-            timer: None,
             server_addr: Some(from_kernel.clone()),
+            ..KernelOptions::default()
         };
         let args = Options {
             server_addr: Some(from_args.clone()),

@@ -6,11 +6,14 @@
 //! flushed at once):
 //!
 //! ```text
-//! agent-shim: self-check pid=N nofile=SOFT/HARD oom_score_adj=N stdin=T stdout=T
+//! agent-shim: self-check pid=N nofile=SOFT/HARD oom_score_adj=N stdin=T stdout=T ... gaps=NAME,...|none
 //! agent-shim: ready boottime_us=N
 //! agent-shim: mem_used_kib=N|unknown
 //! agent-shim: exiting status=N reason=sigterm|sigint|exit-after|fail-after|self-check|server|error
 //! ```
+//!
+//! The self-check line (`--self-check`) has one `KEY=VALUE` per check and
+//! the names of the checks that failed ([`selfcheck`], docs/agent-shim.md).
 //!
 //! `agent-shim check ADDR` is the other side, the runtime's health check
 //! ([`client`]).
@@ -28,7 +31,7 @@ pub mod cmdline;
 pub mod duration;
 pub mod logging;
 pub mod memory;
-pub mod notify;
+pub use minos_common::notify;
 pub mod protocols;
 pub mod selfcheck;
 pub mod server;
@@ -89,8 +92,9 @@ impl Exit {
 /// substitute them.
 #[derive(Debug, Clone)]
 pub struct Environment {
-    /// Normally `/proc/self`.
-    pub proc_self: PathBuf,
+    /// Where `--self-check` looks: normally `/proc/self`, `/sys`, `/run`,
+    /// `/tmp` and the process's `PATH` and `container` variables.
+    pub self_check: selfcheck::Sources,
     /// The procfs root for `meminfo` and `zoneinfo`, normally `/proc`.
     pub proc: PathBuf,
     /// The kernel command line, normally `/proc/cmdline`.
@@ -105,7 +109,7 @@ pub struct Environment {
 impl Environment {
     pub fn from_process() -> Self {
         Self {
-            proc_self: PathBuf::from("/proc/self"),
+            self_check: selfcheck::Sources::from_process(),
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
             notify_socket: notify::socket_from_env(),
@@ -217,7 +221,7 @@ fn serve_until_exit<W: Write>(
     let options = &cmdline::apply(options.clone(), &kernel);
 
     if options.self_check {
-        let check = SelfCheck::gather(&env.proc_self);
+        let check = SelfCheck::gather(&env.self_check);
         for err in check.errors() {
             log::warn!("self-check: {}", Report(err));
         }
@@ -302,7 +306,7 @@ mod tests {
     /// change what the tests see.
     fn env() -> Environment {
         Environment {
-            proc_self: PathBuf::from("/proc/self"),
+            self_check: selfcheck::Sources::from_process(),
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from("/nonexistent/agent-shim/cmdline"),
             notify_socket: None,
@@ -489,7 +493,10 @@ mod tests {
         // The unit-test process does not run with kata's oom_score_adj (a
         // fixture without the file makes that certain).
         let env = Environment {
-            proc_self: std::env::temp_dir().join("agent-shim-no-such-proc-self"),
+            self_check: selfcheck::Sources {
+                proc_self: std::env::temp_dir().join("agent-shim-no-such-proc-self"),
+                ..selfcheck::Sources::from_process()
+            },
             ..env()
         };
         let options = Options {

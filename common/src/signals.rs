@@ -13,6 +13,7 @@
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Longest single wait; longer deadlines loop. Keeps the timespec far from
@@ -123,6 +124,70 @@ impl BlockedSignals {
     }
 }
 
+/// A signalfd for the blocked signals, for a poll(2) loop: readable when
+/// SIGTERM or SIGINT is pending; [`SignalFd::read`] collects it.
+#[derive(Debug)]
+pub struct SignalFd {
+    fd: OwnedFd,
+}
+
+impl BlockedSignals {
+    /// A non-blocking, close-on-exec signalfd for SIGTERM and SIGINT. The
+    /// signals stay blocked, so they are only ever collected through it (or
+    /// through [`BlockedSignals::wait`]).
+    pub fn signalfd(&self) -> io::Result<SignalFd> {
+        // SAFETY: `self.set` is an initialised sigset_t; -1 asks for a new
+        // descriptor; the flags are valid. The call touches no other memory.
+        let raw = unsafe { libc::signalfd(-1, &self.set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(SignalFd { fd })
+    }
+}
+
+impl SignalFd {
+    /// Collects one pending signal; `None` when none is pending.
+    pub fn read(&self) -> io::Result<Option<Signal>> {
+        let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        loop {
+            // SAFETY: `info` is writable memory of `size` bytes; the kernel
+            // writes whole signalfd_siginfo records only.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => return Ok(None),
+                    _ => return Err(err),
+                }
+            }
+            if usize::try_from(n).ok() != Some(size) {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short read of {n} bytes from a signalfd"),
+                ));
+            }
+            // SAFETY: the kernel filled all `size` bytes (checked above).
+            let info = unsafe { info.assume_init() };
+            return Ok(match i32::try_from(info.ssi_signo) {
+                Ok(libc::SIGTERM) => Some(Signal::Term),
+                Ok(libc::SIGINT) => Some(Signal::Int),
+                _ => None,
+            });
+        }
+    }
+}
+
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 fn timespec(duration: Duration) -> libc::timespec {
     libc::timespec {
         tv_sec: libc::time_t::try_from(duration.as_secs()).unwrap_or(libc::time_t::MAX),
@@ -181,6 +246,29 @@ mod tests {
         assert_eq!(signals.wait().unwrap(), Signal::Term);
         raise_in_this_thread(libc::SIGINT);
         assert_eq!(signals.wait().unwrap(), Signal::Int);
+    }
+
+    #[test]
+    fn signalfd_collects_pending_signals_and_is_nonblocking() {
+        let signals = BlockedSignals::block().unwrap();
+        let fd = signals.signalfd().unwrap();
+        assert_eq!(fd.read().unwrap(), None, "nothing pending: no wait");
+        raise_in_this_thread(libc::SIGTERM);
+        let mut poll = [rustix_free_pollfd(&fd)];
+        // SAFETY: one valid pollfd, count 1, 5 s timeout.
+        assert_eq!(unsafe { libc::poll(poll.as_mut_ptr(), 1, 5000) }, 1);
+        assert_eq!(fd.read().unwrap(), Some(Signal::Term));
+        raise_in_this_thread(libc::SIGINT);
+        assert_eq!(fd.read().unwrap(), Some(Signal::Int));
+        assert_eq!(fd.read().unwrap(), None);
+    }
+
+    fn rustix_free_pollfd(fd: &SignalFd) -> libc::pollfd {
+        libc::pollfd {
+            fd: fd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }
     }
 
     #[test]

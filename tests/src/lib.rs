@@ -160,6 +160,31 @@ impl Rootfs {
         self.spawn(cmd)
     }
 
+    /// Like [`start`], with `kernel_cmdline` as `/proc/cmdline`, as in a VM.
+    /// In a container /proc/cmdline is the host's, so this is how `agent.*`
+    /// keys reach an agent: a shell in the new namespaces (PID 1 there)
+    /// mounts proc on the rootfs's /proc, which init then leaves as it is,
+    /// binds a file holding the line over /proc/cmdline, then execs init
+    /// chrooted.
+    pub fn start_with_kernel_cmdline(&self, kernel_cmdline: &str, args: &[&str]) -> Pid1 {
+        let file = self.top.join("cmdline");
+        std::fs::write(&file, format!("{kernel_cmdline}\n")).expect("write cmdline");
+        let root = sh_quote(&self.root.to_string_lossy());
+        let script = format!(
+            "mount -t proc -o nosuid,nodev,noexec proc {root}/proc && \
+             mount --bind {file} {root}/proc/cmdline && exec chroot {root} /sbin/init {args}",
+            file = sh_quote(&file.to_string_lossy()),
+            args = args
+                .iter()
+                .map(|a| sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(UNSHARE).args(["/bin/sh", "-c"]).arg(script);
+        self.spawn(cmd)
+    }
+
     fn spawn(&self, mut cmd: Command) -> Pid1 {
         cmd.env_clear()
             .env("container", "minos-test")
@@ -200,6 +225,11 @@ impl Drop for Rootfs {
             let _ = std::fs::remove_dir_all(&self.top);
         }
     }
+}
+
+/// `text` as one word for `sh`.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 pub fn set_mode(p: &Path, mode: u32) {
