@@ -178,14 +178,14 @@ fn scenarios() -> Vec<Scenario> {
         // The runtime's view: a real virtio-vsock device (vhost-user
         // backend), the host's `agent-shim check hvsock://...:1024` gets
         // SERVING, then the agent exits and the guest powers off. On q35
-        // (PCI) and on microvm (MMIO).
+        // (PCI) and on microvm (MMIO). The agent's strict self-check runs too.
         Scenario {
             name: "dax-q35-vsock",
             kind: Kind::Dax,
             fs: Fs::Ext4,
             machine: "q35",
             extra: vec![],
-            cmdline: "agent.exit_after=2s",
+            cmdline: "agent.exit_after=2s agent.self_check agent.strict",
             data_disk: false,
             vsock: true,
         },
@@ -195,7 +195,7 @@ fn scenarios() -> Vec<Scenario> {
             fs: Fs::Ext4,
             machine: "microvm",
             extra: vec![],
-            cmdline: "agent.exit_after=2s",
+            cmdline: "agent.exit_after=2s agent.self_check agent.strict",
             data_disk: false,
             vsock: true,
         },
@@ -317,6 +317,14 @@ pub fn run(only: Option<&str>) -> Result<()> {
                     s.name,
                     r.health_check_us.is_some(),
                     "the agent did not log the answered health check",
+                    &r,
+                )?;
+                // Everything kata-agent relies on, as a VM gives it (strict:
+                // any gap would have stopped the agent before readiness).
+                check(
+                    s.name,
+                    r.console.contains(" gaps=none"),
+                    "the agent's self-check found gaps",
                     &r,
                 )?;
                 check(
