@@ -1,9 +1,10 @@
 //! Turning a unit's settings into a running process.
 //!
 //! Everything that can allocate or fail with a good message (users, groups,
-//! environment files, stdio targets) is resolved in the parent. The code
-//! between fork and exec (the `pre_exec` closure) only makes raw system calls
-//! through rustix, which is async-signal-safe: the signal mask, setsid, umask, rlimits,
+//! environment files, stdio targets) is resolved in the parent, and
+//! `RuntimeDirectory=` is created there, as root. The code between fork and
+//! exec (the `pre_exec` closure) only makes raw system calls through rustix,
+//! which is async-signal-safe: the signal mask, setsid, umask, rlimits,
 //! oom_score_adj, capability sets, uid/gid, no_new_privs.
 
 use std::ffi::OsStr;
@@ -39,6 +40,14 @@ pub enum SpawnError {
     #[error("open {} for {stream}", .path.display())]
     OpenStdio {
         stream: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} runtime directory {}", .path.display())]
+    RuntimeDirectory {
+        /// `create`, or `set owner and mode of`.
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -109,6 +118,13 @@ pub fn context(
     if let Some(sock) = notify_socket {
         set_env(&mut env, "NOTIFY_SOCKET", &sock.to_string_lossy());
     }
+    // Before Environment=, which may override it (as in systemd).
+    if !svc.runtime_directory.is_empty() {
+        let paths: Vec<String> = runtime_directories(unit)
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        set_env(&mut env, "RUNTIME_DIRECTORY", &paths.join(":"));
+    }
     for (k, v) in &svc.environment {
         set_env(&mut env, k, v);
     }
@@ -149,6 +165,192 @@ pub fn context(
         cwd,
         oom_score_adjust,
     })
+}
+
+/// The absolute paths of `unit`'s `RuntimeDirectory=` names.
+pub fn runtime_directories(unit: &Unit) -> impl Iterator<Item = PathBuf> + '_ {
+    unit.service
+        .runtime_directory
+        .iter()
+        .map(|name| Path::new(unit::RUNTIME_DIRECTORY_ROOT).join(name))
+}
+
+/// Creates `unit`'s `RuntimeDirectory=` directories, as root, before any of
+/// its processes starts. As systemd does: missing parents are created
+/// root-owned with mode 0755 (mkdir_parents), each named directory is owned
+/// by `User=`/`Group=` (root when unset) and gets `RuntimeDirectoryMode=`
+/// exactly (no umask); an existing one is adopted, its tree re-owned if its
+/// owner differs. A path component that exists but is not a directory (a
+/// symlink included: init must not chown through one) is an error.
+pub fn create_runtime_directories(unit: &Unit, ctx: &ExecContext) -> Result<(), SpawnError> {
+    use std::os::unix::fs::DirBuilderExt;
+
+    let svc = &unit.service;
+    let uid = ctx.account.as_ref().map_or(0, |a| a.uid);
+    let gid = ctx.gid.unwrap_or(0);
+    let root = Path::new(unit::RUNTIME_DIRECTORY_ROOT);
+    if !svc.runtime_directory.is_empty() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root)
+            .map_err(|e| dir_error("create", root, e))?;
+    }
+    for name in &svc.runtime_directory {
+        create_runtime_directory(root, name, svc.runtime_directory_mode, uid, gid)?;
+    }
+    Ok(())
+}
+
+fn dir_error(what: &'static str, path: &Path, source: io::Error) -> SpawnError {
+    SpawnError::RuntimeDirectory {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates `root/name` (`name` is relative and normalised: the parser
+/// checked it) and the parents it needs. Walks down with descriptors opened
+/// without following symlinks, so that nothing a unit's user owns (a
+/// directory kept from an earlier run, or a named directory that is the
+/// parent of another) can redirect init's mkdir, chown or chmod elsewhere.
+fn create_runtime_directory(
+    root: &Path,
+    name: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(), SpawnError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    use rustix::io::Errno;
+
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut path = root.to_path_buf();
+    let mut dir = rustix::fs::open(root, dir_flags, Mode::empty())
+        .map_err(|e| dir_error("create", root, e.into()))?;
+    let mut parts = name.split('/').peekable();
+    while let Some(part) = parts.next() {
+        path.push(part);
+        let innermost = parts.peek().is_none();
+        let created = match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return Err(dir_error("create", &path, e.into())),
+        };
+        let fd = rustix::fs::openat(&dir, part, dir_flags | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| {
+                let source = match e {
+                    // O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR.
+                    Errno::LOOP | Errno::NOTDIR => {
+                        let symlink = rustix::fs::statat(&dir, part, AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|st| {
+                                FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                            });
+                        io::Error::other(if symlink {
+                            "exists and is a symbolic link"
+                        } else {
+                            "exists and is not a directory"
+                        })
+                    }
+                    e => e.into(),
+                };
+                dir_error("create", &path, source)
+            })?;
+        let setup = |e: Errno| dir_error("set owner and mode of", &path, e.into());
+        if innermost {
+            let st = rustix::fs::fstat(&fd).map_err(setup)?;
+            if (st.st_uid, st.st_gid) != (uid, gid) {
+                // Owner before mode: chown clears the set-id bits.
+                rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::process::Uid::from_raw(uid)),
+                    Some(rustix::process::Gid::from_raw(gid)),
+                )
+                .map_err(setup)?;
+                if !created {
+                    chown_tree(&fd, uid, gid).map_err(setup)?;
+                }
+            }
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(setup)?;
+        } else if created {
+            // A parent made here: 0755 whatever init's umask.
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(setup)?;
+        }
+        dir = fd;
+    }
+    Ok(())
+}
+
+/// Re-owns everything below the directory `top` (as systemd does for an
+/// existing directory with another owner), never following a symlink. One
+/// open directory per level, no recursion: PID 1's stack must not depend on
+/// a tree's depth.
+fn chown_tree(top: &impl std::os::fd::AsFd, uid: u32, gid: u32) -> Result<(), rustix::io::Errno> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+    let (uid, gid) = (
+        Some(rustix::process::Uid::from_raw(uid)),
+        Some(rustix::process::Gid::from_raw(gid)),
+    );
+    let mut stack = vec![rustix::fs::Dir::read_from(top)?];
+    while let Some(dir) = stack.last_mut() {
+        let Some(entry) = dir.read() else {
+            stack.pop();
+            continue;
+        };
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let fd = dir.fd()?;
+        rustix::fs::chownat(fd, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        if is_dir {
+            let sub = rustix::fs::openat(
+                fd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            stack.push(rustix::fs::Dir::new(sub)?);
+        }
+    }
+    Ok(())
+}
+
+/// Removes `unit`'s runtime directories with everything in them; a failure
+/// is a warning.
+pub fn remove_runtime_directories(unit: &Unit) {
+    for path in runtime_directories(unit) {
+        if let Err(e) = remove_runtime_directory(&path) {
+            log::warn!(
+                "{}: remove runtime directory {}: {e}",
+                unit.name,
+                path.display()
+            );
+        }
+    }
+}
+
+/// Removes the directory `path` and its contents (never following a
+/// symlink). A missing path is fine; a file or symlink there was not made
+/// by init and stays.
+fn remove_runtime_directory(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
@@ -473,6 +675,167 @@ mod tests {
                 ("D".into(), "single".into()),
             ]
         );
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("minos-spawn-test-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ids() -> (u32, u32) {
+        (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )
+    }
+
+    /// (uid, gid, mode & 07777) of `p`, not following a symlink.
+    fn owner_mode(p: &Path) -> (u32, u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    }
+
+    fn created(root: &Path, name: &str, mode: u32, (uid, gid): (u32, u32)) -> Result<(), String> {
+        create_runtime_directory(root, name, mode, uid, gid).map_err(|e| crate::error_chain(&e))
+    }
+
+    #[test]
+    fn runtime_directory_with_parents() {
+        let t = TempDir::new("rtdir");
+        let (uid, gid) = ids();
+        // 0777 would lose bits to a umask: the mode is set exactly.
+        created(&t.0, "a/b/c", 0o777, ids()).unwrap();
+        assert_eq!(owner_mode(&t.0.join("a")), (uid, gid, 0o755));
+        assert_eq!(owner_mode(&t.0.join("a/b")), (uid, gid, 0o755));
+        assert_eq!(owner_mode(&t.0.join("a/b/c")), (uid, gid, 0o777));
+        // Again, with a file inside: adopted, the new mode set, the contents kept.
+        std::fs::write(t.0.join("a/b/c/f"), "x").unwrap();
+        created(&t.0, "a/b/c", 0o2750, ids()).unwrap();
+        assert_eq!(owner_mode(&t.0.join("a/b/c")), (uid, gid, 0o2750));
+        assert_eq!(std::fs::read_to_string(t.0.join("a/b/c/f")).unwrap(), "x");
+        // An existing parent keeps its mode.
+        std::fs::set_permissions(
+            t.0.join("a"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        created(&t.0, "a/d", 0o700, ids()).unwrap();
+        assert_eq!(owner_mode(&t.0.join("a")).2, 0o711);
+        assert_eq!(owner_mode(&t.0.join("a/d")).2, 0o700);
+        // Removal is recursive; missing is fine.
+        remove_runtime_directory(&t.0.join("a/b")).unwrap();
+        assert!(!t.0.join("a/b").exists());
+        assert!(t.0.join("a/d").is_dir());
+        remove_runtime_directory(&t.0.join("a/b")).unwrap();
+    }
+
+    #[test]
+    fn runtime_directory_errors_name_the_path() {
+        let t = TempDir::new("rtdir-errors");
+        std::fs::write(t.0.join("file"), "x").unwrap();
+        let e = created(&t.0, "file", 0o755, ids()).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "create runtime directory {}: exists and is not a directory",
+                t.0.join("file").display()
+            )
+        );
+        let e = created(&t.0, "file/sub", 0o755, ids()).unwrap_err();
+        assert!(
+            e.contains(&format!("{}:", t.0.join("file").display())),
+            "{e}"
+        );
+        // A symlink is never followed, to a directory neither.
+        std::fs::create_dir(t.0.join("target")).unwrap();
+        std::fs::set_permissions(
+            t.0.join("target"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(t.0.join("target"), t.0.join("link")).unwrap();
+        for name in ["link", "link/sub"] {
+            let e = created(&t.0, name, 0o700, ids()).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "create runtime directory {}: exists and is a symbolic link",
+                    t.0.join("link").display()
+                )
+            );
+        }
+        assert_eq!(owner_mode(&t.0.join("target")).2, 0o755);
+        assert!(!t.0.join("target/sub").exists());
+        // Removal leaves a symlink (and its target) alone.
+        remove_runtime_directory(&t.0.join("link")).unwrap();
+        assert!(t.0.join("link").exists() && t.0.join("target").is_dir());
+        // A root that does not exist.
+        let e = created(&t.0.join("missing"), "x", 0o755, ids()).unwrap_err();
+        assert!(e.contains("missing: No such file or directory"), "{e}");
+    }
+
+    /// An existing directory with another owner is re-owned with its tree
+    /// (as systemd does), without following symlinks out of it.
+    #[test]
+    fn runtime_directory_owner_change() {
+        let t = TempDir::new("rtdir-owner");
+        let dir = t.0.join("d");
+        std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+        std::fs::write(dir.join("sub/deeper/f"), "x").unwrap();
+        std::fs::write(t.0.join("outside"), "x").unwrap();
+        std::os::unix::fs::symlink(t.0.join("outside"), dir.join("sub/link")).unwrap();
+        let result = created(&t.0, "d", 0o750, (4321, 4322));
+        if !rustix::process::geteuid().is_root() {
+            assert!(result.unwrap_err().contains("Operation not permitted"));
+            return;
+        }
+        result.unwrap();
+        for p in ["", "sub", "sub/deeper", "sub/deeper/f", "sub/link"] {
+            let (uid, gid, _) = owner_mode(&dir.join(p));
+            assert_eq!((uid, gid), (4321, 4322), "{p}");
+        }
+        assert_eq!(owner_mode(&dir).2, 0o750);
+        let (uid, _, _) = owner_mode(&t.0.join("outside"));
+        assert_eq!(uid, ids().0, "the symlink's target keeps its owner");
+    }
+
+    #[test]
+    fn runtime_directory_environment() {
+        let mut u = Unit::new("a.service");
+        u.service.runtime_directory = vec!["a".into(), "b/c".into()];
+        let ctx = context(&u, &[], None).unwrap();
+        let get = |k: &str| {
+            ctx.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("RUNTIME_DIRECTORY"), Some("/run/a:/run/b/c"));
+        // Environment= may override it.
+        u.service.environment = vec![("RUNTIME_DIRECTORY".into(), "/elsewhere".into())];
+        let ctx = context(&u, &[], None).unwrap();
+        assert!(ctx
+            .env
+            .iter()
+            .any(|(k, v)| k == "RUNTIME_DIRECTORY" && v == "/elsewhere"));
+        u.service.runtime_directory.clear();
+        u.service.environment.clear();
+        let ctx = context(&u, &[], None).unwrap();
+        assert!(!ctx.env.iter().any(|(k, _)| k == "RUNTIME_DIRECTORY"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use crate::spawn::{self, ExecContext};
 use crate::sys::SignalFd;
 use crate::timeline::{Event, Timeline};
-use crate::unit::{Action, Command, Restart, ServiceType, Unit};
+use crate::unit::{Action, Command, Preserve, Restart, ServiceType, Unit};
 use crate::{control, Mode};
 
 /// How the machine (or container) ends.
@@ -253,6 +253,9 @@ pub struct UnitRt {
     deadline: Option<(Instant, Timer)>,
     /// KillSignal already sent during this stop.
     signalled: bool,
+    /// `RuntimeDirectory=` set up by a start and not removed yet (kept
+    /// across restarts with `RuntimeDirectoryPreserve=restart`).
+    runtime_dirs: bool,
 }
 
 impl UnitRt {
@@ -271,6 +274,7 @@ impl UnitRt {
             result: Outcome::Success,
             deadline: None,
             signalled: false,
+            runtime_dirs: false,
         }
     }
 
@@ -280,6 +284,24 @@ impl UnitRt {
 
     fn name(&self) -> &str {
         &self.unit.name
+    }
+
+    /// The unit stopped (`restarting`: an automatic restart follows):
+    /// removes its runtime directories unless `RuntimeDirectoryPreserve=`
+    /// keeps them.
+    fn release_runtime_directories(&mut self, restarting: bool) {
+        if !self.runtime_dirs {
+            return;
+        }
+        let remove = match self.unit.service.runtime_directory_preserve {
+            Preserve::No => true,
+            Preserve::Restart => !restarting,
+            Preserve::Yes => false,
+        };
+        if remove {
+            spawn::remove_runtime_directories(&self.unit);
+            self.runtime_dirs = false;
+        }
     }
 }
 
@@ -630,17 +652,29 @@ impl Supervisor {
             );
             u.state = State::Skipped;
             u.settled = true;
+            // Kept for a restart that does not come.
+            u.release_runtime_directories(false);
             return;
         }
         let sock = (u.unit.service.kind == ServiceType::Notify).then_some(notify.as_path());
-        match spawn::context(&u.unit, &base_env, sock) {
-            Ok(ctx) => u.ctx = Some(ctx),
+        let ctx = match spawn::context(&u.unit, &base_env, sock) {
+            Ok(ctx) => ctx,
             Err(e) => {
                 log::error!("{}: {}", u.name(), crate::error_chain(&e));
                 self.terminated(i, Outcome::SpawnFailed);
                 return;
             }
+        };
+        // Created by init, as root, before the first process of this start.
+        if !u.unit.service.runtime_directory.is_empty() {
+            u.runtime_dirs = true;
+            if let Err(e) = spawn::create_runtime_directories(&u.unit, &ctx) {
+                log::error!("{}: {}", u.name(), crate::error_chain(&e));
+                self.terminated(i, Outcome::SpawnFailed);
+                return;
+            }
         }
+        u.ctx = Some(ctx);
         u.result = Outcome::Success;
         u.active_since = Some(now);
         if u.unit.service.exec_start_pre.is_empty() {
@@ -719,11 +753,12 @@ impl Supervisor {
         u.deadline = None;
         u.control = None;
         u.queue.clear();
-        if !shutting_down
+        let restart = !shutting_down
             && outcome != Outcome::StartLimit
             && outcome != Outcome::DependencyFailed
-            && should_restart(u.unit.service.restart, outcome)
-        {
+            && should_restart(u.unit.service.restart, outcome);
+        u.release_runtime_directories(restart);
+        if restart {
             u.restarts += 1;
             u.state = State::AutoRestart;
             log::info!(
@@ -790,6 +825,7 @@ impl Supervisor {
                 } else {
                     State::Failed
                 };
+                u.release_runtime_directories(false);
                 log::debug!("{}: stopped", u.name());
             }
         }
@@ -803,6 +839,9 @@ impl Supervisor {
         match u.state {
             State::Waiting | State::AutoRestart => {
                 u.deadline = None;
+                // A restart that will not come: RuntimeDirectoryPreserve=restart
+                // kept the directories for it.
+                u.release_runtime_directories(false);
                 u.state = if u.result.is_success() {
                     State::Exited
                 } else {

@@ -102,6 +102,18 @@ pub struct PathCondition {
     pub negate: bool,
 }
 
+/// `RuntimeDirectoryPreserve=`: whether the runtime directories outlive a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preserve {
+    /// Removed whenever the service stops, also before an automatic restart.
+    #[default]
+    No,
+    /// Never removed by init (they go with /run).
+    Yes,
+    /// Kept across automatic restarts, removed when the service stops for good.
+    Restart,
+}
+
 /// A resource limit (`LimitNOFILE=` ...): soft and hard, `None` = infinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -161,6 +173,12 @@ pub struct Service {
     /// `EnvironmentFile=`, read when the unit starts; `optional` for a leading `-`.
     pub environment_files: Vec<(PathBuf, bool)>,
     pub working_directory: Option<PathBuf>,
+    /// `RuntimeDirectory=`: names relative to [`RUNTIME_DIRECTORY_ROOT`]
+    /// (no `..`, `.` or empty components), created when the unit starts.
+    pub runtime_directory: Vec<String>,
+    /// `RuntimeDirectoryMode=`: the mode of each named directory.
+    pub runtime_directory_mode: u32,
+    pub runtime_directory_preserve: Preserve,
     /// User name or numeric uid, resolved against /etc/passwd at start.
     pub user: Option<String>,
     pub group: Option<String>,
@@ -198,6 +216,10 @@ pub const DEFAULT_START_LIMIT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_START_LIMIT_BURST: u32 = 5;
 /// `KillSignal=` default: SIGTERM.
 pub const DEFAULT_KILL_SIGNAL: i32 = 15;
+/// Where `RuntimeDirectory=` names are created.
+pub const RUNTIME_DIRECTORY_ROOT: &str = "/run";
+/// `RuntimeDirectoryMode=` default.
+pub const DEFAULT_RUNTIME_DIRECTORY_MODE: u32 = 0o755;
 /// `TTYPath=` default.
 pub const DEFAULT_TTY_PATH: &str = "/dev/console";
 /// [`load`] refuses files larger than this.
@@ -215,6 +237,9 @@ impl Default for Service {
             environment: Vec::new(),
             environment_files: Vec::new(),
             working_directory: None,
+            runtime_directory: Vec::new(),
+            runtime_directory_mode: DEFAULT_RUNTIME_DIRECTORY_MODE,
+            runtime_directory_preserve: Preserve::No,
             user: None,
             group: None,
             umask: None,
@@ -832,7 +857,20 @@ impl<'a> Parser<'a> {
             }),
             "User" => set(&mut s.user, value, None, |v| user_or_group(v).map(Some)),
             "Group" => set(&mut s.group, value, None, |v| user_or_group(v).map(Some)),
-            "UMask" => set(&mut s.umask, value, None, |v| umask(v).map(Some)),
+            "UMask" => set(&mut s.umask, value, None, |v| octal_mode(v).map(Some)),
+            "RuntimeDirectory" => runtime_directories(&mut s.runtime_directory, value, &name),
+            "RuntimeDirectoryMode" => set(
+                &mut s.runtime_directory_mode,
+                value,
+                DEFAULT_RUNTIME_DIRECTORY_MODE,
+                octal_mode,
+            ),
+            "RuntimeDirectoryPreserve" => set(
+                &mut s.runtime_directory_preserve,
+                value,
+                Preserve::No,
+                preserve,
+            ),
             "OOMScoreAdjust" => set(&mut s.oom_score_adjust, value, None, |v| {
                 oom_score_adjust(v).map(Some)
             }),
@@ -928,7 +966,13 @@ impl<'a> Parser<'a> {
 
     fn finish(mut self) -> Parsed {
         let u = &mut self.unit;
-        for list in [&mut u.after, &mut u.before, &mut u.requires, &mut u.wants] {
+        for list in [
+            &mut u.after,
+            &mut u.before,
+            &mut u.requires,
+            &mut u.wants,
+            &mut u.service.runtime_directory,
+        ] {
             dedup_keep_first(list);
         }
         if !self.unit.is_target() {
@@ -1182,11 +1226,70 @@ fn user_or_group(v: &str) -> Result<String, String> {
     }
 }
 
-fn umask(v: &str) -> Result<u32, String> {
+/// `UMask=`, `RuntimeDirectoryMode=`: 1 to 4 octal digits (at most 07777).
+fn octal_mode(v: &str) -> Result<u32, String> {
     if !v.is_empty() && v.len() <= 4 && v.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         u32::from_str_radix(v, 8).map_err(|_| format!("invalid octal mode {}", show(v)))
     } else {
         Err(format!("invalid octal mode {}", show(v)))
+    }
+}
+
+/// `RuntimeDirectory=`: whitespace-separated names relative to /run, with
+/// specifiers expanded; repeated lines append (duplicates are removed once
+/// the whole file is read), an empty value clears the list. One bad name
+/// makes the whole line an error (as for capabilities): a unit should not
+/// run with half of its directories.
+fn runtime_directories(list: &mut Vec<String>, value: &str, unit_name: &str) -> Result<(), String> {
+    if value.is_empty() {
+        list.clear();
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    let mut bad = Vec::new();
+    for word in value.split(is_ws).filter(|w| !w.is_empty()) {
+        match specifiers(word, unit_name).and_then(runtime_directory_name) {
+            Ok(n) => names.push(n),
+            Err(e) => bad.push(e),
+        }
+    }
+    joined(bad)?;
+    list.extend(names);
+    Ok(())
+}
+
+/// A relative path without empty, `.` or `..` components (systemd rejects
+/// `..` and quietly normalises the others; here they are errors, so that a
+/// name is exactly the directory that is created and removed). `:` would
+/// split `$RUNTIME_DIRECTORY` (and is systemd's symlink syntax, which is not
+/// supported).
+fn runtime_directory_name(n: String) -> Result<String, String> {
+    if n.starts_with('/') {
+        Err(format!("{} is not a relative path", show(&n)))
+    } else if n.split('/').any(|c| matches!(c, "" | "." | "..")) {
+        Err(format!(
+            "{} has an empty, \".\" or \"..\" component",
+            show(&n)
+        ))
+    } else if n.contains(':') {
+        Err(format!("{} contains \":\"", show(&n)))
+    } else {
+        Ok(n)
+    }
+}
+
+/// `RuntimeDirectoryPreserve=`: `restart` or a boolean (`yes`/`no`).
+fn preserve(v: &str) -> Result<Preserve, String> {
+    if v == "restart" {
+        return Ok(Preserve::Restart);
+    }
+    match parse_bool(v) {
+        Some(true) => Ok(Preserve::Yes),
+        Some(false) => Ok(Preserve::No),
+        None => Err(format!(
+            "invalid value {} (expected no, yes or restart)",
+            show(v)
+        )),
     }
 }
 
@@ -2228,6 +2331,7 @@ mod tests {
             "Bogus=1",
             "After=a.service b.service \\",
             "ExecStartPre=/bin/a x ; \\",
+            "RuntimeDirectory=a b/c %N \\",
         ] {
             let section = if line.starts_with("After") {
                 "Unit"
@@ -2524,6 +2628,127 @@ mod tests {
                 None,
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn runtime_directory() {
+        let sv = ok_svc("RuntimeDirectory=timesync");
+        assert_eq!(sv.runtime_directory, words(&["timesync"]));
+        assert_eq!(sv.runtime_directory_mode, 0o755);
+        assert_eq!(sv.runtime_directory_preserve, Preserve::No);
+        // Several names per line, repeated lines append, duplicates go,
+        // specifiers are expanded.
+        let sv = ok_svc("RuntimeDirectory=foo/bar  baz\tfoo/bar\nRuntimeDirectory=%N a.b/-c_d baz");
+        assert_eq!(
+            sv.runtime_directory,
+            words(&["foo/bar", "baz", "t", "a.b/-c_d"])
+        );
+        // An empty assignment resets the list, as in systemd.
+        assert!(ok_svc("RuntimeDirectory=a b\nRuntimeDirectory=")
+            .runtime_directory
+            .is_empty());
+        assert_eq!(
+            ok_svc("RuntimeDirectory=a\nRuntimeDirectory=\nRuntimeDirectory=b").runtime_directory,
+            words(&["b"])
+        );
+    }
+
+    #[test]
+    fn bad_runtime_directory_ignores_the_line() {
+        for (bad, why) in [
+            ("/run/foo", "not a relative path"),
+            ("../etc", "component"),
+            ("foo/../../etc", "component"),
+            ("foo/..", "component"),
+            ("..", "component"),
+            (".", "component"),
+            ("./foo", "component"),
+            ("foo//bar", "component"),
+            ("foo/", "component"),
+            ("a:b", "\":\""),
+            ("%z", "unsupported specifier %z"),
+        ] {
+            let (sv, d) = bad_svc(&format!("RuntimeDirectory=good {bad}"), "RuntimeDirectory");
+            // The whole line is ignored, the good name too.
+            assert!(sv.runtime_directory.is_empty(), "{bad}: {sv:?}");
+            assert!(d.message.contains(why), "{bad}: {d}");
+            assert_eq!(
+                d.to_string(),
+                format!("t.service:3: RuntimeDirectory: {}", d.message),
+            );
+        }
+        // An earlier line stays.
+        let p = svc("RuntimeDirectory=kept\nRuntimeDirectory=/abs other");
+        assert_eq!(p.diagnostics.len(), 1, "{:?}", p.diagnostics);
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            "t.service:4: RuntimeDirectory: \"/abs\" is not a relative path, ignored"
+        );
+        assert_eq!(p.unit.unwrap().service.runtime_directory, words(&["kept"]));
+    }
+
+    #[test]
+    fn runtime_directory_mode() {
+        assert_eq!(
+            ok_svc("RuntimeDirectoryMode=0750").runtime_directory_mode,
+            0o750
+        );
+        assert_eq!(
+            ok_svc("RuntimeDirectoryMode=700").runtime_directory_mode,
+            0o700
+        );
+        assert_eq!(
+            ok_svc("RuntimeDirectoryMode=2770").runtime_directory_mode,
+            0o2770
+        );
+        assert_eq!(ok_svc("RuntimeDirectoryMode=0").runtime_directory_mode, 0);
+        assert_eq!(
+            ok_svc("RuntimeDirectoryMode=0700\nRuntimeDirectoryMode=").runtime_directory_mode,
+            0o755
+        );
+        for bad in ["0o750", "8", "75a", "17777", "-1", "rwx", "0x1ed"] {
+            let (sv, d) = bad_svc(
+                &format!("RuntimeDirectoryMode={bad}"),
+                "RuntimeDirectoryMode",
+            );
+            assert_eq!(sv.runtime_directory_mode, 0o755, "{bad}");
+            assert!(d.message.contains("invalid octal mode"), "{d}");
+        }
+        // The previous value is kept.
+        let p = svc("RuntimeDirectoryMode=0700\nRuntimeDirectoryMode=999");
+        assert_eq!(p.diagnostics.len(), 1);
+        assert_eq!(p.unit.unwrap().service.runtime_directory_mode, 0o700);
+    }
+
+    #[test]
+    fn runtime_directory_preserve() {
+        for (text, want) in [
+            ("no", Preserve::No),
+            ("yes", Preserve::Yes),
+            ("restart", Preserve::Restart),
+            ("true", Preserve::Yes),
+            ("0", Preserve::No),
+            ("On", Preserve::Yes),
+        ] {
+            assert_eq!(
+                ok_svc(&format!("RuntimeDirectoryPreserve={text}")).runtime_directory_preserve,
+                want,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            ok_svc("RuntimeDirectoryPreserve=yes\nRuntimeDirectoryPreserve=")
+                .runtime_directory_preserve,
+            Preserve::No
+        );
+        for bad in ["always", "Restart", "maybe"] {
+            let (sv, d) = bad_svc(
+                &format!("RuntimeDirectoryPreserve={bad}"),
+                "RuntimeDirectoryPreserve",
+            );
+            assert_eq!(sv.runtime_directory_preserve, Preserve::No);
+            assert!(d.message.contains(&format!("{bad:?}")), "{d}");
         }
     }
 
@@ -3355,6 +3580,9 @@ mod tests {
             "User",
             "Group",
             "UMask",
+            "RuntimeDirectory",
+            "RuntimeDirectoryMode",
+            "RuntimeDirectoryPreserve",
             "LimitNOFILE",
             "LimitCPU",
             "LimitNICE",
@@ -3726,6 +3954,9 @@ mod tests {
             User(String),
             Group(String),
             UMask(u32),
+            RuntimeDirectory(Vec<String>),
+            RuntimeDirectoryMode(u32),
+            RuntimeDirectoryPreserve(Preserve, String),
             Limit(Limit),
             Oom(i32),
             Stdin(Stdio, String),
@@ -3796,6 +4027,19 @@ mod tests {
                 user.clone().prop_map(Entry::User),
                 user.prop_map(Entry::Group),
                 (0u32..=0o777).prop_map(Entry::UMask),
+                vec(
+                    "[a-z0-9_][a-z0-9_.-]{0,7}(/[a-z0-9_][a-z0-9_.-]{0,7}){0,2}",
+                    1..4
+                )
+                .prop_map(Entry::RuntimeDirectory),
+                (0u32..=0o7777).prop_map(Entry::RuntimeDirectoryMode),
+                select(vec![
+                    (Preserve::No, "no"),
+                    (Preserve::Yes, "yes"),
+                    (Preserve::Restart, "restart"),
+                    (Preserve::No, "false"),
+                ])
+                .prop_map(|(p, t)| Entry::RuntimeDirectoryPreserve(p, t.to_owned())),
                 limit().prop_map(Entry::Limit),
                 (-1000i32..=1000).prop_map(Entry::Oom),
                 select(vec![
@@ -3931,6 +4175,22 @@ mod tests {
                 Entry::UMask(m) => {
                     sv.umask = Some(*m);
                     (false, format!("UMask={m:04o}"))
+                }
+                Entry::RuntimeDirectory(names) => {
+                    for n in names {
+                        if !sv.runtime_directory.contains(n) {
+                            sv.runtime_directory.push(n.clone());
+                        }
+                    }
+                    (false, format!("RuntimeDirectory={}", names.join(" ")))
+                }
+                Entry::RuntimeDirectoryMode(m) => {
+                    sv.runtime_directory_mode = *m;
+                    (false, format!("RuntimeDirectoryMode={m:04o}"))
+                }
+                Entry::RuntimeDirectoryPreserve(p, t) => {
+                    sv.runtime_directory_preserve = *p;
+                    (false, format!("RuntimeDirectoryPreserve={t}"))
                 }
                 Entry::Limit(l) => {
                     match sv.limits.iter_mut().find(|x| x.resource == l.resource) {

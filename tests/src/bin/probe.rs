@@ -1,7 +1,8 @@
 //! `probe`: the test program that runs as a unit inside the test rootfs.
 //! Each subcommand does one observable thing; `report` writes what the
 //! process was given (ids, limits, capabilities, stdio, environment) so the
-//! test can assert on it from outside. Also answers to the name `sync`.
+//! test can assert on it from outside; `ls` and `stat` report on files.
+//! Also answers to the name `sync`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -45,6 +46,7 @@ fn main() {
         ["orphans", n] => orphans(n.parse().unwrap_or(0)),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
+        ["stat", target, path] => stat(target, path),
         ["mount", dev, dir, fstype] => {
             let _ = std::fs::create_dir_all(dir);
             match rustix::mount::mount(
@@ -275,6 +277,31 @@ fn list(dir: &str, path: &str) -> i32 {
     };
     lines.sort();
     match std::fs::write(path, lines.join("\n") + "\n") {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("write {path}: {e}")),
+    }
+}
+
+/// Writes `TYPE UID GID MODE` (mode in octal, 4 digits) of `target`, not
+/// following a symlink, or `missing`.
+fn stat(target: &str, path: &str) -> i32 {
+    use std::os::unix::fs::MetadataExt;
+    let line = match std::fs::symlink_metadata(target) {
+        Ok(m) => {
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                "dir"
+            } else if ft.is_symlink() {
+                "link"
+            } else {
+                "file"
+            };
+            format!("{kind} {} {} {:04o}\n", m.uid(), m.gid(), m.mode() & 0o7777)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing\n".to_string(),
+        Err(e) => return fail(&format!("stat {target}: {e}")),
+    };
+    match std::fs::write(path, line) {
         Ok(()) => 0,
         Err(e) => fail(&format!("write {path}: {e}")),
     }
