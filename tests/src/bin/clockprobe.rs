@@ -1,0 +1,207 @@
+//! clockprobe: the in-guest side of timesync's VM test. It runs inside a
+//! QEMU guest only: every command that sets a clock first checks that the
+//! kernel command line carries `minos.test_clock=1`, which no host has, so it
+//! can never touch the clock of the machine the tests run on.
+//!
+//! Commands (each prints `clockprobe: ...` lines on stdout):
+//!
+//! - `phc-create`: creates a netdevsim device (the test kernel's mock PTP
+//!   clock, which runs on CLOCK_MONOTONIC_RAW) and waits for `/dev/ptp0`.
+//! - `phc-set DEV OFFSET_S PPM`: sets the PHC to CLOCK_REALTIME + OFFSET_S
+//!   and its frequency to PPM, so the guest clock starts off by OFFSET_S and
+//!   drifts by -PPM against the reference.
+//! - `scenario DEV JUMP_S...`: waits until the guest clock is within 1 ms of
+//!   the PHC (measured here, independently of timesync), then for each jump
+//!   steps CLOCK_REALTIME by JUMP_S and measures, in guest CLOCK_BOOTTIME,
+//!   how long until the offset is back under 1 ms (three readings in a row):
+//!   `clockprobe: jump=+2.000 recovered_ms=N residual_us=N`.
+//!
+//! The offset is PHC − REALTIME, the PHC read between two REALTIME reads.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const GUARD: &str = "minos.test_clock=1";
+/// Offset bound of the test, seconds.
+const BOUND: f64 = 1e-3;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("phc-create") => phc_create(),
+        Some("phc-set") => guard().and_then(|()| phc_set(&args[1..])),
+        Some("scenario") => guard().and_then(|()| scenario(&args[1..])),
+        _ => Err(
+            "usage: clockprobe phc-create | phc-set DEV OFFSET_S PPM | scenario DEV JUMP_S..."
+                .into(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            println!("clockprobe: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Refuses to set clocks anywhere but in a test guest.
+fn guard() -> Result<(), String> {
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    if cmdline.split_whitespace().any(|w| w == GUARD) {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to set clocks: {GUARD} is not on the kernel command line"
+        ))
+    }
+}
+
+fn phc_create() -> Result<(), String> {
+    std::fs::write("/sys/bus/netdevsim/new_device", "1 1")
+        .map_err(|e| format!("/sys/bus/netdevsim/new_device: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !Path::new("/dev/ptp0").exists() {
+        if Instant::now() > deadline {
+            return Err("/dev/ptp0 did not appear within 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let name = std::fs::read_to_string("/sys/class/ptp/ptp0/clock_name").unwrap_or_default();
+    println!("clockprobe: phc /dev/ptp0 name={}", name.trim());
+    Ok(())
+}
+
+fn open(dev: &str) -> Result<OwnedFd, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("{dev}: {e}"))
+}
+
+/// The kernel's FD_TO_CLOCKID.
+fn clock_id(fd: &OwnedFd) -> libc::clockid_t {
+    ((!fd.as_raw_fd()) << 3) | 3
+}
+
+fn gettime(clock: libc::clockid_t) -> Result<f64, String> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Err(format!(
+            "clock_gettime({clock}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
+fn settime(clock: libc::clockid_t, seconds: f64) -> Result<(), String> {
+    let ts = libc::timespec {
+        tv_sec: seconds.floor() as libc::time_t,
+        tv_nsec: ((seconds - seconds.floor()) * 1e9) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec; the guard has established that this
+    // is a test guest, whose clocks are ours to set.
+    if unsafe { libc::clock_settime(clock, &ts) } != 0 {
+        return Err(format!(
+            "clock_settime({clock}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// PHC − REALTIME, seconds.
+fn offset(phc: libc::clockid_t) -> Result<f64, String> {
+    let before = gettime(libc::CLOCK_REALTIME)?;
+    let reference = gettime(phc)?;
+    let after = gettime(libc::CLOCK_REALTIME)?;
+    Ok(reference - (before + after) / 2.0)
+}
+
+fn boottime() -> Result<f64, String> {
+    gettime(libc::CLOCK_BOOTTIME)
+}
+
+fn number(args: &[String], i: usize, what: &str) -> Result<f64, String> {
+    args.get(i)
+        .ok_or_else(|| format!("missing {what}"))?
+        .parse()
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+fn phc_set(args: &[String]) -> Result<(), String> {
+    let dev = args.first().ok_or("missing DEV")?;
+    let offset_s = number(args, 1, "OFFSET_S")?;
+    let ppm = number(args, 2, "PPM")?;
+    let fd = open(dev)?;
+    let phc = clock_id(&fd);
+    settime(phc, gettime(libc::CLOCK_REALTIME)? + offset_s)?;
+    // SAFETY: an all-zero timex is a valid value (modes 0 = no change).
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = libc::ADJ_FREQUENCY;
+    tx.freq = (ppm * 65536.0) as libc::c_long;
+    // SAFETY: `tx` is a valid timex; `phc` is the PHC's clock id (the fd is
+    // open), never a system clock.
+    if unsafe { libc::clock_adjtime(phc, &mut tx) } < 0 {
+        return Err(format!(
+            "clock_adjtime({dev}, ADJ_FREQUENCY): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    println!("clockprobe: phc {dev} set offset={offset_s:+.3} ppm={ppm:+.1}");
+    Ok(())
+}
+
+/// Waits until |offset| < BOUND three readings in a row, reading every
+/// 10 ms of guest time; returns (elapsed guest seconds, last offset).
+fn settle(phc: libc::clockid_t, limit: f64) -> Result<(f64, f64), String> {
+    let start = boottime()?;
+    let mut good = 0;
+    loop {
+        let off = offset(phc)?;
+        let elapsed = boottime()? - start;
+        good = if off.abs() < BOUND { good + 1 } else { 0 };
+        if good == 3 {
+            return Ok((elapsed, off));
+        }
+        if elapsed > limit {
+            return Err(format!(
+                "offset still {off:+.6} s after {elapsed:.3} s of guest time"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn scenario(args: &[String]) -> Result<(), String> {
+    let dev = args.first().ok_or("missing DEV")?;
+    let fd = open(dev)?;
+    let phc = clock_id(&fd);
+    let (synced, off) = settle(phc, 60.0)?;
+    println!(
+        "clockprobe: synchronised after_ms={:.0} residual_us={:.1}",
+        synced * 1e3,
+        off * 1e6
+    );
+    for i in 1..args.len() {
+        let jump = number(args, i, "JUMP_S")?;
+        settime(libc::CLOCK_REALTIME, gettime(libc::CLOCK_REALTIME)? + jump)?;
+        let (recovered, off) = settle(phc, 10.0)?;
+        println!(
+            "clockprobe: jump={jump:+.3} recovered_ms={:.0} residual_us={:.1}",
+            recovered * 1e3,
+            off * 1e6
+        );
+    }
+    Ok(())
+}
