@@ -9,30 +9,62 @@ use minos_common::args::Arg;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/timesync.conf";
 
 pub const USAGE: &str = "\
-usage: timesync [--config PATH] [--check-config]
+usage: timesync [--config PATH] [--observe] [--once] [--check-config]
+                [--status-file PATH]
+       timesync status [--json] [--status-file PATH]
 
-Time-sync daemon in chronyd's role. This version is an observe-only
-skeleton: it reads the configuration, reports its sources and waits for
-SIGTERM or SIGINT. It never adjusts any clock.
+Time-sync daemon in chronyd's role: disciplines CLOCK_REALTIME from PTP
+hardware clocks (/dev/ptpN), NTP servers and, at start, the RTC.
 
 options:
-  --config PATH   configuration in chrony syntax (default /etc/timesync.conf)
-  --check-config  parse the configuration, print diagnostics, exit 0 when it
-                  has no errors and 1 otherwise
-  -h, --help      print this help
+  --config PATH       configuration in chrony syntax (default /etc/timesync.conf)
+  --observe           measure and report, never touch the clock
+  --once              take one measurement from each source, print each
+                      offset and exit (like chronyd -Q; implies --observe)
+  --check-config      parse the configuration, print diagnostics, exit 0 when
+                      it has no errors and 1 otherwise
+  --status-file PATH  where the daemon publishes its status
+                      (default /run/timesync/status)
+  -h, --help          print this help
+
+status: print the running daemon's status (text, or one JSON object).
+
+Kernel command line (read at start; arguments win): timesync.observe,
+timesync.config=PATH, timesync.server=HOST (an extra NTP server, iburst).
 ";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The daemon.
+    Run,
+    CheckConfig,
+    /// One measurement per source, then exit.
+    Once,
+    /// Print the status file.
+    Status {
+        json: bool,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    pub action: Action,
     pub config: PathBuf,
-    pub check_config: bool,
+    /// `--config` given (so `timesync.config=` does not override it).
+    pub config_given: bool,
+    pub observe: bool,
+    pub status_file: PathBuf,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
+            action: Action::Run,
             config: PathBuf::from(DEFAULT_CONFIG_PATH),
-            check_config: false,
+            config_given: false,
+            observe: false,
+            status_file: PathBuf::from(crate::status::STATUS_PATH),
         }
     }
 }
@@ -49,19 +81,42 @@ pub enum ArgsError {
     UnexpectedValue(&'static str),
     #[error("option `{0}` given more than once")]
     Repeated(&'static str),
+    #[error("options `{0}` and `{1}` exclude each other")]
+    Conflict(&'static str, &'static str),
+    #[error("option `{0}` does not apply to `status`")]
+    NotForStatus(&'static str),
 }
 
-/// Parses the arguments after the program name. `--config` takes its value
-/// as the next argument or after `=`; the path is kept as bytes, so any path
+/// Parses the arguments after the program name. Options take their value
+/// as the next argument or after `=`; paths are kept as bytes, so any path
 /// works. `-h`/`--help` wins over what follows it; the first error ends
-/// parsing.
+/// parsing. `status` must come first.
 pub fn parse_args<I>(args: I) -> Result<Command, ArgsError>
 where
     I: IntoIterator<Item = OsString>,
 {
     let mut options = Options::default();
-    let mut config_seen = false;
-    let mut args = args.into_iter();
+    let mut status_file_seen = false;
+    let mut args = args.into_iter().peekable();
+    let status = args.peek().is_some_and(|first| first == "status");
+    if status {
+        args.next();
+        options.action = Action::Status { json: false };
+    }
+    let set_action = |options: &mut Options, action: Action, name: &'static str| {
+        if status {
+            return Err(ArgsError::NotForStatus(name));
+        }
+        match options.action {
+            Action::Run => {
+                options.action = action;
+                Ok(())
+            }
+            current if current == action => Err(ArgsError::Repeated(name)),
+            Action::CheckConfig => Err(ArgsError::Conflict("--check-config", name)),
+            _ => Err(ArgsError::Conflict("--once", name)),
+        }
+    };
     while let Some(arg) = args.next() {
         let arg = Arg::new(arg);
         match arg.name() {
@@ -71,28 +126,60 @@ where
             }
             "--check-config" => {
                 arg.flag(ArgsError::UnexpectedValue("--check-config"))?;
-                if options.check_config {
-                    return Err(ArgsError::Repeated("--check-config"));
+                set_action(&mut options, Action::CheckConfig, "--check-config")?;
+            }
+            "--once" => {
+                arg.flag(ArgsError::UnexpectedValue("--once"))?;
+                set_action(&mut options, Action::Once, "--once")?;
+                options.observe = true;
+            }
+            "--observe" => {
+                arg.flag(ArgsError::UnexpectedValue("--observe"))?;
+                if status {
+                    return Err(ArgsError::NotForStatus("--observe"));
                 }
-                options.check_config = true;
+                options.observe = true;
+            }
+            "--json" => {
+                arg.flag(ArgsError::UnexpectedValue("--json"))?;
+                match &mut options.action {
+                    Action::Status { json } if !*json => *json = true,
+                    Action::Status { .. } => return Err(ArgsError::Repeated("--json")),
+                    _ => return Err(ArgsError::UnknownArgument("--json".into())),
+                }
             }
             "--config" => {
-                if config_seen {
+                if status {
+                    return Err(ArgsError::NotForStatus("--config"));
+                }
+                if options.config_given {
                     return Err(ArgsError::Repeated("--config"));
                 }
-                config_seen = true;
-                let value = arg
-                    .value(&mut args)
-                    .ok_or(ArgsError::MissingValue("--config"))?;
-                if value.is_empty() {
-                    return Err(ArgsError::MissingValue("--config"));
+                options.config_given = true;
+                options.config = path_value(&arg, &mut args, "--config")?;
+            }
+            "--status-file" => {
+                if status_file_seen {
+                    return Err(ArgsError::Repeated("--status-file"));
                 }
-                options.config = PathBuf::from(value);
+                status_file_seen = true;
+                options.status_file = path_value(&arg, &mut args, "--status-file")?;
             }
             _ => return Err(ArgsError::UnknownArgument(arg.into_text())),
         }
     }
     Ok(Command::Run(options))
+}
+
+fn path_value(
+    arg: &Arg,
+    args: &mut impl Iterator<Item = OsString>,
+    name: &'static str,
+) -> Result<PathBuf, ArgsError> {
+    match arg.value(args) {
+        Some(value) if !value.is_empty() => Ok(PathBuf::from(value)),
+        _ => Err(ArgsError::MissingValue(name)),
+    }
 }
 
 #[cfg(test)]
@@ -105,8 +192,14 @@ mod tests {
 
     fn run(config: &str, check_config: bool) -> Result<Command, ArgsError> {
         Ok(Command::Run(Options {
+            action: if check_config {
+                Action::CheckConfig
+            } else {
+                Action::Run
+            },
             config: config.into(),
-            check_config,
+            config_given: config != DEFAULT_CONFIG_PATH,
+            ..Options::default()
         }))
     }
 
@@ -133,6 +226,61 @@ mod tests {
     }
 
     #[test]
+    fn observe_once_status() {
+        let Ok(Command::Run(o)) = parse(&["--observe"]) else {
+            panic!()
+        };
+        assert!(o.observe && o.action == Action::Run);
+        let Ok(Command::Run(o)) = parse(&["--once", "--config", "c"]) else {
+            panic!()
+        };
+        assert!(o.observe && o.action == Action::Once);
+        let Ok(Command::Run(o)) = parse(&["status", "--json", "--status-file", "/tmp/s"]) else {
+            panic!()
+        };
+        assert_eq!(o.action, Action::Status { json: true });
+        assert_eq!(o.status_file, PathBuf::from("/tmp/s"));
+        let Ok(Command::Run(o)) = parse(&["status"]) else {
+            panic!()
+        };
+        assert_eq!(o.action, Action::Status { json: false });
+        assert_eq!(o.status_file, PathBuf::from("/run/timesync/status"));
+        assert_eq!(
+            parse(&["status", "--once"]),
+            Err(ArgsError::NotForStatus("--once"))
+        );
+        assert_eq!(
+            parse(&["status", "--config", "x"]),
+            Err(ArgsError::NotForStatus("--config"))
+        );
+        assert_eq!(
+            parse(&["--json"]),
+            Err(ArgsError::UnknownArgument("--json".into()))
+        );
+        assert_eq!(
+            parse(&["--once", "--check-config"]),
+            Err(ArgsError::Conflict("--once", "--check-config"))
+        );
+        assert_eq!(
+            parse(&["--check-config", "--once"]),
+            Err(ArgsError::Conflict("--check-config", "--once"))
+        );
+        assert_eq!(
+            parse(&["--once", "--once"]),
+            Err(ArgsError::Repeated("--once"))
+        );
+        assert_eq!(
+            parse(&["--status-file"]),
+            Err(ArgsError::MissingValue("--status-file"))
+        );
+        // `status` is a command only in first place.
+        assert_eq!(
+            parse(&["--observe", "status"]),
+            Err(ArgsError::UnknownArgument("status".into()))
+        );
+    }
+
+    #[test]
     fn non_utf8_config_path_is_kept_exactly() {
         use std::os::unix::ffi::OsStringExt;
         let path = OsString::from_vec(b"/tmp/\xff.conf".to_vec());
@@ -146,7 +294,8 @@ mod tests {
                 parse_args(args),
                 Ok(Command::Run(Options {
                     config: PathBuf::from(path.clone()),
-                    check_config: false
+                    config_given: true,
+                    ..Options::default()
                 }))
             );
         }

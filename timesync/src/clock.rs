@@ -41,6 +41,15 @@ pub trait Clock {
     fn step(&mut self, offset: f64) -> Result<(), ClockError>;
     /// Publishes the synchronisation status to the kernel.
     fn set_sync_status(&mut self, status: SyncStatus) -> Result<(), ClockError>;
+    /// The corrections accepted but not really applied up to `monotonic`,
+    /// seconds: 0 for a real clock. An observe-only clock keeps a virtual
+    /// disciplined clock on top of the real one; a measured offset minus
+    /// this is that virtual clock's offset, so the discipline's model stays
+    /// true while nothing is touched.
+    fn unapplied_correction(&self, monotonic: f64) -> f64 {
+        let _ = monotonic;
+        0.0
+    }
 }
 
 /// One filtered measurement of the local clock against a reference.

@@ -1,17 +1,24 @@
-//! timesync: the time-sync daemon in chronyd's role (observe-only skeleton).
+//! timesync: the time-sync daemon in chronyd's role.
 //!
-//! This version reads `/etc/timesync.conf` (chrony syntax, see [`config`]),
-//! reports its sources and waits for SIGTERM/SIGINT. It never adjusts any
-//! clock: there is no call to `clock_settime`, `adjtimex` or
-//! `clock_adjtime` anywhere in the crate.
+//! Sources: PTP hardware clocks (`/dev/ptpN`, [`phc`]), NTP servers
+//! ([`ntp`], names through [`resolve`] without glibc's NSS) and, at start,
+//! the RTC ([`rtc`]). The [`discipline`] turns the selected source's samples
+//! into frequency and step corrections of a [`clock::Clock`]: the real
+//! `CLOCK_REALTIME` ([`sysclock::SystemClock`], whose `clock_adjtime` calls
+//! live in [`sys`]) or, in observe-only mode, [`sysclock::ObserveClock`],
+//! which never touches the kernel. [`daemon`] is the poll(2) loop; [`status`]
+//! the file `timesync status` reads. The configuration is chrony's syntax
+//! ([`config`]), so Kata's lines work unchanged.
 //!
 //! Output, all on stderr through `log`:
 //!
 //! ```text
 //! timesync: warning: /etc/timesync.conf:LINE: MESSAGE    (configuration diagnostics)
-//! timesync: error: /etc/timesync.conf:LINE: MESSAGE
-//! timesync: started sources=N (observe-only skeleton)
-//! timesync: phc /dev/ptp0 present, not read yet (observe-only)   (only if it exists)
+//! timesync: started sources=N mode=discipline|observe
+//! timesync: using PHC /dev/ptp0 (ptp_kvm) through PTP_SYS_OFFSET_PRECISE
+//! timesync: selected PHC /dev/ptp0 (ptp_kvm)
+//! timesync: stepped the clock by +1.500000123 s (PHC /dev/ptp0 (ptp_kvm))
+//! timesync: synchronised to PHC /dev/ptp0 (ptp_kvm) (offset +0.000000120 s)
 //! ```
 
 // Unsafe code lives in `sys` alone (ioctls and clock_adjtime), each block
@@ -21,6 +28,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod discipline;
 pub mod ntp;
 pub mod phc;
@@ -36,7 +44,7 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use cli::{Command, Options};
+use cli::{Action, Command, Options};
 use config::{Config, Diagnostic, Severity};
 use minos_common::signals::BlockedSignals;
 pub use minos_common::Report;
@@ -98,26 +106,6 @@ pub fn count_diagnostics(diagnostics: &[Diagnostic]) -> (usize, usize) {
     (errors, diagnostics.len() - errors)
 }
 
-/// The messages printed once the daemon has started, in order: the started
-/// marker, then a note for each configured PHC device that exists
-/// (`device_exists` is asked for each). A missing device is not reported:
-/// Kata's guest has /dev/ptp0 only when the hypervisor offers ptp_kvm.
-pub fn startup_messages(config: &Config, device_exists: impl Fn(&Path) -> bool) -> Vec<String> {
-    let mut messages = vec![format!(
-        "started sources={} (observe-only skeleton)",
-        config.source_count()
-    )];
-    for refclock in &config.refclocks {
-        if device_exists(&refclock.device) {
-            messages.push(format!(
-                "phc {} present, not read yet (observe-only)",
-                refclock.device.display()
-            ));
-        }
-    }
-    messages
-}
-
 /// Runs timesync with the arguments after the program name; returns the exit
 /// status.
 pub fn run<I>(args: I) -> u8
@@ -144,8 +132,12 @@ where
             }
             0
         }
-        Ok(Command::Run(options)) if options.check_config => check_config(&options),
-        Ok(Command::Run(options)) => daemon(&options, &signals),
+        Ok(Command::Run(options)) => match options.action {
+            Action::CheckConfig => check_config(&options),
+            Action::Status { json } => show_status(&options.status_file, json),
+            Action::Once => run_once(options),
+            Action::Run => daemon(options, &signals),
+        },
         Err(err) => {
             log::error!("{} (see --help)", Report(&err));
             STATUS_USAGE
@@ -179,9 +171,58 @@ fn check_config(options: &Options) -> u8 {
     u8::from(errors > 0)
 }
 
-/// The daemon: load the configuration (a missing or unreadable file means
-/// no sources, not a crash), report, then wait for SIGTERM/SIGINT.
-fn daemon(options: &Options, signals: &BlockedSignals) -> u8 {
+/// `timesync status [--json]`: the running daemon's status file, printed.
+fn show_status(path: &Path, json: bool) -> u8 {
+    let status = match status::read(path) {
+        Ok(status) => status,
+        Err(err) => {
+            log::error!(
+                "cannot read {}: {err} (is the daemon running?)",
+                path.display()
+            );
+            return 1;
+        }
+    };
+    let text = if json {
+        format!("{}\n", status.to_json())
+    } else {
+        status.to_text(sysclock::realtime_now())
+    };
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => 0,
+        Err(err) => {
+            log::warn!("cannot write to stdout: {err}");
+            1
+        }
+    }
+}
+
+/// Applies the kernel command line's `timesync.*` keys to the options
+/// (arguments win) and loads the configuration: a missing or unreadable
+/// file means no sources, not a crash.
+fn prepare(mut options: Options) -> (Options, Config, Vec<config::NtpSource>) {
+    let keys = daemon::read_cmdline(Path::new("/proc/cmdline"))
+        .map(|text| daemon::parse_cmdline(&text))
+        .unwrap_or_default();
+    options.observe |= keys.observe;
+    // A container does not own the clock (systemd-timesyncd has
+    // ConditionVirtualization=!container for the same reason): measure only.
+    if let Some(manager) = std::env::var_os("container").filter(|v| !v.is_empty()) {
+        if !options.observe && options.action == Action::Run {
+            log::info!(
+                "running in a container (container={}): observe-only, the clock is the host's",
+                manager.to_string_lossy()
+            );
+        }
+        options.observe = true;
+    }
+    if let (Some(path), false) = (&keys.config, options.config_given) {
+        options.config = path.clone();
+    }
     let config = match load_config(&options.config) {
         Ok((config, diagnostics)) => {
             log_diagnostics(&options.config, &diagnostics);
@@ -189,21 +230,80 @@ fn daemon(options: &Options, signals: &BlockedSignals) -> u8 {
         }
         Err(err) => {
             if err.is_not_found() {
-                log::warn!("{}; running without sources", Report(&err));
+                log::warn!("{}; running without configured sources", Report(&err));
             } else {
-                log::error!("{}; running without sources", Report(&err));
+                log::error!("{}; running without configured sources", Report(&err));
             }
             Config::default()
         }
     };
-    for message in startup_messages(&config, Path::exists) {
-        log::info!("{message}");
-    }
-    match signals.wait() {
-        Ok(_) => 0,
+    (options, config, keys.servers)
+}
+
+/// `--once`: status 0 when at least one source was measured.
+fn run_once(options: Options) -> u8 {
+    let (_, config, extra) = prepare(options);
+    let mut stdout = io::stdout().lock();
+    let any = daemon::once(&config, &extra, &mut stdout);
+    let _ = stdout.flush();
+    u8::from(!any)
+}
+
+/// The daemon, until SIGTERM/SIGINT.
+fn daemon(options: Options, signals: &BlockedSignals) -> u8 {
+    let signalfd = match signals.signalfd() {
+        Ok(fd) => fd,
         Err(err) => {
-            log::error!("waiting for signals failed: {err}");
-            1
+            log::error!("signalfd: {err}");
+            return 1;
+        }
+    };
+    let (options, config, extra_servers) = prepare(options);
+    let clock: Box<dyn clock::Clock> = if options.observe {
+        match sysclock::ObserveClock::from_system() {
+            Ok(clock) => Box::new(clock),
+            Err(err) => {
+                log::warn!("{err}; observing from 0 ppm");
+                Box::new(sysclock::ObserveClock::new(0.0))
+            }
+        }
+    } else {
+        initial_rtc_step();
+        Box::new(sysclock::SystemClock::new())
+    };
+    let mut daemon = daemon::Daemon::new(
+        &config,
+        clock,
+        daemon::DaemonOptions {
+            observe: options.observe,
+            status_file: options.status_file,
+            notify_socket: minos_common::notify::socket_from_env(),
+            extra_servers,
+        },
+    );
+    daemon.run(&signalfd)
+}
+
+/// Steps the clock from the RTC when the clock is unset (before 2024) or
+/// more than a minute from the RTC; a missing RTC is normal in micro-VMs.
+fn initial_rtc_step() {
+    let rtc = match rtc::read_rtc(rtc::RTC_DEVICE) {
+        Ok(seconds) => Some(seconds),
+        Err(err) => {
+            log::debug!("{}", Report(&err));
+            None
+        }
+    };
+    match rtc::initial_step(sysclock::realtime_now(), rtc, 60.0, rtc::CLOCK_FLOOR) {
+        rtc::InitialStep::NotNeeded => {}
+        rtc::InitialStep::Step { offset, reason } => {
+            let mut clock = sysclock::SystemClock::new();
+            match clock::Clock::step(&mut clock, offset) {
+                Ok(()) => {
+                    log::info!("stepped the clock by {offset:+.3} s from the RTC ({reason:?})")
+                }
+                Err(err) => log::error!("initial step from the RTC failed: {err}"),
+            }
         }
     }
 }
@@ -211,31 +311,6 @@ fn daemon(options: &Options, signals: &BlockedSignals) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn startup_messages_for_kata_config() {
-        let (config, _) =
-            config::parse_config("refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\nmakestep 1 -1");
-        assert_eq!(
-            startup_messages(&config, |device| device == Path::new("/dev/ptp0")),
-            [
-                "started sources=1 (observe-only skeleton)",
-                "phc /dev/ptp0 present, not read yet (observe-only)",
-            ]
-        );
-        assert_eq!(
-            startup_messages(&config, |_| false),
-            ["started sources=1 (observe-only skeleton)"]
-        );
-    }
-
-    #[test]
-    fn startup_messages_without_sources() {
-        assert_eq!(
-            startup_messages(&Config::default(), |_| unreachable!()),
-            ["started sources=0 (observe-only skeleton)"]
-        );
-    }
 
     /// Guard for the clock-setting calls: the system calls that set or
     /// adjust a clock appear only in `sys.rs`, and its setting wrappers only

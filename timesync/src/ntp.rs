@@ -116,10 +116,7 @@ const MAX_DATAGRAMS_PER_CALL: usize = 64;
 
 /// Reads `CLOCK_MONOTONIC` in seconds (the scale of [`Sample::monotonic`]
 /// and of every `now` in this module).
-pub fn monotonic_now() -> f64 {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
-}
+pub use crate::sysclock::monotonic_now;
 
 /// Why a reply (or a datagram on the socket) was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -819,6 +816,15 @@ impl NtpServer {
         self.filter.clear();
         self.last = None;
         self.consistent = 0;
+    }
+
+    /// Asks for a request at `now` instead of at the next poll (a burst the
+    /// discipline wants after a suspected jump). Nothing changes while a
+    /// request is outstanding: its reply is the sample wanted.
+    pub fn request_now(&mut self, now: f64) {
+        if self.pending.is_none() && self.status == ServerStatus::Active {
+            self.next_send = self.next_send.min(now);
+        }
     }
 
     /// When [`on_deadline`](Self::on_deadline) is due (monotonic seconds);

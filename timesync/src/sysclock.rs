@@ -137,6 +137,12 @@ impl Clock for SystemClock {
 /// the last status) and logs each action at debug level.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObserveClock {
+    /// The kernel's frequency, which stays in force.
+    base_frequency: f64,
+    /// Virtual frequency correction accumulated before `since`, seconds.
+    accumulated: f64,
+    /// Monotonic time of the last virtual frequency change.
+    since: f64,
     frequency: f64,
     frequency_sets: u64,
     steps: u64,
@@ -149,6 +155,9 @@ impl ObserveClock {
     /// Starts from `frequency` ppm (e.g. the kernel's current one).
     pub fn new(frequency: f64) -> ObserveClock {
         ObserveClock {
+            base_frequency: frequency,
+            accumulated: 0.0,
+            since: monotonic_now(),
             frequency,
             frequency_sets: 0,
             steps: 0,
@@ -204,6 +213,9 @@ impl Clock for ObserveClock {
         })?;
         let ppm = scaled_to_ppm(scaled);
         log::debug!("observe-only: would set frequency {ppm:+.3} ppm");
+        let now = monotonic_now();
+        self.accumulated += (self.frequency - self.base_frequency) * 1e-6 * (now - self.since);
+        self.since = now;
         self.frequency = ppm;
         self.frequency_sets += 1;
         Ok(())
@@ -223,6 +235,12 @@ impl Clock for ObserveClock {
         Ok(())
     }
 
+    fn unapplied_correction(&self, monotonic: f64) -> f64 {
+        self.total_step
+            + self.accumulated
+            + (self.frequency - self.base_frequency) * 1e-6 * (monotonic - self.since)
+    }
+
     fn set_sync_status(&mut self, status: SyncStatus) -> Result<(), ClockError> {
         log::debug!(
             "observe-only: would set status synchronised={} maxerror={:.6} s esterror={:.6} s",
@@ -238,6 +256,27 @@ impl Clock for ObserveClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observe_clock_keeps_a_virtual_clock() {
+        let mut clock = ObserveClock::new(-3.0);
+        let start = monotonic_now();
+        assert_eq!(clock.unapplied_correction(start), 0.0);
+        clock.step(1.5).unwrap();
+        assert_eq!(clock.unapplied_correction(start), 1.5);
+        // +100 ppm over the kernel's -3 ppm: the virtual clock gains 100 µs
+        // per second of monotonic time from the change on.
+        clock.set_frequency(97.0).unwrap();
+        let changed = monotonic_now();
+        let later = changed + 10.0;
+        let expected = 1.5 + 100e-6 * 10.0;
+        assert!((clock.unapplied_correction(later) - expected).abs() < 1e-6);
+        // Back to the kernel's frequency: what was gained stays.
+        clock.set_frequency(-3.0).unwrap();
+        let gained = clock.unapplied_correction(monotonic_now());
+        assert!(gained > 1.5 && gained < 1.5 + 1e-3, "{gained}");
+        assert_eq!(clock.unapplied_correction(later + 100.0), gained);
+    }
 
     #[test]
     fn scaled_ppm_round_trips() {

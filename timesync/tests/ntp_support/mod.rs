@@ -1,17 +1,118 @@
-//! Shared by the NTP integration tests: a poll(2) loop driving
-//! `NtpServer`s, as the daemon will, and a scriptable fake NTP server.
+//! Shared by the NTP integration tests: Debian's chronyd as a server on
+//! loopback (`-x`: never touching this machine's clock), a poll(2) loop
+//! driving `NtpServer`s, and a scriptable fake NTP server.
 
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use timesync::clock::Sample;
-use timesync::ntp::{monotonic_now, Measurement, NtpServer};
+use timesync::ntp::{measure_once, monotonic_now, Measurement, NtpServer};
+
+pub const CHRONYD: &str = "/usr/sbin/chronyd";
+
+/// Kills chronyd and removes its directory, even when the test fails.
+pub struct Chronyd {
+    child: Child,
+    dir: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Chronyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn start_chronyd(name: &str) -> Chronyd {
+    assert!(
+        Path::new(CHRONYD).exists(),
+        "{CHRONYD} is missing: install Debian's chrony package \
+         (`cargo xtask test` does: apt-get install chrony)"
+    );
+    let dir = std::env::temp_dir().join(format!("timesync-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_udp_port();
+    let conf = dir.join("chrony.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\n\
+             bindaddress 127.0.0.1\n\
+             allow 127.0.0.1\n\
+             local stratum 8\n\
+             cmdport 0\n\
+             pidfile {dir}/chronyd.pid\n\
+             driftfile {dir}/chrony.drift\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(CHRONYD);
+    // -x: never control the system clock (mandatory). -d: foreground,
+    // log to stderr. As root, `-u root` keeps chronyd from switching to
+    // the _chrony user (absent in some images); otherwise -U lets it run
+    // unprivileged.
+    command.args(["-d", "-x", "-f"]).arg(&conf);
+    if rustix::process::geteuid().is_root() {
+        command.args(["-u", "root"]);
+    } else {
+        command.arg("-U");
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("chronyd.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {CHRONYD}: {err}"));
+    let mut chronyd = Chronyd {
+        child,
+        dir,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    // Wait until it answers.
+    let start = Instant::now();
+    loop {
+        let log = || std::fs::read_to_string(chronyd.dir.join("chronyd.log")).unwrap_or_default();
+        if let Some(status) = chronyd.child.try_wait().unwrap() {
+            panic!("chronyd exited early: {status}\n{}", log());
+        }
+        if measure_once(chronyd.addr, Duration::from_millis(200)).is_ok() {
+            assert!(
+                log().contains("Disabled control of system clock"),
+                "{}",
+                log()
+            );
+            return chronyd;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "chronyd did not answer on {} within 15 s\n{}",
+            chronyd.addr,
+            log()
+        );
+    }
+}
 
 /// Drives `server` from a single-threaded poll(2) loop until `until`
 /// returns true or `limit` seconds have passed; returns the samples.

@@ -1,0 +1,306 @@
+//! The built `timesync` daemon in observe-only mode against real NTP servers
+//! on loopback: Debian's chronyd (whose clock is ours: offset ~0) and the
+//! test's own server that lies by a known offset. The status comes from
+//! `timesync status` (text and JSON), as a user reads it. Nothing here may
+//! change this machine's clock: the kernel's frequency and status words are
+//! compared before and after (a read-only adjtimex query).
+
+mod ntp_support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ntp_support::{start_chronyd, Behaviour, FakeNtpServer};
+use timesync::status::Status;
+
+const TIMESYNC: &str = env!("CARGO_BIN_EXE_timesync");
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("timesync-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Dir(path)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The daemon; SIGKILLed on drop if the test did not stop it.
+struct Daemon {
+    child: Child,
+    status_file: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let conf = dir.join("timesync.conf");
+        std::fs::write(&conf, config).unwrap();
+        let status_file = dir.join("status");
+        let mut command = Command::new(TIMESYNC);
+        command
+            .arg("--config")
+            .arg(&conf)
+            .arg("--status-file")
+            .arg(&status_file)
+            .args(args)
+            .env_remove("container")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Daemon {
+            child: command.spawn().unwrap(),
+            status_file,
+        }
+    }
+
+    fn status_command(&self, json: bool) -> Output {
+        let mut command = Command::new(TIMESYNC);
+        command
+            .arg("status")
+            .arg("--status-file")
+            .arg(&self.status_file);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    }
+
+    /// Polls the status file until `done` holds, for at most `limit`.
+    fn wait_for(&mut self, limit: Duration, done: impl Fn(&Status) -> bool) -> Status {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("timesync exited: {status}\n{}", self.stderr());
+            }
+            let output = self.status_command(false);
+            if output.status.success() {
+                let status = timesync::status::read(&self.status_file).unwrap();
+                if done(&status) {
+                    return status;
+                }
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "condition not met within {limit:?}; last status:\n{}\n{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if self.child.try_wait().ok().flatten().is_some() {
+            if let Some(mut stderr) = self.child.stderr.take() {
+                let _ = stderr.read_to_string(&mut text);
+            }
+        }
+        text
+    }
+
+    /// SIGTERM, then the exit status and stderr.
+    fn stop(mut self) -> (i32, String) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = self.child.wait().unwrap();
+        let mut text = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut text).unwrap();
+        }
+        (status.code().unwrap_or(-1), text)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The kernel's clock words that a daemon setting the clock would change.
+fn kernel_clock_words() -> (i64, i32) {
+    let t = timesync::sys::adjtime_read().unwrap();
+    (t.freq, t.status)
+}
+
+fn synced_with(samples: u64) -> impl Fn(&Status) -> bool {
+    move |s: &Status| s.synchronised && s.samples >= samples
+}
+
+#[test]
+fn observes_chronyd_at_zero_offset() {
+    let before = kernel_clock_words();
+    let chronyd = start_chronyd("daemon");
+    let dir = Dir::new("chronyd");
+    let config = format!(
+        "server 127.0.0.1 port {} iburst minpoll -1 maxpoll 0\nmakestep 1 -1\n",
+        chronyd.addr.port()
+    );
+    let mut daemon = Daemon::start(&dir.0, &config, &["--observe"], &[]);
+    let status = daemon.wait_for(Duration::from_secs(20), synced_with(4));
+    assert_eq!(status.mode, "observe");
+    assert_eq!(status.source_kind, "ntp");
+    assert_eq!(status.stratum, 8);
+    assert_eq!(status.leap, "normal");
+    assert!(status.last_offset.abs() < 1e-3, "{status:?}");
+    assert_eq!(status.steps, 0);
+
+    let text = String::from_utf8(daemon.status_command(false).stdout).unwrap();
+    assert!(text.contains("Source         : NTP 127.0.0.1"), "{text}");
+    let json = String::from_utf8(daemon.status_command(true).stdout).unwrap();
+    assert!(json.starts_with("{\"mode\":\"observe\""), "{json}");
+    assert!(json.contains("\"synchronised\":true"), "{json}");
+
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("timesync: synchronised to NTP 127.0.0.1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        kernel_clock_words(),
+        before,
+        "the kernel clock state changed"
+    );
+}
+
+#[test]
+fn observes_a_lying_server_and_says_the_phc_is_missing() {
+    let before = kernel_clock_words();
+    let server = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(0.25));
+    let dir = Dir::new("liar");
+    let config = format!(
+        "refclock PHC /nonexistent/ptp9 poll 3 dpoll -2 offset 0\n\
+         server 127.0.0.1 port {} iburst minpoll -1 maxpoll 0\nmakestep 1 -1\n",
+        server.addr.port()
+    );
+    let mut daemon = Daemon::start(&dir.0, &config, &["--observe"], &[]);
+    let status = daemon.wait_for(Duration::from_secs(20), synced_with(4));
+    // The real clock is 0.25 s behind the liar; observe-only reports that.
+    assert!((status.last_offset - 0.25).abs() < 1e-3, "{status:?}");
+    assert_eq!(status.source_kind, "ntp");
+    assert!(
+        status
+            .sources
+            .iter()
+            .any(|s| s.starts_with("PHC /nonexistent/ptp9 state=unavailable")),
+        "{status:?}"
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, 0);
+    assert!(
+        stderr.contains("cannot open PHC /nonexistent/ptp9")
+            && stderr.contains("other sources are used meanwhile"),
+        "{stderr}"
+    );
+    assert_eq!(
+        kernel_clock_words(),
+        before,
+        "the kernel clock state changed"
+    );
+}
+
+#[test]
+fn once_measures_each_source_and_exits() {
+    let liar = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(-3.0));
+    let dir = Dir::new("once");
+    let conf = dir.0.join("timesync.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "refclock PHC /nonexistent/ptp9\nserver 127.0.0.1 port {}\n",
+            liar.addr.port()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(TIMESYNC)
+        .arg("--once")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let offset: f64 = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("offset="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((offset + 3.0).abs() < 1e-3, "{stdout}");
+    assert!(
+        stderr.contains("cannot open PHC /nonexistent/ptp9"),
+        "{stderr}"
+    );
+
+    // No source answers: status 1.
+    std::fs::write(&conf, "refclock PHC /nonexistent/ptp9\n").unwrap();
+    let output = Command::new(TIMESYNC)
+        .args(["--once", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn in_a_container_it_only_observes() {
+    let before = kernel_clock_words();
+    let server = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(5.0));
+    let dir = Dir::new("container");
+    let config = format!(
+        "server 127.0.0.1 port {} iburst minpoll -1 maxpoll 0\nmakestep 1 -1\n",
+        server.addr.port()
+    );
+    // No --observe: the container variable alone keeps the clock untouched,
+    // although makestep would step a 5 s offset.
+    let mut daemon = Daemon::start(&dir.0, &config, &[], &[("container", "minos-test")]);
+    let status = daemon.wait_for(Duration::from_secs(20), synced_with(2));
+    assert_eq!(status.mode, "observe");
+    assert!((status.last_offset - 5.0).abs() < 1e-3, "{status:?}");
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, 0);
+    assert!(
+        stderr.contains("running in a container (container=minos-test): observe-only"),
+        "{stderr}"
+    );
+    assert_eq!(
+        kernel_clock_words(),
+        before,
+        "the kernel clock state changed"
+    );
+}
+
+#[test]
+fn status_without_a_daemon_fails_clearly() {
+    let output = Command::new(TIMESYNC)
+        .args(["status", "--status-file", "/nonexistent/status"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot read /nonexistent/status")
+            && stderr.contains("is the daemon running?"),
+        "{stderr}"
+    );
+}
