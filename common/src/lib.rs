@@ -14,5 +14,6 @@ pub mod notify;
 mod report;
 #[allow(unsafe_code)]
 pub mod signals;
+pub mod users;
 
 pub use report::Report;

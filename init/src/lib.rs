@@ -23,7 +23,7 @@ pub mod supervisor;
 pub mod sys;
 pub mod timeline;
 pub mod unit;
-pub mod users;
+pub use minos_common::users;
 
 /// Where init runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/timesync.conf";
 
 pub const USAGE: &str = "\
 usage: timesync [--config PATH] [--observe] [--once] [--check-config]
-                [--status-file PATH]
+                [--status-file PATH] [--user USER]
        timesync status [--json] [--status-file PATH]
 
 Time-sync daemon in chronyd's role: disciplines CLOCK_REALTIME from PTP
@@ -25,6 +25,8 @@ options:
                       it has no errors and 1 otherwise
   --status-file PATH  where the daemon publishes its status
                       (default /run/timesync/status)
+  --user USER         started as root: open the devices, then become USER
+                      keeping CAP_SYS_TIME only (like chronyd -u)
   -h, --help          print this help
 
 status: print the running daemon's status (text, or one JSON object).
@@ -55,6 +57,8 @@ pub struct Options {
     pub config_given: bool,
     pub observe: bool,
     pub status_file: PathBuf,
+    /// `--user`: the account to switch to after opening the devices.
+    pub user: Option<String>,
 }
 
 impl Default for Options {
@@ -65,6 +69,7 @@ impl Default for Options {
             config_given: false,
             observe: false,
             status_file: PathBuf::from(crate::status::STATUS_PATH),
+            user: None,
         }
     }
 }
@@ -157,6 +162,20 @@ where
                 }
                 options.config_given = true;
                 options.config = path_value(&arg, &mut args, "--config")?;
+            }
+            "--user" => {
+                if status {
+                    return Err(ArgsError::NotForStatus("--user"));
+                }
+                if options.user.is_some() {
+                    return Err(ArgsError::Repeated("--user"));
+                }
+                match arg.value(&mut args) {
+                    Some(value) if !value.is_empty() => {
+                        options.user = Some(value.to_string_lossy().into_owned());
+                    }
+                    _ => return Err(ArgsError::MissingValue("--user")),
+                }
             }
             "--status-file" => {
                 if status_file_seen {
@@ -268,6 +287,15 @@ mod tests {
         assert_eq!(
             parse(&["--once", "--once"]),
             Err(ArgsError::Repeated("--once"))
+        );
+        let Ok(Command::Run(o)) = parse(&["--user", "timesync"]) else {
+            panic!()
+        };
+        assert_eq!(o.user.as_deref(), Some("timesync"));
+        assert_eq!(parse(&["--user"]), Err(ArgsError::MissingValue("--user")));
+        assert_eq!(
+            parse(&["status", "--user", "x"]),
+            Err(ArgsError::NotForStatus("--user"))
         );
         assert_eq!(
             parse(&["--status-file"]),

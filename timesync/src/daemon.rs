@@ -35,7 +35,7 @@ use crate::clock::{Clock, Sample};
 use crate::config::{Config, NtpSource, NtpSourceKind, PhcRefclock};
 use crate::discipline::{Discipline, DisciplineConfig, Outcome};
 use crate::ntp::{self, Candidate, NtpServer, PollConfig, Verdict};
-use crate::phc::Phc;
+use crate::phc::{Phc, PhcError};
 use crate::resolve::{Backoff, Resolver};
 use crate::status::{self, Status};
 use crate::sysclock::{monotonic_now, realtime_now};
@@ -103,26 +103,30 @@ impl PhcSource {
         format!("PHC {}{name}", self.config.device.display())
     }
 
+    /// Opens the device if it is not open. The device stays open for the
+    /// daemon's life: after the privilege drop it could not be reopened.
+    fn open(&mut self) -> Result<&mut Phc, PhcError> {
+        match &mut self.phc {
+            Some(phc) => Ok(phc),
+            slot @ None => Ok(slot.insert(Phc::open(&self.config.device)?)),
+        }
+    }
+
     /// Takes a sample, opening the device first if needed. On failure the
     /// source waits `retry` seconds (doubling).
     fn sample(&mut self, now: f64) -> Option<Sample> {
-        let result = match &mut self.phc {
-            Some(phc) => phc.sample(PHC_READINGS, self.config.offset),
-            None => Phc::open(&self.config.device).and_then(|mut phc| {
-                let sample = phc.sample(PHC_READINGS, self.config.offset);
-                if sample.is_ok() {
-                    log::info!(
-                        "using {} through {}",
-                        PhcLabel(&phc),
-                        phc.method().map_or("?", |m| m.ioctl())
-                    );
-                    self.phc = Some(phc);
-                }
-                sample
-            }),
-        };
+        let (readings, offset) = (PHC_READINGS, self.config.offset);
+        let first = self.phc.as_ref().is_none_or(|p| p.method().is_none());
+        let result = self.open().and_then(|phc| phc.sample(readings, offset));
         match result {
             Ok(sample) => {
+                if let (true, Some(phc)) = (first, &self.phc) {
+                    log::info!(
+                        "using {} through {}",
+                        PhcLabel(phc),
+                        phc.method().map_or("?", |m| m.ioctl())
+                    );
+                }
                 self.retry = PHC_RETRY_MIN;
                 self.failure_reported = false;
                 self.next = now
@@ -143,7 +147,6 @@ impl PhcSource {
                     );
                     self.failure_reported = true;
                 }
-                self.phc = None;
                 self.last = None;
                 self.burst = false;
                 self.next = now + self.retry;
@@ -247,6 +250,14 @@ impl Daemon {
             last_measured_offset: None,
             status_error_reported: false,
             clock_error_reported: false,
+        }
+    }
+
+    /// Opens the configured PHC devices now (before a privilege drop); a
+    /// missing one is reported at its first sample.
+    pub fn open_devices(&mut self) {
+        for phc in &mut self.phcs {
+            let _ = phc.open();
         }
     }
 

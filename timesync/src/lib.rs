@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod discipline;
 pub mod ntp;
 pub mod phc;
+pub mod privileges;
 pub mod resolve;
 pub mod rtc;
 pub mod simclock;
@@ -276,11 +277,22 @@ fn daemon(options: Options, signals: &BlockedSignals) -> u8 {
         clock,
         daemon::DaemonOptions {
             observe: options.observe,
-            status_file: options.status_file,
+            status_file: options.status_file.clone(),
             notify_socket: minos_common::notify::socket_from_env(),
             extra_servers,
         },
     );
+    daemon.open_devices();
+    if let Some(user) = &options.user {
+        let status_dir = options.status_file.parent();
+        match privileges::drop_to(user, Path::new("/etc/passwd"), status_dir) {
+            Ok(()) => log::info!("running as user {user} with CAP_SYS_TIME only"),
+            Err(err) => {
+                log::error!("{}", Report(&err));
+                return 1;
+            }
+        }
+    }
     daemon.run(&signalfd)
 }
 

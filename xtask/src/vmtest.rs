@@ -175,6 +175,38 @@ fn scenarios() -> Vec<Scenario> {
             data_disk: true,
             vsock: false,
         },
+        // timesync disciplines the guest clock from a real PHC (the test
+        // kernel's netdevsim mock clock, read through PTP_SYS_OFFSET; it
+        // starts 1.5 s ahead and 50 ppm fast), then recovers from jumps of
+        // the guest's CLOCK_REALTIME by +2 s and -2 s; clockprobe measures
+        // PHC - REALTIME itself. timesync runs as its own user with
+        // CAP_SYS_TIME alone.
+        Scenario {
+            name: "dax-q35-phc",
+            kind: Kind::Dax,
+            fs: Fs::Ext4,
+            machine: "q35",
+            extra: vec![
+                unit(
+                    "phc-mock.service",
+                    "[Unit]\nBefore=timesync.service\n[Service]\nType=oneshot\nStandardOutput=tty\n\
+                     ExecStart=/usr/bin/clockprobe phc-create\n\
+                     ExecStart=/usr/bin/clockprobe phc-set /dev/ptp0 1.5 50\n",
+                ),
+                unit(
+                    "clock-test.service",
+                    "[Unit]\nAfter=timesync.service phc-mock.service kata-agent.service\n\
+                     [Service]\nType=oneshot\nStandardOutput=tty\n\
+                     ExecStart=/usr/bin/clockprobe scenario /dev/ptp0 2 -2\n\
+                     ExecStart=/usr/bin/clockprobe whois timesync\n\
+                     ExecStart=/usr/bin/timesync status\n\
+                     ExecStart=/sbin/poweroff\n",
+                ),
+            ],
+            cmdline: "agent.exit_after=1h minos.test_clock=1",
+            data_disk: false,
+            vsock: false,
+        },
         // The runtime's view: a real virtio-vsock device (vhost-user
         // backend), the host's `agent-shim check hvsock://...:1024` gets
         // SERVING, then the agent exits and the guest powers off. On q35
@@ -200,6 +232,51 @@ fn scenarios() -> Vec<Scenario> {
             vsock: true,
         },
     ]
+}
+
+/// The number after `key=` on the first console line containing `marker`.
+fn value_after(console: &str, marker: &str, key: &str) -> Option<f64> {
+    console
+        .lines()
+        .find(|l| l.contains(marker))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))?
+        .parse()
+        .ok()
+}
+
+/// timesync from a PHC: synchronised, both jumps back under 1 ms within 2 s
+/// of guest time, status naming the PHC, least privilege.
+fn check_phc(name: &str, r: &BootReport) -> Result<()> {
+    for needle in [
+        "clockprobe: phc /dev/ptp0 name=Mock-up PTP clock",
+        "timesync: using PHC /dev/ptp0 (Mock-up PTP clock) through PTP_SYS_OFFSET",
+        "timesync: running as user timesync with CAP_SYS_TIME only",
+        "timesync: stepped the clock by +1.49",
+        "clockprobe: synchronised after_ms=",
+        "Source         : PHC /dev/ptp0 (Mock-up PTP clock)",
+        "Synchronised   : yes",
+        // uid 101, CAP_SYS_TIME (bit 25) alone, nothing ambient.
+        "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
+         CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
+    ] {
+        check(
+            name,
+            r.console.contains(needle),
+            &format!("console lacks {needle:?}"),
+            r,
+        )?;
+    }
+    for jump in ["jump=+2.000", "jump=-2.000"] {
+        let recovered = value_after(&r.console, jump, "recovered_ms=");
+        check(
+            name,
+            recovered.is_some_and(|ms| ms <= 2000.0),
+            &format!("{jump}: offset not back under 1 ms within 2 s ({recovered:?} ms)"),
+            r,
+        )?;
+    }
+    Ok(())
 }
 
 fn data_disk(path: &Path) -> Result<()> {
@@ -264,6 +341,11 @@ pub fn run(only: Option<&str>) -> Result<()> {
         mode: 0o755,
         data: std::fs::read(&probe).map_err(|e| e.to_string())?,
     };
+    let clockprobe_entry = Entry::File {
+        path: "usr/bin/clockprobe".into(),
+        mode: 0o755,
+        data: std::fs::read(bin.join("clockprobe")).map_err(|e| format!("clockprobe: {e}"))?,
+    };
     let mut failures = Vec::new();
     for s in scenarios() {
         if only.is_some_and(|o| o != s.name) {
@@ -271,6 +353,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
         }
         let mut extra = s.extra.clone();
         extra.push(probe_entry.clone());
+        extra.push(clockprobe_entry.clone());
         let image = crate::image::build_on(
             s.kind.name(),
             &bin,
@@ -303,6 +386,9 @@ pub fn run(only: Option<&str>) -> Result<()> {
             common_checks(s.name, &r, s.extra.is_empty())?;
             if s.data_disk {
                 check_data_disk(s.name, &disk, &r)?;
+            }
+            if s.name == "dax-q35-phc" {
+                check_phc(s.name, &r)?;
             }
             if s.vsock {
                 check(

@@ -15,6 +15,9 @@
 //!   steps CLOCK_REALTIME by JUMP_S and measures, in guest CLOCK_BOOTTIME,
 //!   how long until the offset is back under 1 ms (three readings in a row):
 //!   `clockprobe: jump=+2.000 recovered_ms=N residual_us=N`.
+//! - `whois COMM`: the identity of the process named COMM, from
+//!   /proc/PID/status: `clockprobe: COMM pid=N uid=N CapEff=.. CapPrm=..
+//!   CapBnd=.. CapAmb=.. NoNewPrivs=N`.
 //!
 //! The offset is PHC − REALTIME, the PHC read between two REALTIME reads.
 
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Some("phc-create") => phc_create(),
         Some("phc-set") => guard().and_then(|()| phc_set(&args[1..])),
         Some("scenario") => guard().and_then(|()| scenario(&args[1..])),
+        Some("whois") => whois(args.get(1).map_or("", String::as_str)),
         _ => Err(
             "usage: clockprobe phc-create | phc-set DEV OFFSET_S PPM | scenario DEV JUMP_S..."
                 .into(),
@@ -204,4 +208,37 @@ fn scenario(args: &[String]) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+fn whois(comm: &str) -> Result<(), String> {
+    let entries = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if name.trim_end() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        println!(
+            "clockprobe: {comm} pid={} uid={} gid={} CapEff={} CapPrm={} CapBnd={} CapAmb={} NoNewPrivs={}",
+            entry.file_name().to_string_lossy(),
+            field("Uid:"),
+            field("Gid:"),
+            field("CapEff:"),
+            field("CapPrm:"),
+            field("CapBnd:"),
+            field("CapAmb:"),
+            field("NoNewPrivs:")
+        );
+        return Ok(());
+    }
+    Err(format!("no process named {comm}"))
 }

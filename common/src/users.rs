@@ -1,7 +1,7 @@
 //! User and group lookup from /etc/passwd and /etc/group.
 //!
-//! init is static, so glibc's NSS is not available; like systemd for the
-//! early boot, it reads the files itself. Functions take the file text.
+//! init and timesync are static, so glibc's NSS is not available; like
+//! systemd for the early boot, they read the files themselves. Functions take the file text.
 
 /// A resolved `User=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
