@@ -18,6 +18,10 @@
 //! - `whois COMM`: the identity of the process named COMM, from
 //!   /proc/PID/status: `clockprobe: COMM pid=N uid=N CapEff=.. CapPrm=..
 //!   CapBnd=.. CapAmb=.. NoNewPrivs=N`.
+//! - `usage COMM SECONDS`: what the process named COMM costs over SECONDS of
+//!   guest time: wakeups (context switches: it blocks once per wakeup), CPU
+//!   time, RSS: `clockprobe: usage COMM seconds=N wakeups=N per_s=X
+//!   cpu_ms=N rss_kib=N`.
 //!
 //! The offset is PHC − REALTIME, the PHC read between two REALTIME reads.
 
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Some("phc-set") => guard().and_then(|()| phc_set(&args[1..])),
         Some("scenario") => guard().and_then(|()| scenario(&args[1..])),
         Some("whois") => whois(args.get(1).map_or("", String::as_str)),
+        Some("usage") => usage(&args[1..]),
         _ => Err(
             "usage: clockprobe phc-create | phc-set DEV OFFSET_S PPM | scenario DEV JUMP_S..."
                 .into(),
@@ -207,6 +212,64 @@ fn scenario(args: &[String]) -> Result<(), String> {
             off * 1e6
         );
     }
+    Ok(())
+}
+
+/// The /proc directory of the process named `comm`.
+fn find(comm: &str) -> Result<std::path::PathBuf, String> {
+    let entries = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|path| {
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|name| name.trim_end() == comm)
+        })
+        .ok_or_else(|| format!("no process named {comm}"))
+}
+
+/// (context switches, CPU ticks, VmRSS KiB) of the process at `dir`.
+fn costs(dir: &Path) -> Result<(u64, u64, u64), String> {
+    let status = std::fs::read_to_string(dir.join("status"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let num = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let switches = num("voluntary_ctxt_switches:") + num("nonvoluntary_ctxt_switches:");
+    let stat =
+        std::fs::read_to_string(dir.join("stat")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Fields after the command name (which may hold spaces): utime is the
+    // 14th field overall, the 12th after ") ".
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Ok((switches, ticks, num("VmRSS:")))
+}
+
+fn usage(args: &[String]) -> Result<(), String> {
+    let comm = args.first().ok_or("missing COMM")?;
+    let seconds = number(args, 1, "SECONDS")?;
+    let dir = find(comm)?;
+    let (s0, t0, _) = costs(&dir)?;
+    let start = boottime()?;
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let elapsed = boottime()? - start;
+    let (s1, t1, rss) = costs(&dir)?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    println!(
+        "clockprobe: usage {comm} seconds={elapsed:.1} wakeups={} per_s={:.2} cpu_ms={} rss_kib={rss}",
+        s1 - s0,
+        (s1 - s0) as f64 / elapsed,
+        (t1 - t0) * 1000 / hz
+    );
     Ok(())
 }
 
