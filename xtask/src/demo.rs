@@ -1,10 +1,17 @@
 //! `cargo xtask demo`: build everything and boot the mini-OS.
 //!
-//! By default: the `kata` kernel flavour and the DAX image (Kata's default
-//! layout) in QEMU under TCG with Kata's kernel command line; init runs
-//! Kata's agent unit unmodified (agent-shim stands in for kata-agent) and
-//! timesync, prints its boot timeline and `systemctl status`, and the guest
-//! powers off when the agent exits, ending with the boot summary line.
+//! By default: the DAX image (Kata's default layout) in QEMU under TCG with
+//! Kata's kernel command line and a vsock device; init runs Kata's agent
+//! unit unmodified (agent-shim stands in for kata-agent, and answers the
+//! host's health check over vsock) and timesync, which synchronises the
+//! guest clock from a PTP hardware clock; the demo prints the boot
+//! timeline, `timesync status` and `systemctl status`, and the guest powers
+//! off when the agent exits, ending with the boot summary line.
+//!
+//! The kernel is the `test` flavour: the `kata` configuration plus the
+//! kernel's mock PTP clock, because Kata's `ptp_kvm` needs KVM and this
+//! boot runs under TCG. The mock PHC is created 1.5 s ahead of the guest
+//! clock and 50 ppm fast, so timesync has something to correct.
 //!
 //! `--container`: the same userland as PID 1 of fresh namespaces instead,
 //! powered off with systemd's poweroff signal.
@@ -17,14 +24,30 @@ use crate::container::{
 };
 use crate::util::{ensure_packages, Result};
 
-/// Shows `systemctl status` on the console once the agent is up (demo only).
-const DEMO_STATUS: &str = "\
+/// Creates the mock PHC before timesync starts (demo only).
+const DEMO_PHC: &str = "\
 [Unit]
-Description=demo: show init's status
-After=kata-agent.service timesync.service
+Description=demo: a PTP hardware clock (the kernel's mock PHC)
+Before=timesync.service
 
 [Service]
 Type=oneshot
+ExecStart=/usr/bin/clockprobe phc-create
+ExecStart=/usr/bin/clockprobe phc-set /dev/ptp0 1.5 50
+StandardOutput=tty
+";
+
+/// Waits until the guest clock is on the PHC, then shows timesync's and
+/// init's status on the console (demo only).
+const DEMO_STATUS: &str = "\
+[Unit]
+Description=demo: show the clock and init's status
+After=kata-agent.service timesync.service demo-phc.service
+
+[Service]
+Type=oneshot
+ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0
+ExecStart=/usr/bin/timesync status
 ExecStart=/usr/bin/systemctl status
 StandardOutput=tty
 ";
@@ -33,16 +56,28 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--container") {
         return container();
     }
-    let kernel = crate::kernel::build("kata")?;
+    let kernel = crate::kernel::build("test")?;
     let bin = crate::build()?;
-    let extra = [crate::image::Entry::File {
-        path: "etc/minos/units/demo-status.service".into(),
-        mode: 0o644,
-        data: DEMO_STATUS.as_bytes().to_vec(),
-    }];
+    let file = |path: &str, mode: u32, data: Vec<u8>| crate::image::Entry::File {
+        path: path.into(),
+        mode,
+        data,
+    };
+    let clockprobe =
+        std::fs::read(bin.join("clockprobe")).map_err(|e| format!("clockprobe: {e}"))?;
+    let extra = [
+        file("etc/minos/units/demo-phc.service", 0o644, DEMO_PHC.into()),
+        file(
+            "etc/minos/units/demo-status.service",
+            0o644,
+            DEMO_STATUS.into(),
+        ),
+        file("usr/bin/clockprobe", 0o755, clockprobe),
+    ];
     let image = crate::image::build("dax", &bin, None, &extra, "demo")?;
     println!(
-        "demo: booting {} (DAX on NVDIMM, q35, TCG, -icount shift=0,sleep=on, vsock to the host) with the kata kernel",
+        "demo: booting {} (DAX on NVDIMM, q35, TCG, -icount shift=0,sleep=on, vsock to the host) \
+         with the test kernel (kata + a mock PTP clock)",
         image.display()
     );
     let report = crate::qemu::boot(&crate::qemu::BootOptions {
@@ -52,18 +87,32 @@ pub fn run(args: &[String]) -> Result<()> {
         image,
         data_disks: Vec::new(),
         machine: "q35".into(),
-        extra_cmdline: "systemd.show_status=true agent.exit_after=2s".into(),
+        // minos.test_clock=1 lets clockprobe set the mock PHC (and nothing
+        // else: it refuses to run elsewhere).
+        extra_cmdline: "systemd.show_status=true agent.exit_after=3s minos.test_clock=1".into(),
         memory_mib: 512,
         timeout: Duration::from_secs(300),
         echo: true,
         vsock: Some(bin.join("agent-shim")),
     })?;
     println!("{}", report.summary());
-    if report.ok() {
-        println!("demo: the agent became ready, answered the host's health check over vsock, and the guest powered off cleanly (times are guest CLOCK_BOOTTIME)");
+    if let Some(Err(err)) = &report.host_check {
+        println!("demo: the host's health check failed: {err}");
+    }
+    let synced = report.console.contains("timesync: synchronised to PHC");
+    if report.ok() && synced {
+        println!(
+            "demo: the agent became ready and answered the host's health check over vsock, \
+             timesync synchronised the clock to the PHC, and the guest powered off cleanly \
+             (times are guest CLOCK_BOOTTIME)"
+        );
         Ok(())
     } else {
-        Err("the agent did not become ready or the guest did not power off cleanly".into())
+        Err(
+            "the agent did not become ready or answer the health check, timesync did not \
+             synchronise, or the guest did not power off cleanly"
+                .into(),
+        )
     }
 }
 
