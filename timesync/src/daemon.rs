@@ -201,6 +201,8 @@ pub struct Daemon {
     selected: Option<SourceId>,
     options: DaemonOptions,
     notified: bool,
+    /// READY=1 is due once the status file is written.
+    ready_pending: bool,
     /// The selected source's last offset against the real clock.
     last_measured_offset: Option<f64>,
     status_error_reported: bool,
@@ -247,6 +249,7 @@ impl Daemon {
             selected: None,
             options,
             notified: false,
+            ready_pending: false,
             last_measured_offset: None,
             status_error_reported: false,
             clock_error_reported: false,
@@ -553,6 +556,15 @@ impl Daemon {
             Outcome::Rejected(why) => log::warn!("{}: sample rejected: {why}", self.label(id)),
         }
         self.write_status();
+        // After the status file, so that whoever READY=1 wakes finds it.
+        if self.ready_pending {
+            self.ready_pending = false;
+            if let Some(socket) = &self.options.notify_socket {
+                if let Err(err) = minos_common::notify::notify(socket, "READY=1") {
+                    log::error!("{}", Report(&err));
+                }
+            }
+        }
     }
 
     fn set_burst(&mut self, id: SourceId, burst: bool, now: f64) {
@@ -581,11 +593,7 @@ impl Daemon {
         }
         self.notified = true;
         log::info!("synchronised to {} (offset {offset:+.9} s)", self.label(id));
-        if let Some(socket) = &self.options.notify_socket {
-            if let Err(err) = minos_common::notify::notify(socket, "READY=1") {
-                log::error!("{}", Report(&err));
-            }
-        }
+        self.ready_pending = true;
     }
 
     pub fn status(&self) -> Status {

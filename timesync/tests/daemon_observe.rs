@@ -183,6 +183,52 @@ fn observes_chronyd_at_zero_offset() {
 }
 
 #[test]
+fn notifies_ready_after_the_first_update_only() {
+    use std::os::unix::net::UnixDatagram;
+    let server = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(0.0));
+    // Silent at first: no update, so no READY=1.
+    server.set(Behaviour::Silent);
+    let dir = Dir::new("notify");
+    let socket_path = dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let config = format!(
+        "server 127.0.0.1 port {} iburst minpoll -1 maxpoll 0\n",
+        server.addr.port()
+    );
+    let notify = socket_path.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start(
+        &dir.0,
+        &config,
+        &["--observe"],
+        &[("NOTIFY_SOCKET", &notify)],
+    );
+    let mut buf = [0u8; 256];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "READY=1 before any synchronisation"
+    );
+    server.set(Behaviour::Offset(0.0));
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let status = timesync::status::read(&daemon.status_file).unwrap();
+    assert!(status.synchronised, "{status:?}");
+    // Once only.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert!(socket.recv(&mut buf).is_err(), "a second READY=1");
+    let _ = daemon.wait_for(Duration::from_secs(5), synced_with(2));
+    let (code, _) = daemon.stop();
+    assert_eq!(code, 0);
+}
+
+#[test]
 fn observes_a_lying_server_and_says_the_phc_is_missing() {
     let before = kernel_clock_words();
     let server = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(0.25));
