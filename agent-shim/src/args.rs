@@ -39,6 +39,8 @@ options:
                          pipe or /dev/pts/N
   --strict               with --self-check (implied): exit 2 before the ready
                          line on any gap, each named on stderr
+  --bench                after ready, print the boot benchmark's figures (kernel
+                         log marks, TSC, memory, processes) and again 1 s later
   -h, --help             print this help
 
 kernel command line (/proc/cmdline), for what the options leave unset:
@@ -47,6 +49,7 @@ kernel command line (/proc/cmdline), for what the options leave unset:
   agent.server_addr=ADDR     as --server-addr
   agent.self_check[=BOOL]    as --self-check
   agent.strict[=BOOL]        as --strict
+  agent.bench[=BOOL]         as --bench
 ";
 
 pub const CHECK_USAGE: &str = "\
@@ -79,6 +82,8 @@ pub struct Options {
     pub timer: Option<Timer>,
     pub self_check: bool,
     pub strict: bool,
+    /// `--bench`: the boot benchmark's lines (see `bench`).
+    pub bench: bool,
     /// `--server-addr`; `None` leaves it to the kernel command line or the
     /// default.
     pub server_addr: Option<Address>,
@@ -154,6 +159,13 @@ where
                 }
                 self_check_seen = true;
                 options.self_check = true;
+            }
+            "--bench" => {
+                arg.flag(ArgsError::UnexpectedValue("--bench"))?;
+                if options.bench {
+                    return Err(ArgsError::Repeated("--bench"));
+                }
+                options.bench = true;
             }
             "--strict" => {
                 arg.flag(ArgsError::UnexpectedValue("--strict"))?;
@@ -284,6 +296,23 @@ mod tests {
         };
         assert_eq!(parse(&["--fail-after", "1min"]), run(fail.clone()));
         assert_eq!(parse(&["--fail-after=1min"]), run(fail));
+    }
+
+    #[test]
+    fn bench_flag() {
+        let bench = Options {
+            bench: true,
+            ..Options::default()
+        };
+        assert_eq!(parse(&["--bench"]), run(bench));
+        assert!(matches!(
+            parse(&["--bench", "--bench"]),
+            Err(ArgsError::Repeated("--bench"))
+        ));
+        assert!(matches!(
+            parse(&["--bench=1"]),
+            Err(ArgsError::UnexpectedValue("--bench"))
+        ));
     }
 
     #[test]

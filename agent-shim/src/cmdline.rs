@@ -9,7 +9,8 @@
 //! - `agent.server_addr=ADDR`: as `--server-addr ADDR` (kata-agent's own
 //!   key for where its ttRPC server listens);
 //! - `agent.self_check[=BOOL]`: as `--self-check`;
-//! - `agent.strict[=BOOL]`: as `--strict` (implies `agent.self_check`).
+//! - `agent.strict[=BOOL]`: as `--strict` (implies `agent.self_check`);
+//! - `agent.bench[=BOOL]`: as `--bench`.
 //!
 //! A boolean key alone means true, as kata-agent's flags
 //! (`agent.debug_console`) do; with a value it is `1`, `y`, `yes`, `true`,
@@ -46,6 +47,7 @@ const FAIL_AFTER: &str = "agent.fail_after";
 const SERVER_ADDR: &str = "agent.server_addr";
 const SELF_CHECK: &str = "agent.self_check";
 const STRICT: &str = "agent.strict";
+const BENCH: &str = "agent.bench";
 
 /// What the kernel command line asks of the shim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct KernelOptions {
     pub self_check: bool,
     /// `agent.strict`.
     pub strict: bool,
+    /// `agent.bench`.
+    pub bench: bool,
 }
 
 /// A word of the kernel command line that was not applied, or a file that
@@ -200,11 +204,14 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
     let mut server_addr = None;
     let mut self_check = false;
     let mut strict = false;
+    let mut bench = false;
     for param in params(text) {
         let flag = if key_is(param.key, SELF_CHECK) {
             Some(&mut self_check)
         } else if key_is(param.key, STRICT) {
             Some(&mut strict)
+        } else if key_is(param.key, BENCH) {
+            Some(&mut bench)
         } else {
             None
         };
@@ -269,6 +276,7 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
             server_addr,
             self_check,
             strict,
+            bench,
         },
         errors,
     )
@@ -301,6 +309,7 @@ pub fn apply(args: Options, kernel: &KernelOptions) -> Options {
         server_addr: args.server_addr.or_else(|| kernel.server_addr.clone()),
         self_check: args.self_check || kernel.self_check || strict,
         strict,
+        bench: args.bench || kernel.bench,
     }
 }
 
@@ -463,6 +472,7 @@ mod tests {
             timer: Some(Timer::ExitAfter(Duration::from_secs(9))),
             self_check: true,
             strict: false,
+            bench: false,
             server_addr: None,
         };
         assert_eq!(apply(args.clone(), &kernel), args);
@@ -548,6 +558,17 @@ mod tests {
                  `hvsock:///h:1`: hvsock is for the host's side (the `check` client) only",
             ]
         );
+    }
+
+    #[test]
+    fn bench_from_the_kernel_command_line() {
+        let bench = |line: &str| parse_cmdline(line).0.bench;
+        assert!(bench("quiet agent.bench panic=1"));
+        assert!(bench("agent.bench=1"));
+        assert!(!bench("agent.bench=0"));
+        assert!(!bench("agent.benchmark"));
+        let kernel = parse_cmdline("agent.bench").0;
+        assert!(apply(Options::default(), &kernel).bench);
     }
 
     #[test]

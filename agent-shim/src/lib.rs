@@ -9,6 +9,8 @@
 //! agent-shim: self-check pid=N nofile=SOFT/HARD oom_score_adj=N stdin=T stdout=T ... gaps=NAME,...|none
 //! agent-shim: ready boottime_us=N
 //! agent-shim: mem_used_kib=N|unknown
+//! agent-shim: bench ready ...      (with --bench / agent.bench, see [`bench`])
+//! agent-shim: bench late ...
 //! agent-shim: exiting status=N reason=sigterm|sigint|exit-after|fail-after|self-check|server|error
 //! ```
 //!
@@ -21,11 +23,17 @@
 //! Settings come from the arguments and, as kata-agent's do, from `agent.*`
 //! keys on the kernel command line (see [`cmdline`]); arguments win.
 //! Diagnostics go to stderr through `log`.
+//!
+//! As PID 1 (Kata's agent-as-init image) the shim first does what init
+//! would have done and powers off instead of exiting ([`asinit`]).
 
-#![forbid(unsafe_code)]
+// The one exception, reading the TSC, is in [`bench`] with its invariant.
+#![deny(unsafe_code)]
 
 pub mod address;
 pub mod args;
+pub mod asinit;
+pub mod bench;
 pub mod client;
 pub mod cmdline;
 pub mod duration;
@@ -41,7 +49,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use address::Address;
 use args::{CheckCommand, Command, Options, Timer};
@@ -99,6 +107,8 @@ pub struct Environment {
     pub proc: PathBuf,
     /// The kernel command line, normally `/proc/cmdline`.
     pub cmdline: PathBuf,
+    /// Where `kmsg` is, for the benchmark's marks: normally `/dev`.
+    pub dev: PathBuf,
     /// The value of `NOTIFY_SOCKET`, if set.
     pub notify_socket: Option<OsString>,
     /// Where the server listens when neither `--server-addr` nor
@@ -112,19 +122,60 @@ impl Environment {
             self_check: selfcheck::Sources::from_process(),
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
+            dev: PathBuf::from("/dev"),
             notify_socket: notify::socket_from_env(),
             default_server_addr: address::DEFAULT_SERVER_ADDR,
         }
     }
 }
 
+/// When the process began: the origin of the timers, and the clocks the
+/// benchmark line reports the agent's exec by.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub instant: Instant,
+    pub clocks: bench::Clocks,
+}
+
+impl Started {
+    pub fn now() -> Self {
+        Self {
+            clocks: bench::Clocks::now(),
+            instant: Instant::now(),
+        }
+    }
+}
+
 /// Runs the shim with the arguments after the program name; returns the
-/// exit status.
+/// exit status. As PID 1 it never returns: it powers the machine off.
 pub fn run<I>(args: I) -> u8
 where
     I: IntoIterator<Item = OsString>,
 {
-    let started = Instant::now();
+    let started = Started::now();
+    let pid1 = rustix::process::getpid().is_init();
+    if pid1 {
+        for err in asinit::setup() {
+            log::warn!("as PID 1: {}", Report(&err));
+        }
+    }
+    let status = run_command(args, started);
+    if pid1 {
+        log::info!("as PID 1: exit status {status}: powering off");
+        let err = asinit::power_off();
+        log::error!("as PID 1: cannot power off: {err}");
+        // Nothing left to do but wait for the hypervisor.
+        loop {
+            std::thread::park();
+        }
+    }
+    status
+}
+
+fn run_command<I>(args: I, started: Started) -> u8
+where
+    I: IntoIterator<Item = OsString>,
+{
     // First, so that a SIGTERM that comes early still ends the shim through
     // the normal exit path instead of the default action.
     let signals = match BlockedSignals::block() {
@@ -192,7 +243,7 @@ pub fn serve<W: Write>(
     options: &Options,
     env: &Environment,
     signals: &BlockedSignals,
-    started: Instant,
+    started: Started,
     out: &mut W,
 ) -> Exit {
     let exit = serve_until_exit(options, env, signals, started, out);
@@ -211,7 +262,7 @@ fn serve_until_exit<W: Write>(
     options: &Options,
     env: &Environment,
     signals: &BlockedSignals,
-    started: Instant,
+    started: Started,
     out: &mut W,
 ) -> Exit {
     let (kernel, errors) = cmdline::read_cmdline(&env.cmdline);
@@ -247,10 +298,16 @@ fn serve_until_exit<W: Write>(
         }
     };
 
+    let ready = bench::Clocks::now();
     emit(
         out,
-        format_args!("agent-shim: ready boottime_us={}", boottime_us()),
+        format_args!("agent-shim: ready boottime_us={}", ready.boottime_ns / 1000),
     );
+    if options.bench {
+        if let Err(err) = bench::mark(&env.dev, bench::READY_MARK) {
+            log::warn!("bench: cannot write to {}/kmsg: {err}", env.dev.display());
+        }
+    }
     // Measured before notifying, while init is still waiting for us.
     let used = memory::read_mem_used_kib(&env.proc)
         .inspect_err(|err| log::warn!("memory: {}", Report(err)))
@@ -261,21 +318,51 @@ fn serve_until_exit<W: Write>(
             log::error!("{}", Report(&err));
         }
     }
+    let mut late_at = None;
+    if options.bench {
+        let marks = bench::read_marks(&env.dev)
+            .inspect_err(|err| log::warn!("bench: cannot read {}/kmsg: {err}", env.dev.display()))
+            .unwrap_or_default();
+        let line = bench::ReadyLine {
+            marks,
+            exec: started.clocks,
+            ready,
+            memory: bench::Memory::read(&env.proc),
+        };
+        emit(out, line);
+        late_at = Some(Instant::now() + Duration::from_millis(bench::LATE_AFTER_MS));
+    }
 
     let deadline = options.timer.map(|timer| match timer {
-        Timer::ExitAfter(after) | Timer::FailAfter(after) => started + after,
+        Timer::ExitAfter(after) | Timer::FailAfter(after) => started.instant + after,
     });
-    match signals.wait_until(deadline) {
-        Ok(Some(Signal::Term)) => Exit::Sigterm,
-        Ok(Some(Signal::Int)) => Exit::Sigint,
-        // The deadline passed; without a timer the wait only ends on a signal.
-        Ok(None) => match options.timer {
-            Some(Timer::FailAfter(_)) => Exit::FailAfter,
-            _ => Exit::ExitAfter,
-        },
-        Err(err) => {
-            log::error!("waiting for signals failed: {err}");
-            Exit::Error
+    loop {
+        let wake = match (deadline, late_at) {
+            (Some(d), Some(l)) => Some(d.min(l)),
+            (d, l) => d.or(l),
+        };
+        match signals.wait_until(wake) {
+            Ok(Some(Signal::Term)) => return Exit::Sigterm,
+            Ok(Some(Signal::Int)) => return Exit::Sigint,
+            Ok(None) if late_at.is_some_and(|l| Instant::now() >= l) => {
+                late_at = None;
+                let line = bench::LateLine {
+                    after_ms: bench::LATE_AFTER_MS,
+                    memory: bench::Memory::read(&env.proc),
+                };
+                emit(out, line);
+            }
+            // The deadline passed; without a timer the wait only ends on a signal.
+            Ok(None) => {
+                return match options.timer {
+                    Some(Timer::FailAfter(_)) => Exit::FailAfter,
+                    _ => Exit::ExitAfter,
+                }
+            }
+            Err(err) => {
+                log::error!("waiting for signals failed: {err}");
+                return Exit::Error;
+            }
         }
     }
 }
@@ -309,6 +396,7 @@ mod tests {
             self_check: selfcheck::Sources::from_process(),
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from("/nonexistent/agent-shim/cmdline"),
+            dev: PathBuf::from("/nonexistent/agent-shim/dev"),
             notify_socket: None,
             default_server_addr: unique_abstract_addr(),
         }
@@ -353,7 +441,7 @@ mod tests {
     fn serve_to_string(options: Options, env: &Environment) -> (Exit, String) {
         let signals = BlockedSignals::block().unwrap();
         let mut out = Vec::new();
-        let exit = serve(&options, env, &signals, Instant::now(), &mut out);
+        let exit = serve(&options, env, &signals, Started::now(), &mut out);
         (exit, String::from_utf8(out).unwrap())
     }
 
@@ -399,6 +487,7 @@ mod tests {
             timer: Some(Timer::ExitAfter(Duration::ZERO)),
             self_check: true,
             strict: false,
+            bench: false,
             server_addr: None,
         };
         let (exit, out) = serve_to_string(options, &env());
@@ -428,6 +517,58 @@ mod tests {
             .parse()
             .unwrap();
         assert!(used > 0);
+    }
+
+    #[test]
+    fn bench_lines_follow_ready_and_come_again_a_second_later() {
+        let dev = std::env::temp_dir().join(format!("agent-shim-bench-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dev).unwrap();
+        // A plain file stands in for /dev/kmsg: the mark is written to it,
+        // and it holds no kernel record, so the kernel's marks are unknown.
+        std::fs::write(dev.join("kmsg"), "").unwrap();
+        let env = Environment {
+            dev: dev.clone(),
+            ..env()
+        };
+        let options = Options {
+            timer: Some(Timer::ExitAfter(Duration::from_millis(1500))),
+            bench: true,
+            ..Options::default()
+        };
+        let (exit, out) = serve_to_string(options, &env);
+        let kmsg = std::fs::read_to_string(dev.join("kmsg")).unwrap();
+        std::fs::remove_dir_all(&dev).unwrap();
+        assert_eq!(exit, Exit::ExitAfter);
+        assert_eq!(kmsg, "<6>agent-shim: ready\n");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[0].starts_with("agent-shim: ready boottime_us="));
+        assert!(lines[1].starts_with("agent-shim: mem_used_kib="));
+        let ready = lines[2];
+        assert!(
+            ready.starts_with(
+                "agent-shim: bench ready init_exec_us=unknown agent_ready_us=unknown tsc_exec="
+            ),
+            "{ready}"
+        );
+        let value = |line: &str, key: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{key} in {line}"))
+                .parse()
+                .unwrap_or_else(|_| panic!("{key} in {line}"))
+        };
+        assert!(value(ready, "tsc_ready=") > value(ready, "tsc_exec="));
+        assert!(value(ready, "boottime_ready_ns=") > value(ready, "boottime_exec_ns="));
+        assert!(value(ready, "processes=") >= 1);
+        assert!(value(ready, "mem_used_kib=") > 0);
+        let late = lines[3];
+        assert!(
+            late.starts_with("agent-shim: bench late after_ms=1000 "),
+            "{late}"
+        );
+        assert!(value(late, "rss_kib=") > 0);
+        assert_eq!(lines[4], "agent-shim: exiting status=0 reason=exit-after");
     }
 
     #[test]
@@ -503,6 +644,7 @@ mod tests {
             timer: Some(Timer::ExitAfter(Duration::ZERO)),
             self_check: true,
             strict: true,
+            bench: false,
             server_addr: None,
         };
         let (exit, out) = serve_to_string(options, &env);
