@@ -564,17 +564,7 @@ pub fn build_on(
         "initrd" if base.is_some() => {
             let stage_dir = dir.join(format!("{name}-rootfs"));
             stage(&rootfs(bin, agent, true, extra)?, &stage_dir, base)?;
-            let mut entries = Vec::new();
-            entries_from_tree(&stage_dir, "", &mut entries)?;
-            entries.push(Entry::CharDev {
-                path: "dev/console".into(),
-                mode: 0o600,
-                major: 5,
-                minor: 1,
-            });
-            let out = dir.join(format!("{name}-initrd.cpio.gz"));
-            write_initrd(&entries, &out)?;
-            Ok(out)
+            from_stage("initrd", &stage_dir, name, fs)
         }
         "initrd" => initrd(
             bin,
@@ -585,8 +575,34 @@ pub fn build_on(
         "disk" | "dax" => {
             let stage_dir = dir.join(format!("{name}-rootfs"));
             stage(&rootfs(bin, agent, false, extra)?, &stage_dir, base)?;
+            from_stage(kind, &stage_dir, name, fs)
+        }
+        other => Err(format!("unknown --kind {other:?} (initrd, disk, dax)")),
+    }
+}
+
+/// Builds the image of `kind` under target/images from a staged root tree
+/// (any rootfs, minos or not) and returns its path.
+pub fn from_stage(kind: &str, stage_dir: &Path, name: &str, fs: Fs) -> Result<PathBuf> {
+    let dir = root().join("target/images");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    match kind {
+        "initrd" => {
+            let mut entries = Vec::new();
+            entries_from_tree(stage_dir, "", &mut entries)?;
+            entries.push(Entry::CharDev {
+                path: "dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            });
+            let out = dir.join(format!("{name}-initrd.cpio.gz"));
+            write_initrd(&entries, &out)?;
+            Ok(out)
+        }
+        "disk" | "dax" => {
             let disk_img = dir.join(format!("{name}-disk.img"));
-            disk_fs(&stage_dir, &disk_img, fs)?;
+            disk_fs(stage_dir, &disk_img, fs)?;
             if kind == "disk" {
                 return Ok(disk_img);
             }
@@ -594,7 +610,7 @@ pub fn build_on(
             dax(&disk_img, &out)?;
             Ok(out)
         }
-        other => Err(format!("unknown --kind {other:?} (initrd, disk, dax)")),
+        other => Err(format!("unknown image kind {other:?} (initrd, disk, dax)")),
     }
 }
 

@@ -5,7 +5,9 @@
 //! - `cargo xtask demo`   build, then boot the mini-OS (container mode for now)
 //! - `cargo xtask spec`   measure init's size and RSS (docs/SPECIFICATION.md)
 //! - `cargo xtask kernel` build (or take from the cache) the guest kernel flavours
+//! - `cargo xtask bench`  boot benchmarks against other guest userlands (docs/BENCHMARKS.md)
 
+mod bench;
 mod container;
 mod demo;
 mod image;
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]>";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Some("image") => image::main(&args[1..]),
         Some("boot") => qemu::main(&args[1..]),
         Some("vmtest") => build().and_then(|_| vmtest::run(args.get(1).map(String::as_str))),
+        Some("bench") => bench::main(&args[1..]),
         Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
@@ -78,6 +81,7 @@ fn test() -> Result<()> {
         ("mkfs.ext4", "e2fsprogs"),
         ("debugfs", "e2fsprogs"),
         ("losetup", "mount"),
+        ("cpio", "cpio"),
         // timesync's tests run chronyd as an NTP server on loopback.
         ("chronyd", "chrony"),
     ])?;
@@ -98,6 +102,10 @@ fn test() -> Result<()> {
     util::step("release build", || build().map(|_| ()))?;
     util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
     util::step("budgets", || measure::spec(true))?;
+    util::step(
+        "bench pipeline (quick: minos and the agent as init)",
+        || bench::main(&["--quick".to_string()]),
+    )?;
     println!("xtask: all checks passed");
     Ok(())
 }

@@ -1,0 +1,524 @@
+//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--out DIR]`:
+//! boots every system of [`systems`] the same way — same kernel, QEMU
+//! machine, memory, vCPUs and Kata kernel command line — and writes
+//! `results.json`, `BENCHMARKS.md`'s table and one SVG chart per metric.
+//!
+//! All figures are guest time under `-icount shift=0,sleep=off`
+//! (deterministic; images on NVDIMM or as an initrd), measured from inside
+//! by agent-shim's `agent.bench` lines (kernel-log marks, see
+//! agent-shim/src/bench.rs), except the host's health check, which needs
+//! guest time to follow real time (`sleep=on`, about ±5 %).
+//!
+//! `--quick` (what `cargo xtask test` runs): minos and the agent as init on
+//! the cached `test` kernel, q35 + DAX, one boot each plus one health-check
+//! boot, written under target/bench; the output files are read back.
+
+pub mod report;
+pub mod systems;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::Fs;
+use crate::qemu::{BootOptions, BootReport, Kind};
+use crate::util::{root, Result};
+use systems::System;
+
+/// Guest memory and vCPUs: Kata's defaults (`default_memory = 2048`,
+/// `default_vcpus = 1`).
+pub const MEMORY_MIB: u32 = 2048;
+
+/// One boot configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub flavour: String,
+    pub machine: String,
+    pub kind: String,
+}
+
+impl Config {
+    pub fn name(&self) -> String {
+        format!("{} kernel, {}, {}", self.flavour, self.machine, self.kind)
+    }
+}
+
+/// What one boot of one system showed (guest ms; memory in KiB).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub system: String,
+    pub config: Config,
+    /// Kernel clock start → `Run /sbin/init as init process`.
+    pub kernel_to_init_ms: f64,
+    /// init exec → the agent's first instruction of `main`.
+    pub init_to_agent_exec_ms: f64,
+    /// init exec → the agent listening and announcing readiness.
+    pub init_to_agent_ready_ms: f64,
+    /// Kernel clock start → agent ready.
+    pub agent_ready_ms: f64,
+    /// MemTotal − MemFree − per-CPU-list pages, at ready and 1 s later.
+    pub mem_ready_kib: u64,
+    pub mem_late_kib: u64,
+    pub processes: u64,
+    pub rss_kib: u64,
+    pub pss_kib: Option<u64>,
+    pub image_bytes: u64,
+    pub rootfs_files: Option<u64>,
+    pub rootfs_bytes: Option<u64>,
+    /// Guest time of the first health check answered over vsock (its own
+    /// boot, `sleep=on`).
+    pub health_check_ms: Option<f64>,
+}
+
+/// A budget from docs/SPECIFICATION.md and whether today's run meets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    pub what: String,
+    pub config: Config,
+    pub limit: f64,
+    pub measured: f64,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub date: String,
+    pub host: String,
+    pub qemu: String,
+    pub kernel: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub binaries: Vec<(String, u64)>,
+    pub rows: Vec<Row>,
+    pub budgets: Vec<Budget>,
+}
+
+/// The first value of `key=N` in `line`, `None` when absent or `unknown`.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// What agent-shim's two bench lines say (ms on the kernel's clock; KiB).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    pub kernel_to_init_ms: f64,
+    pub init_to_agent_exec_ms: f64,
+    pub init_to_agent_ready_ms: f64,
+    pub agent_ready_ms: f64,
+    /// mem_used_kib at ready and 1 s later, processes, rss_kib, pss_kib.
+    pub memory: [Option<u64>; 5],
+}
+
+/// The boot figures from the console: agent-shim's two bench lines.
+pub fn figures(console: &str) -> Result<Figures> {
+    let ready = console
+        .lines()
+        .find(|l| l.contains("agent-shim: bench ready "))
+        .ok_or("no `agent-shim: bench ready` line on the console")?;
+    let late = console
+        .lines()
+        .find(|l| l.contains("agent-shim: bench late "))
+        .ok_or("no `agent-shim: bench late` line on the console")?;
+    let need = |line: &str, key: &str| {
+        field(line, key).ok_or_else(|| format!("`{key}` missing or unknown in: {line}"))
+    };
+    let init_exec = need(ready, "init_exec_us")?;
+    let agent_ready = need(ready, "agent_ready_us")?;
+    let exec_ns = need(ready, "boottime_exec_ns")?;
+    let ready_ns = need(ready, "boottime_ready_ns")?;
+    // The agent's exec on the kernel-log clock: its ready mark less the
+    // CLOCK_BOOTTIME it spent between main() and ready.
+    let agent_exec = agent_ready.saturating_sub(ready_ns.saturating_sub(exec_ns) / 1000);
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(Figures {
+        kernel_to_init_ms: ms(init_exec),
+        init_to_agent_exec_ms: ms(agent_exec.saturating_sub(init_exec)),
+        init_to_agent_ready_ms: ms(agent_ready.saturating_sub(init_exec)),
+        agent_ready_ms: ms(agent_ready),
+        memory: [
+            field(ready, "mem_used_kib"),
+            field(late, "mem_used_kib"),
+            field(ready, "processes"),
+            field(ready, "rss_kib"),
+            field(ready, "pss_kib"),
+        ],
+    })
+}
+
+/// Whether a boot powered off as it should (any system, not only minos).
+fn powered_off(r: &BootReport) -> bool {
+    r.exited_cleanly && r.console.contains("reboot: Power down")
+}
+
+fn tree_stats(dir: &Path) -> (u64, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(std::result::Result::ok) {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let (f, b) = tree_stats(&e.path());
+                    files += f;
+                    bytes += b;
+                }
+                Ok(t) if t.is_file() => {
+                    files += 1;
+                    bytes += e.metadata().map_or(0, |m| m.len());
+                }
+                _ => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+struct Plan {
+    systems: Vec<System>,
+    configs: Vec<Config>,
+    /// Configurations that also get a health-check boot over vsock.
+    health_check: fn(&Config) -> bool,
+    out: PathBuf,
+    docs: bool,
+}
+
+fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<(Row, String)> {
+    let kernel = crate::kernel::build(&config.flavour)?.vmlinux;
+    let kind = Kind::parse(&config.kind)?;
+    let image = systems::image(system, &config.kind, bin)?;
+    let image_bytes = std::fs::metadata(&image)
+        .map_err(|e| format!("{}: {e}", image.display()))?
+        .len();
+    let stage = root().join(format!("target/images/bench-{}-rootfs", system.name()));
+    let tree = (config.kind != "initrd" || system != System::Minos).then(|| tree_stats(&stage));
+    let opts = BootOptions {
+        kernel,
+        kind,
+        fs: Fs::Ext4,
+        image,
+        data_disks: Vec::new(),
+        machine: config.machine.clone(),
+        extra_cmdline: "agent.bench agent.exit_after=3s".into(),
+        memory_mib: MEMORY_MIB,
+        timeout: Duration::from_secs(600),
+        echo: false,
+        vsock: vsock.then(|| bin.join("agent-shim")),
+    };
+    let report = crate::qemu::boot(&opts)?;
+    let what = format!("{} on {}", system.name(), config.name());
+    if !powered_off(&report) {
+        return Err(format!(
+            "{what}: the guest did not power off cleanly\n{}",
+            report.console
+        ));
+    }
+    let f = figures(&report.console).map_err(|e| format!("{what}: {e}\n{}", report.console))?;
+    let [mem, late, procs, rss, pss] = f.memory;
+    let health_check_ms = match &report.host_check {
+        None => None,
+        Some(Ok(answer)) if answer == "SERVING" => {
+            report.health_check_us.map(|us| us as f64 / 1000.0)
+        }
+        Some(other) => return Err(format!("{what}: the host's health check failed: {other:?}")),
+    };
+    if vsock && health_check_ms.is_none() {
+        return Err(format!(
+            "{what}: no health check answered\n{}",
+            report.console
+        ));
+    }
+    let row = Row {
+        system: system.name().into(),
+        config: config.clone(),
+        kernel_to_init_ms: f.kernel_to_init_ms,
+        init_to_agent_exec_ms: f.init_to_agent_exec_ms,
+        init_to_agent_ready_ms: f.init_to_agent_ready_ms,
+        agent_ready_ms: f.agent_ready_ms,
+        mem_ready_kib: mem.ok_or(format!("{what}: memory at ready unknown"))?,
+        mem_late_kib: late.ok_or(format!("{what}: memory 1 s later unknown"))?,
+        processes: procs.ok_or(format!("{what}: process count unknown"))?,
+        rss_kib: rss.unwrap_or(0),
+        pss_kib: pss,
+        image_bytes,
+        rootfs_files: tree.map(|t| t.0),
+        rootfs_bytes: tree.map(|t| t.1),
+        health_check_ms,
+    };
+    Ok((row, report.console))
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// The budgets of docs/SPECIFICATION.md, checked on every configuration
+/// where both minos and the agent as init ran.
+pub fn budgets(rows: &[Row]) -> Vec<Budget> {
+    let mut out = Vec::new();
+    for minos in rows.iter().filter(|r| r.system == "minos") {
+        let Some(agent) = rows
+            .iter()
+            .find(|r| r.system == "agent-init" && r.config == minos.config)
+        else {
+            continue;
+        };
+        let exec_limit = agent.init_to_agent_exec_ms + 1.0;
+        out.push(Budget {
+            what: "init exec → agent exec (ms), within 1 ms of the agent as init".into(),
+            config: minos.config.clone(),
+            limit: exec_limit,
+            measured: minos.init_to_agent_exec_ms,
+            met: minos.init_to_agent_exec_ms <= exec_limit,
+        });
+        let mem_limit = (agent.mem_ready_kib + 512) as f64;
+        out.push(Budget {
+            what: "memory at agent ready (KiB), within 0.5 MiB of the agent as init".into(),
+            config: minos.config.clone(),
+            limit: mem_limit,
+            measured: minos.mem_ready_kib as f64,
+            met: (minos.mem_ready_kib as f64) <= mem_limit,
+        });
+    }
+    out
+}
+
+fn run_plan(plan: &Plan) -> Result<Results> {
+    let bin = crate::build()?;
+    let mut rows = Vec::new();
+    std::fs::create_dir_all(plan.out.join("consoles"))
+        .map_err(|e| format!("create {}: {e}", plan.out.display()))?;
+    for config in &plan.configs {
+        for &system in &plan.systems {
+            println!("xtask: bench: {} on {}", system.name(), config.name());
+            let (mut row, console) = boot_one(system, config, &bin, false)?;
+            let log = plan.out.join(format!(
+                "consoles/{}-{}-{}-{}.txt",
+                system.name(),
+                config.flavour,
+                config.machine,
+                config.kind
+            ));
+            std::fs::write(&log, console).map_err(|e| format!("write {}: {e}", log.display()))?;
+            if (plan.health_check)(config) {
+                // The vsock path (vhost-device-vsock under TCG) now and then
+                // resets every connection of a boot; one retry, said aloud.
+                let checked = boot_one(system, config, &bin, true).or_else(|err| {
+                    println!(
+                        "xtask: bench:   health-check boot failed, once more: {}",
+                        err.lines().next().unwrap_or("")
+                    );
+                    boot_one(system, config, &bin, true)
+                })?;
+                row.health_check_ms = checked.0.health_check_ms;
+            }
+            println!(
+                "xtask: bench:   kernel→init {:.1} ms, init→agent exec {:.1} ms, init→ready {:.1} ms, ready {:.1} ms, health check {}, memory {} KiB, {} processes",
+                row.kernel_to_init_ms,
+                row.init_to_agent_exec_ms,
+                row.init_to_agent_ready_ms,
+                row.agent_ready_ms,
+                row.health_check_ms.map_or("-".into(), |v| format!("{v:.0} ms")),
+                row.mem_ready_kib,
+                row.processes
+            );
+            rows.push(row);
+        }
+    }
+    let kernel_src = crate::kernel::cache_dir().join("src");
+    let kernel = std::fs::read_dir(&kernel_src)
+        .ok()
+        .and_then(|mut rd| rd.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| "linux 6.12".into());
+    let binaries = crate::BINARIES
+        .iter()
+        .map(|b| {
+            let len = std::fs::metadata(bin.join(b)).map_or(0, |m| m.len());
+            ((*b).to_string(), len)
+        })
+        .collect();
+    let budgets = budgets(&rows);
+    Ok(Results {
+        date: command_line("date", &["-u", "+%Y-%m-%d"]),
+        host: format!(
+            "{}, {} CPUs",
+            command_line("uname", &["-sr"]),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        qemu: command_line("qemu-system-x86_64", &["--version"]),
+        kernel,
+        memory_mib: MEMORY_MIB,
+        vcpus: 1,
+        binaries,
+        rows,
+        budgets,
+    })
+}
+
+fn all_configs(flavours: &[&str]) -> Vec<Config> {
+    let mut v = Vec::new();
+    for f in flavours {
+        for (machine, kind) in [("q35", "dax"), ("q35", "initrd"), ("microvm", "initrd")] {
+            v.push(Config {
+                flavour: (*f).into(),
+                machine: machine.into(),
+                kind: kind.into(),
+            });
+        }
+    }
+    v
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let check = args.iter().any(|a| a == "--check");
+    let value = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let plan = if quick {
+        Plan {
+            systems: vec![System::Minos, System::AgentInit],
+            configs: vec![Config {
+                flavour: "test".into(),
+                machine: "q35".into(),
+                kind: "dax".into(),
+            }],
+            health_check: |_| true,
+            out: root().join("target/bench"),
+            docs: false,
+        }
+    } else {
+        let systems = match value("--systems") {
+            Some(list) => list
+                .split(',')
+                .map(System::parse)
+                .collect::<Result<Vec<_>>>()?,
+            None => System::ALL.to_vec(),
+        };
+        let flavours: Vec<String> = value("--flavours")
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .unwrap_or_else(|| vec!["kata".into(), "minimal".into()]);
+        let flavours: Vec<&str> = flavours.iter().map(String::as_str).collect();
+        Plan {
+            systems,
+            configs: all_configs(&flavours),
+            health_check: |c| c.machine == "q35" && c.kind == "dax",
+            out: value("--out")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root().join("docs/bench")),
+            docs: value("--out").is_none(),
+        }
+    };
+    let results = run_plan(&plan)?;
+    report::write(&results, &plan.out, plan.docs)?;
+    // The files must read back as they were written.
+    let back = report::read(&plan.out.join("results.json"))?;
+    if back != results {
+        return Err("results.json does not read back as written".into());
+    }
+    for svg in report::CHARTS {
+        report::check_svg(&plan.out.join(svg))?;
+    }
+    let missed: Vec<&Budget> = results.budgets.iter().filter(|b| !b.met).collect();
+    for b in &missed {
+        println!(
+            "xtask: bench: budget missed: {} on {}: {:.1} > {:.1}",
+            b.what,
+            b.config.name(),
+            b.measured,
+            b.limit
+        );
+    }
+    println!(
+        "xtask: bench: {} boots, {} budgets ({} missed), results in {}",
+        results.rows.len(),
+        results.budgets.len(),
+        missed.len(),
+        plan.out.display()
+    );
+    if check && !missed.is_empty() {
+        return Err(format!("{} budget(s) missed", missed.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &str = "\
+agent-shim: ready boottime_us=315407
+agent-shim: bench ready init_exec_us=310128 agent_ready_us=315884 tsc_exec=226823193 tsc_ready=229132794 boottime_exec_ns=313117602 boottime_ready_ns=315407424 mem_used_kib=8444 processes=3 rss_kib=412 pss_kib=403
+agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 pss_kib=unknown
+";
+
+    #[test]
+    fn figures_from_the_bench_lines() {
+        let f = figures(CONSOLE).unwrap();
+        assert_eq!(f.kernel_to_init_ms, 310.128);
+        // 315884 - (315407424 - 313117602) / 1000 = 313595 → 3.467 ms after init exec.
+        assert!((f.init_to_agent_exec_ms - 3.467).abs() < 1e-9, "{f:?}");
+        assert!((f.init_to_agent_ready_ms - 5.756).abs() < 1e-9);
+        assert_eq!(f.agent_ready_ms, 315.884);
+        assert_eq!(
+            f.memory,
+            [Some(8444), Some(8504), Some(3), Some(412), Some(403)]
+        );
+        assert!(figures("agent-shim: ready boottime_us=1\n").is_err());
+        let unknown = CONSOLE.replace("init_exec_us=310128", "init_exec_us=unknown");
+        assert!(figures(&unknown).unwrap_err().contains("init_exec_us"));
+    }
+
+    fn row(system: &str, exec: f64, mem: u64) -> Row {
+        Row {
+            system: system.into(),
+            config: Config {
+                flavour: "kata".into(),
+                machine: "q35".into(),
+                kind: "dax".into(),
+            },
+            kernel_to_init_ms: 300.0,
+            init_to_agent_exec_ms: exec,
+            init_to_agent_ready_ms: exec + 1.0,
+            agent_ready_ms: 301.0 + exec,
+            mem_ready_kib: mem,
+            mem_late_kib: mem,
+            processes: 3,
+            rss_kib: 400,
+            pss_kib: None,
+            image_bytes: 1,
+            rootfs_files: None,
+            rootfs_bytes: None,
+            health_check_ms: None,
+        }
+    }
+
+    #[test]
+    fn budgets_compare_minos_with_the_agent_as_init() {
+        let rows = [row("agent-init", 0.5, 8000), row("minos", 1.2, 8400)];
+        let b = budgets(&rows);
+        assert_eq!(b.len(), 2);
+        assert!(b.iter().all(|b| b.met), "{b:?}");
+        let rows = [row("agent-init", 0.5, 8000), row("minos", 1.6, 8600)];
+        assert!(budgets(&rows).iter().all(|b| !b.met));
+        assert!(budgets(&rows[1..]).is_empty(), "no pair, no budget");
+    }
+}

@@ -1,0 +1,377 @@
+//! The bench's output: results.json, the Markdown page and SVG charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{Config, Results, Row};
+use crate::util::{root, Result};
+
+/// The charts, one per metric.
+pub const CHARTS: [&str; 2] = ["boot.svg", "memory.svg"];
+
+pub fn read(path: &Path) -> Result<Results> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes results.json and the charts into `out`; the Markdown page goes to
+/// docs/BENCHMARKS.md when `docs`, else into `out` too.
+pub fn write(results: &Results, out: &Path, docs: bool) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    let put = |path: &Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))
+    };
+    put(&out.join("results.json"), &(json + "\n"))?;
+    put(&out.join("boot.svg"), &boot_chart(results))?;
+    put(&out.join("memory.svg"), &memory_chart(results))?;
+    let page = if docs {
+        root().join("docs/BENCHMARKS.md")
+    } else {
+        out.join("BENCHMARKS.md")
+    };
+    put(&page, &markdown(results))
+}
+
+/// A chart must be one well-formed `<svg>` element with bars in it.
+pub fn check_svg(path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let ok = text.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"")
+        && text.trim_end().ends_with("</svg>")
+        && text.matches("<svg").count() == 1
+        && text.contains("<rect ")
+        && text.matches('<').count() == text.matches('>').count();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} is not a chart", path.display()))
+    }
+}
+
+fn configs(results: &Results) -> Vec<Config> {
+    let mut v: Vec<Config> = Vec::new();
+    for r in &results.rows {
+        if !v.contains(&r.config) {
+            v.push(r.config.clone());
+        }
+    }
+    v
+}
+
+fn rows_of<'a>(results: &'a Results, config: &'a Config) -> impl Iterator<Item = &'a Row> {
+    results.rows.iter().filter(move |r| &r.config == config)
+}
+
+fn label(system: &str) -> &'static str {
+    super::systems::System::parse(system).map_or("?", super::systems::System::label)
+}
+
+pub fn markdown(results: &Results) -> String {
+    let mut s = String::new();
+    s.push_str(METHOD_HEAD);
+    let _ = writeln!(
+        s,
+        "Run of {}: host {}; {}; guest kernel {} (project flavours); {} MiB, {} vCPU.\n",
+        results.date, results.host, results.qemu, results.kernel, results.memory_mib, results.vcpus
+    );
+    s.push_str("Binaries (static, stripped): ");
+    let bins: Vec<String> = results
+        .binaries
+        .iter()
+        .map(|(n, b)| format!("`{n}` {b} bytes"))
+        .collect();
+    s.push_str(&bins.join(", "));
+    s.push_str(".\n\n");
+    for config in configs(results) {
+        let _ = writeln!(s, "### {}\n", config.name());
+        s.push_str("| system | kernel → init exec | init exec → agent exec | init exec → agent ready | agent ready | host health check | memory at ready | 1 s later | user processes | user RSS | image |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in rows_of(results, &config) {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} KiB | {} KiB | {} | {} KiB | {} |",
+                label(&r.system),
+                r.kernel_to_init_ms,
+                r.init_to_agent_exec_ms,
+                r.init_to_agent_ready_ms,
+                r.agent_ready_ms,
+                r.health_check_ms.map_or("—".into(), |v| format!("{v:.0} ms")),
+                r.mem_ready_kib,
+                r.mem_late_kib,
+                r.processes,
+                r.rss_kib,
+                match (r.rootfs_files, r.rootfs_bytes) {
+                    (Some(f), Some(b)) => format!("{f} files, {:.1} MiB in files, {:.0} MiB image", b as f64 / 1048576.0, r.image_bytes as f64 / 1048576.0),
+                    _ => format!("{:.1} MiB image", r.image_bytes as f64 / 1048576.0),
+                }
+            );
+        }
+        s.push('\n');
+    }
+    if !results.budgets.is_empty() {
+        s.push_str("### Budgets (docs/SPECIFICATION.md)\n\n| budget | configuration | limit | measured | |\n|---|---|---:|---:|---|\n");
+        for b in &results.budgets {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {:.2} | {} |",
+                b.what,
+                b.config.name(),
+                b.limit,
+                b.measured,
+                if b.met { "met" } else { "**missed**" }
+            );
+        }
+        s.push('\n');
+    }
+    s.push_str(METHOD_TAIL);
+    s
+}
+
+const METHOD_HEAD: &str = "# Benchmarks
+
+Boot time and memory of minos against the guest userlands it replaces, each booted the same way
+in one run of `cargo xtask bench`: same kernel, same QEMU machine, memory and vCPU count, same
+Kata kernel command line (tests/fixtures/kata/kernel-cmdline-qemu-x86.txt), agent-shim in the
+agent's place. Charts: [boot](bench/boot.svg), [memory](bench/memory.svg); raw figures:
+[results.json](bench/results.json); each boot's console: `docs/bench/consoles/`.
+
+![boot](bench/boot.svg)
+
+## Method
+
+- **Systems.** *minos*: the project's image (init, timesync, agent-shim under Kata's
+  kata-agent.service). *agent as init*: agent-shim as /sbin/init (Kata's `AGENT_INIT=yes`; as
+  PID 1 it mounts what kata-agent mounts as init). *busybox init*: Debian's busybox-static with
+  an inittab whose sysinit script mounts what the agent needs. *systemd + chrony*: Debian 12
+  `debootstrap --variant=minbase` with systemd, systemd-sysv and chrony, configured as Kata's
+  osbuilder does (kata-agent.service and kata-containers.target, the units and generators
+  rootfs.sh deletes deleted, /var's state directories removed, tmp.mount, chrony.conf with Kata's
+  two lines and no servers, chrony.service only when /dev/ptp0 exists).
+- **Clock.** QEMU under TCG with `-icount shift=0,sleep=off`: guest time is instruction-counted
+  and repeats run after run, so one boot per cell suffices. The image is on NVDIMM with Kata's
+  DAX header (q35) or an initrd, never virtio-blk (a guest idling on block I/O makes icount skip
+  ahead unpredictably).
+- **Markers.** All on the kernel log's clock, read by agent-shim (`agent.bench`): *init exec* is
+  the kernel's `Run /sbin/init as init process` record; *agent ready* is the record agent-shim
+  writes once its ttRPC server listens; *agent exec* is agent ready less the CLOCK_BOOTTIME the
+  shim spent from `main` to ready. Times are from the kernel's clock start, so firmware and
+  decompression are not included.
+- **Host health check.** A second boot of the same image with a virtio-vsock device
+  (vhost-device-vsock, QEMU's vhost-user-vsock-pci); the host polls `grpc.Health/Check` over
+  hybrid vsock from power-on, as the Kata runtime does; the figure is the guest time of the first
+  answered check. That boot runs with `sleep=on` (guest time follows real time while idle), so it
+  is approximate (about ±5 %).
+- **Memory.** MemTotal − MemFree − pages on per-CPU free lists (/proc/zoneinfo), at agent ready
+  and 1 s later: steady between identical boots, where MemAvailable jumps by up to 7 MiB. User
+  processes exclude kernel threads; user RSS is the sum of their resident sets.
+";
+
+const METHOD_TAIL: &str = "## Not measured yet
+
+- Power-on → kernel (firmware, decompression): the guest TSC under TCG does not count from
+  power-on (at the point the kernel marks sched_clock stable it reads about 1 ms while the
+  kernel's clock reads 300 ms), so agent-shim's raw TSC values are recorded but not used.
+- PSS: the project's kernels have no CONFIG_PROC_PAGE_MONITOR, so no smaps_rollup.
+- timesync against chronyd in one guest (wakeups, CPU): measured by `cargo xtask vmtest
+  dax-q35-phc-chronyd`, see docs/timesync.md; RSS of init and timesync after 10 s; bzImage
+  against vmlinux (PVH); `--pid1` (init against tini, dumb-init, catatonit, busybox as PID 1 of a
+  namespace).
+
+## Reproduce
+
+```sh
+cargo xtask bench                      # every system, kata and minimal kernels, q35 DAX + initrd, microvm initrd
+cargo xtask bench --systems minos,agent-init --flavours kata --out /tmp/bench
+cargo xtask bench --quick              # what cargo xtask test runs: two systems, test kernel, q35 DAX
+```
+
+The first run builds the kernels (about 12 minutes each on 2 cores), downloads busybox-static and
+debootstraps the systemd rootfs (a few minutes), all cached in ~/.cache/minos.
+";
+
+/// Stacked horizontal bars: kernel → init exec, init exec → agent ready.
+pub fn boot_chart(results: &Results) -> String {
+    bars(
+        results,
+        "Boot to agent ready (guest ms, icount)",
+        &[
+            ("kernel → init exec", "#8da0cb"),
+            ("init exec → agent ready", "#fc8d62"),
+        ],
+        |r| vec![r.kernel_to_init_ms, r.init_to_agent_ready_ms],
+        "ms",
+    )
+}
+
+/// Bars: memory used at agent ready.
+pub fn memory_chart(results: &Results) -> String {
+    bars(
+        results,
+        "Memory used at agent ready (MiB, MemTotal − MemFree − per-CPU lists)",
+        &[("memory at agent ready", "#66c2a5")],
+        |r| vec![r.mem_ready_kib as f64 / 1024.0],
+        "MiB",
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn bars(
+    results: &Results,
+    title: &str,
+    parts: &[(&str, &str)],
+    values: impl Fn(&Row) -> Vec<f64>,
+    unit: &str,
+) -> String {
+    let left = 330.0;
+    let width = 900.0;
+    let plot = width - left - 90.0;
+    let bar = 16.0;
+    let max = results
+        .rows
+        .iter()
+        .map(|r| values(r).iter().sum::<f64>())
+        .fold(0.0_f64, f64::max)
+        .max(1e-9);
+    let mut body = String::new();
+    let mut y = 50.0;
+    for config in configs(results) {
+        let _ = writeln!(
+            body,
+            "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{}</text>",
+            y + 12.0,
+            escape(&config.name())
+        );
+        y += 20.0;
+        for r in rows_of(results, &config) {
+            let _ = writeln!(
+                body,
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>",
+                left - 8.0,
+                y + 12.0,
+                escape(label(&r.system))
+            );
+            let mut x = left;
+            let vs = values(r);
+            for (v, (_, colour)) in vs.iter().zip(parts) {
+                let w = v / max * plot;
+                let _ = writeln!(
+                    body,
+                    "<rect x=\"{x:.1}\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"{bar:.0}\" fill=\"{colour}\"/>"
+                );
+                x += w;
+            }
+            let _ = writeln!(
+                body,
+                "<text x=\"{:.1}\" y=\"{:.0}\">{:.1} {unit}</text>",
+                x + 6.0,
+                y + 12.0,
+                vs.iter().sum::<f64>()
+            );
+            y += bar + 6.0;
+        }
+        y += 10.0;
+    }
+    let mut legend = String::new();
+    let mut lx = left;
+    for (name, colour) in parts {
+        let _ = writeln!(
+            legend,
+            "<rect x=\"{lx:.0}\" y=\"{:.0}\" width=\"12\" height=\"12\" fill=\"{colour}\"/><text x=\"{:.0}\" y=\"{:.0}\">{}</text>",
+            y,
+            lx + 16.0,
+            y + 11.0,
+            escape(name)
+        );
+        lx += 230.0;
+    }
+    let height = y + 30.0;
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect x=\"0\" y=\"0\" width=\"{width:.0}\" height=\"{height:.0}\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"24\" font-size=\"15\" font-weight=\"bold\">{}</text>\n{body}{legend}</svg>\n",
+        escape(title)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{Budget, Row};
+
+    fn results() -> Results {
+        let config = Config {
+            flavour: "kata".into(),
+            machine: "q35".into(),
+            kind: "dax".into(),
+        };
+        let row = |system: &str, k: f64, i: f64, mem: u64| Row {
+            system: system.into(),
+            config: config.clone(),
+            kernel_to_init_ms: k,
+            init_to_agent_exec_ms: i / 2.0,
+            init_to_agent_ready_ms: i,
+            agent_ready_ms: k + i,
+            mem_ready_kib: mem,
+            mem_late_kib: mem + 10,
+            processes: 3,
+            rss_kib: 500,
+            pss_kib: None,
+            image_bytes: 130 * 1048576,
+            rootfs_files: Some(20),
+            rootfs_bytes: Some(4 << 20),
+            health_check_ms: Some(330.0),
+        };
+        Results {
+            date: "2026-12-04".into(),
+            host: "Linux 6.1, 2 CPUs".into(),
+            qemu: "QEMU emulator version 10.0.2".into(),
+            kernel: "linux-source-6.12".into(),
+            memory_mib: 2048,
+            vcpus: 1,
+            binaries: vec![("init".into(), 1_400_000)],
+            rows: vec![
+                row("minos", 300.0, 5.0, 8400),
+                row("systemd", 310.0, 700.0, 30000),
+            ],
+            budgets: vec![Budget {
+                what: "x <y>".into(),
+                config,
+                limit: 1.0,
+                measured: 2.0,
+                met: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn charts_are_well_formed_and_scaled() {
+        let r = results();
+        let svg = boot_chart(&r);
+        let dir = std::env::temp_dir().join(format!("xtask-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("boot.svg");
+        std::fs::write(&path, &svg).unwrap();
+        check_svg(&path).unwrap();
+        std::fs::write(&path, "<svg>").unwrap();
+        assert!(check_svg(&path).is_err());
+        // The longest bar (systemd, 1010 ms) spans the plot width.
+        assert!(svg.contains("1010.0 ms"));
+        // 310 / 1010 and 700 / 1010 of the 480 px plot.
+        assert!(svg.contains("width=\"147.3\""), "{svg}");
+        assert!(svg.contains("width=\"332.7\""), "{svg}");
+        assert_eq!(svg.matches("<rect ").count(), 1 + 4 + 2);
+        write(&r, &dir, false).unwrap();
+        assert_eq!(read(&dir.join("results.json")).unwrap(), r);
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("| systemd + chrony | 310.0 ms | 350.00 ms | 700.00 ms | 1010.0 ms | 330 ms | 30000 KiB |"), "{md}");
+        assert!(md.contains("**missed**"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
