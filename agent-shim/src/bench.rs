@@ -20,7 +20,12 @@
 //! ```text
 //! agent-shim: bench ready init_exec_us=N agent_ready_us=N tsc_exec=N tsc_ready=N boottime_exec_ns=N boottime_ready_ns=N mem_used_kib=N processes=N rss_kib=N pss_kib=N
 //! agent-shim: bench late after_ms=1000 mem_used_kib=N processes=N rss_kib=N pss_kib=N
+//! agent-shim: bench rss after_ms=10000 COMM=KIB ...
 //! ```
+//!
+//! The last line, 10 s after ready, names each user-space process by its
+//! `comm` with its resident set (VmRSS), for the RSS of init and timesync
+//! once they have settled.
 //!
 //! A value that could not be read prints as `unknown` (the reason on
 //! stderr); nothing here can stop the shim. `processes` counts user-space
@@ -308,6 +313,76 @@ impl fmt::Display for LateLine {
 
 /// How long after ready the late line is measured.
 pub const LATE_AFTER_MS: u64 = 1000;
+/// How long after ready the per-process RSS line is measured.
+pub const RSS_AFTER_MS: u64 = 10_000;
+
+/// `VmRSS:` of /proc/PID/status, in KiB.
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix("VmRSS:")?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Each user-space process's `comm` (spaces replaced by `_`) and VmRSS, by
+/// PID.
+pub fn read_process_rss(proc: &Path) -> io::Result<Vec<(u32, String, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(proc)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        if is_kernel_thread(&stat) != Some(false) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm: String = comm
+            .trim_end()
+            .chars()
+            .map(|c| {
+                if c.is_whitespace() || c == '=' {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let rss = std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|s| parse_vm_rss_kib(&s));
+        if let Some(rss) = rss {
+            out.push((pid, comm, rss));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `agent-shim: bench rss after_ms=N COMM=KIB ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RssLine {
+    pub after_ms: u64,
+    pub processes: Vec<(u32, String, u64)>,
+}
+
+impl fmt::Display for RssLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent-shim: bench rss after_ms={}", self.after_ms)?;
+        for (_, comm, rss) in &self.processes {
+            write!(f, " {}={rss}", if comm.is_empty() { "?" } else { comm })?;
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -408,6 +483,26 @@ mod tests {
             "agent-shim: bench late after_ms=1000 mem_used_kib=unknown processes=unknown \
              rss_kib=unknown pss_kib=unknown"
         );
+    }
+
+    #[test]
+    fn rss_line_names_processes() {
+        assert_eq!(
+            parse_vm_rss_kib("Name:\tinit\nVmRSS:\t     768 kB\n"),
+            Some(768)
+        );
+        assert_eq!(parse_vm_rss_kib("Name:\tkthreadd\n"), None);
+        let line = RssLine {
+            after_ms: 10_000,
+            processes: vec![(1, "init".into(), 768), (40, "".into(), 5)],
+        };
+        assert_eq!(
+            line.to_string(),
+            "agent-shim: bench rss after_ms=10000 init=768 ?=5"
+        );
+        let me = read_process_rss(Path::new("/proc")).unwrap();
+        let pid = std::process::id();
+        assert!(me.iter().any(|(p, _, rss)| *p == pid && *rss > 0), "{me:?}");
     }
 
     #[test]

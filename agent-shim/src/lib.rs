@@ -319,6 +319,7 @@ fn serve_until_exit<W: Write>(
         }
     }
     let mut late_at = None;
+    let mut rss_at = None;
     if options.bench {
         let marks = bench::read_marks(&env.dev)
             .inspect_err(|err| log::warn!("bench: cannot read {}/kmsg: {err}", env.dev.display()))
@@ -331,16 +332,14 @@ fn serve_until_exit<W: Write>(
         };
         emit(out, line);
         late_at = Some(Instant::now() + Duration::from_millis(bench::LATE_AFTER_MS));
+        rss_at = Some(Instant::now() + Duration::from_millis(bench::RSS_AFTER_MS));
     }
 
     let deadline = options.timer.map(|timer| match timer {
         Timer::ExitAfter(after) | Timer::FailAfter(after) => started.instant + after,
     });
     loop {
-        let wake = match (deadline, late_at) {
-            (Some(d), Some(l)) => Some(d.min(l)),
-            (d, l) => d.or(l),
-        };
+        let wake = [deadline, late_at, rss_at].into_iter().flatten().min();
         match signals.wait_until(wake) {
             Ok(Some(Signal::Term)) => return Exit::Sigterm,
             Ok(Some(Signal::Int)) => return Exit::Sigint,
@@ -349,6 +348,19 @@ fn serve_until_exit<W: Write>(
                 let line = bench::LateLine {
                     after_ms: bench::LATE_AFTER_MS,
                     memory: bench::Memory::read(&env.proc),
+                };
+                emit(out, line);
+            }
+            Ok(None) if rss_at.is_some_and(|l| Instant::now() >= l) => {
+                rss_at = None;
+                let processes = bench::read_process_rss(&env.proc)
+                    .inspect_err(|err| {
+                        log::warn!("bench: cannot list {}: {err}", env.proc.display())
+                    })
+                    .unwrap_or_default();
+                let line = bench::RssLine {
+                    after_ms: bench::RSS_AFTER_MS,
+                    processes,
                 };
                 emit(out, line);
             }

@@ -253,7 +253,7 @@ fn phc_units(daemon: &str, status: &str) -> Vec<Entry> {
                  [Service]\nType=oneshot\nStandardOutput=tty\n\
                  ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0 2 -2\n\
                  ExecStart=/usr/bin/clockprobe whois {daemon}\n\
-                 ExecStart=/usr/bin/clockprobe usage {daemon} 20\n\
+                 ExecStart=/usr/bin/clockprobe usage {daemon} 60\n\
                  {status}ExecStart=/sbin/poweroff\n"
             ),
         ),

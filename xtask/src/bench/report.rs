@@ -109,6 +109,21 @@ pub fn markdown(results: &Results) -> String {
             );
         }
         s.push('\n');
+        let rss: Vec<String> = rows_of(results, &config)
+            .map(|r| {
+                let list: Vec<String> = r
+                    .rss_after_10s
+                    .iter()
+                    .map(|(c, k)| format!("{c} {k} KiB"))
+                    .collect();
+                format!("{}: {}", label(&r.system), list.join(", "))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "RSS of each process 10 s after ready — {}.\n",
+            rss.join("; ")
+        );
     }
     if !results.budgets.is_empty() {
         s.push_str("### Budgets (docs/SPECIFICATION.md)\n\n| budget | configuration | limit | measured | |\n|---|---|---:|---:|---|\n");
@@ -327,6 +342,7 @@ mod tests {
             rootfs_files: Some(20),
             rootfs_bytes: Some(4 << 20),
             health_check_ms: Some(330.0),
+            rss_after_10s: vec![("init".into(), 768)],
         };
         Results {
             date: "2026-12-04".into(),
