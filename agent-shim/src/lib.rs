@@ -109,6 +109,8 @@ pub struct Environment {
     pub cmdline: PathBuf,
     /// Where `kmsg` is, for the benchmark's marks: normally `/dev`.
     pub dev: PathBuf,
+    /// sysfs, for the benchmark's ACPI tables: normally `/sys`.
+    pub sys: PathBuf,
     /// The value of `NOTIFY_SOCKET`, if set.
     pub notify_socket: Option<OsString>,
     /// Where the server listens when neither `--server-addr` nor
@@ -123,6 +125,7 @@ impl Environment {
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
             dev: PathBuf::from("/dev"),
+            sys: PathBuf::from("/sys"),
             notify_socket: notify::socket_from_env(),
             default_server_addr: address::DEFAULT_SERVER_ADDR,
         }
@@ -288,6 +291,16 @@ fn serve_until_exit<W: Write>(
         }
     }
 
+    // The PM timer is found before ready, so that reading it then costs
+    // one instruction.
+    let pm_timer = if options.bench {
+        bench::PmTimer::open(&env.sys)
+            .inspect_err(|err| log::warn!("bench: no ACPI PM timer to read: {err}"))
+            .ok()
+    } else {
+        None
+    };
+
     // Listening before the ready line, so that whoever waits for it can
     // connect at once. Dropped (shut down) on every way out of here.
     let _server = match server::start(options.server_addr.as_ref(), &env.default_server_addr) {
@@ -299,6 +312,11 @@ fn serve_until_exit<W: Write>(
     };
 
     let ready = bench::Clocks::now();
+    let pm = pm_timer.map(|timer| bench::PmReading {
+        ticks: timer.read(),
+        bits: timer.bits,
+        boottime_ns: bench::Clocks::now().boottime_ns,
+    });
     emit(
         out,
         format_args!("agent-shim: ready boottime_us={}", ready.boottime_ns / 1000),
@@ -328,6 +346,7 @@ fn serve_until_exit<W: Write>(
             marks,
             exec: started.clocks,
             ready,
+            pm,
             memory: bench::Memory::read(&env.proc),
         };
         emit(out, line);
@@ -409,6 +428,7 @@ mod tests {
             proc: PathBuf::from("/proc"),
             cmdline: PathBuf::from("/nonexistent/agent-shim/cmdline"),
             dev: PathBuf::from("/nonexistent/agent-shim/dev"),
+            sys: PathBuf::from("/nonexistent/agent-shim/sys"),
             notify_socket: None,
             default_server_addr: unique_abstract_addr(),
         }

@@ -36,11 +36,36 @@ pub struct Config {
     pub flavour: String,
     pub machine: String,
     pub kind: String,
+    /// `vmlinux` (PVH entry, uncompressed) or `bzImage` (compressed, with
+    /// the decompressor).
+    pub kernel_format: String,
 }
 
 impl Config {
+    pub fn new(flavour: &str, machine: &str, kind: &str, kernel_format: &str) -> Self {
+        Self {
+            flavour: flavour.into(),
+            machine: machine.into(),
+            kind: kind.into(),
+            kernel_format: kernel_format.into(),
+        }
+    }
+
     pub fn name(&self) -> String {
-        format!("{} kernel, {}, {}", self.flavour, self.machine, self.kind)
+        let format = if self.kernel_format == "vmlinux" {
+            String::new()
+        } else {
+            format!(" {}", self.kernel_format)
+        };
+        format!(
+            "{} kernel{format}, {}, {}",
+            self.flavour, self.machine, self.kind
+        )
+    }
+
+    /// The bzImage configurations compare kernel formats: minos alone.
+    fn runs(&self, system: System) -> bool {
+        self.kernel_format == "vmlinux" || system == System::Minos
     }
 }
 
@@ -57,6 +82,10 @@ pub struct Row {
     pub init_to_agent_ready_ms: f64,
     /// Kernel clock start → agent ready.
     pub agent_ready_ms: f64,
+    /// Power-on → agent ready, and power-on → kernel clock start (firmware,
+    /// loader, decompression), where the machine has an ACPI PM timer.
+    pub power_on_to_ready_ms: Option<f64>,
+    pub pre_kernel_ms: Option<f64>,
     /// MemTotal − MemFree − per-CPU-list pages, at ready and 1 s later.
     pub mem_ready_kib: u64,
     pub mem_late_kib: u64,
@@ -112,6 +141,32 @@ pub struct Figures {
     pub agent_ready_ms: f64,
     /// mem_used_kib at ready and 1 s later, processes, rss_kib, pss_kib.
     pub memory: [Option<u64>; 5],
+    /// Power-on → agent ready and power-on → the kernel's clock start, from
+    /// the ACPI PM timer (machines that have one).
+    pub power_on_to_ready_ms: Option<f64>,
+    pub pre_kernel_ms: Option<f64>,
+}
+
+/// The ACPI PM timer's rate (Hz).
+const PM_TIMER_HZ: u128 = 3_579_545;
+
+/// Power-on time (ns) of a PM timer reading: the counter wraps (24 bits:
+/// every 4.69 s), so it is the first value with the reading's ticks that
+/// is not before `boottime_ns` (power-on precedes the kernel's clock, and
+/// firmware plus decompression take less than one wrap).
+pub fn power_on_ns(ticks: u64, bits: u32, boottime_ns: u64) -> Option<u64> {
+    if !(1..=32).contains(&bits) {
+        return None;
+    }
+    let period = 1u128 << bits;
+    let to_ns = |t: u128| t * 1_000_000_000 / PM_TIMER_HZ;
+    let mut ns = to_ns(u128::from(ticks) % period);
+    let wrap = to_ns(period);
+    let floor = u128::from(boottime_ns);
+    if ns < floor {
+        ns += (floor - ns).div_ceil(wrap) * wrap;
+    }
+    u64::try_from(ns).ok()
 }
 
 /// The boot figures from the console: agent-shim's two bench lines.
@@ -135,7 +190,20 @@ pub fn figures(console: &str) -> Result<Figures> {
     // CLOCK_BOOTTIME it spent between main() and ready.
     let agent_exec = agent_ready.saturating_sub(ready_ns.saturating_sub(exec_ns) / 1000);
     let ms = |us: u64| us as f64 / 1000.0;
+    let pm_boot = field(ready, "pm_boottime_ns");
+    let power_on = match (
+        field(ready, "pm_timer"),
+        field(ready, "pm_timer_bits"),
+        pm_boot,
+    ) {
+        (Some(t), Some(b), Some(boot)) => power_on_ns(t, b as u32, boot),
+        _ => None,
+    };
     Ok(Figures {
+        power_on_to_ready_ms: power_on.map(|ns| ns as f64 / 1e6),
+        pre_kernel_ms: power_on
+            .zip(pm_boot)
+            .map(|(p, b)| p.saturating_sub(b) as f64 / 1e6),
         kernel_to_init_ms: ms(init_exec),
         init_to_agent_exec_ms: ms(agent_exec.saturating_sub(init_exec)),
         init_to_agent_ready_ms: ms(agent_ready.saturating_sub(init_exec)),
@@ -204,7 +272,12 @@ struct Plan {
 }
 
 fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<(Row, String)> {
-    let kernel = crate::kernel::build(&config.flavour)?.vmlinux;
+    let built = crate::kernel::build(&config.flavour)?;
+    let kernel = if config.kernel_format == "bzImage" {
+        built.bzimage
+    } else {
+        built.vmlinux
+    };
     let kind = Kind::parse(&config.kind)?;
     let image = systems::image(system, &config.kind, bin)?;
     let image_bytes = std::fs::metadata(&image)
@@ -272,6 +345,8 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
         init_to_agent_exec_ms: f.init_to_agent_exec_ms,
         init_to_agent_ready_ms: f.init_to_agent_ready_ms,
         agent_ready_ms: f.agent_ready_ms,
+        power_on_to_ready_ms: f.power_on_to_ready_ms,
+        pre_kernel_ms: f.pre_kernel_ms,
         mem_ready_kib: mem.ok_or(format!("{what}: memory at ready unknown"))?,
         mem_late_kib: late.ok_or(format!("{what}: memory 1 s later unknown"))?,
         processes: procs.ok_or(format!("{what}: process count unknown"))?,
@@ -344,15 +419,16 @@ fn run_plan(plan: &Plan) -> Result<Results> {
     std::fs::create_dir_all(plan.out.join("consoles"))
         .map_err(|e| format!("create {}: {e}", plan.out.display()))?;
     for config in &plan.configs {
-        for &system in &plan.systems {
+        for &system in plan.systems.iter().filter(|s| config.runs(**s)) {
             println!("xtask: bench: {} on {}", system.name(), config.name());
             let (mut row, console) = boot_one(system, config, &bin, false)?;
             let log = plan.out.join(format!(
-                "consoles/{}-{}-{}-{}.txt",
+                "consoles/{}-{}-{}-{}-{}.txt",
                 system.name(),
                 config.flavour,
                 config.machine,
-                config.kind
+                config.kind,
+                config.kernel_format
             ));
             std::fs::write(&log, console).map_err(|e| format!("write {}: {e}", log.display()))?;
             if (plan.health_check)(config) {
@@ -416,12 +492,9 @@ fn all_configs(flavours: &[&str]) -> Vec<Config> {
     let mut v = Vec::new();
     for f in flavours {
         for (machine, kind) in [("q35", "dax"), ("q35", "initrd"), ("microvm", "initrd")] {
-            v.push(Config {
-                flavour: (*f).into(),
-                machine: machine.into(),
-                kind: kind.into(),
-            });
+            v.push(Config::new(f, machine, kind, "vmlinux"));
         }
+        v.push(Config::new(f, "q35", "dax", "bzImage"));
     }
     v
 }
@@ -438,11 +511,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let plan = if quick {
         Plan {
             systems: vec![System::Minos, System::AgentInit],
-            configs: vec![Config {
-                flavour: "test".into(),
-                machine: "q35".into(),
-                kind: "dax".into(),
-            }],
+            configs: vec![Config::new("test", "q35", "dax", "vmlinux")],
             health_check: |_| true,
             out: root().join("target/bench"),
             docs: false,
@@ -462,7 +531,7 @@ pub fn main(args: &[String]) -> Result<()> {
         Plan {
             systems,
             configs: all_configs(&flavours),
-            health_check: |c| c.machine == "q35" && c.kind == "dax",
+            health_check: |c| c.machine == "q35" && c.kind == "dax" && c.kernel_format == "vmlinux",
             out: value("--out")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root().join("docs/bench")),
@@ -532,15 +601,13 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
     fn row(system: &str, exec: f64, mem: u64) -> Row {
         Row {
             system: system.into(),
-            config: Config {
-                flavour: "kata".into(),
-                machine: "q35".into(),
-                kind: "dax".into(),
-            },
+            config: Config::new("kata", "q35", "dax", "vmlinux"),
             kernel_to_init_ms: 300.0,
             init_to_agent_exec_ms: exec,
             init_to_agent_ready_ms: exec + 1.0,
             agent_ready_ms: 301.0 + exec,
+            power_on_to_ready_ms: None,
+            pre_kernel_ms: None,
             mem_ready_kib: mem,
             mem_late_kib: mem,
             processes: 3,
@@ -552,6 +619,29 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
             health_check_ms: None,
             rss_after_10s: Vec::new(),
         }
+    }
+
+    #[test]
+    fn power_on_from_the_pm_timer() {
+        // 1 s of ticks, no wrap: 1 s.
+        assert_eq!(power_on_ns(3_579_545, 24, 500_000_000), Some(1_000_000_000));
+        // 24 bits wrap every 4.687 s: 0.5 s read at a boot time of 5 s is
+        // one wrap later.
+        let wrap = (1u128 << 24) * 1_000_000_000 / 3_579_545;
+        let got = power_on_ns(3_579_545 / 2, 24, 5_000_000_000).unwrap();
+        let half = (3_579_545u128 / 2) * 1_000_000_000 / 3_579_545;
+        assert_eq!(u128::from(got), half + wrap);
+        assert_eq!(power_on_ns(1, 0, 1), None);
+        assert_eq!(power_on_ns(1, 33, 1), None);
+        let with_pm = CONSOLE.replace(
+            "boottime_ready_ns=315407424",
+            "boottime_ready_ns=315407424 pm_timer=1790000 pm_timer_bits=24 pm_boottime_ns=315410000",
+        );
+        let f = figures(&with_pm).unwrap();
+        let on = f.power_on_to_ready_ms.unwrap();
+        assert!((on - 500.06).abs() < 0.01, "{on}");
+        assert!((f.pre_kernel_ms.unwrap() - (on - 315.41)).abs() < 1e-6);
+        assert_eq!(figures(CONSOLE).unwrap().power_on_to_ready_ms, None);
     }
 
     #[test]
