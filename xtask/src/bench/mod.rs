@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--out DIR]`:
+//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--out DIR]`
+//! (and `--pid1`, see [`pid1`]):
 //! boots every system of [`systems`] the same way — same kernel, QEMU
 //! machine, memory, vCPUs and Kata kernel command line — and writes
 //! `results.json`, `BENCHMARKS.md`'s table and one SVG chart per metric.
@@ -13,6 +14,7 @@
 //! the cached `test` kernel, q35 + DAX, one boot each plus one health-check
 //! boot, written under target/bench; the output files are read back.
 
+pub mod pid1;
 pub mod report;
 pub mod systems;
 
@@ -361,7 +363,7 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
     Ok((row, report.console))
 }
 
-fn command_line(cmd: &str, args: &[&str]) -> String {
+pub fn command_line(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
@@ -500,6 +502,9 @@ fn all_configs(flavours: &[&str]) -> Vec<Config> {
 }
 
 pub fn main(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--pid1") {
+        return pid1::main(args);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let check = args.iter().any(|a| a == "--check");
     let value = |k: &str| {

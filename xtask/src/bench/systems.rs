@@ -136,7 +136,7 @@ fn agent_init(bin: &Path, kind: &str) -> Result<Vec<Entry>> {
 
 /// Debian's busybox-static, extracted from its package (not installed on
 /// this machine: it would replace the busybox package).
-fn busybox_binary() -> Result<PathBuf> {
+pub fn busybox_binary() -> Result<PathBuf> {
     let dir = cache().join("busybox-static");
     let out = dir.join("bin/busybox");
     if out.exists() {
