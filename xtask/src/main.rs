@@ -10,6 +10,7 @@
 mod bench;
 mod container;
 mod demo;
+mod fuzz;
 mod image;
 mod kernel;
 mod measure;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check]>";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--pid1]|fuzz --smoke|--run T>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Some("boot") => qemu::main(&args[1..]),
         Some("vmtest") => build().and_then(|_| vmtest::run(args.get(1).map(String::as_str))),
         Some("bench") => bench::main(&args[1..]),
+        Some("fuzz") => fuzz::main(&args[1..]),
         Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
@@ -99,6 +101,9 @@ fn test() -> Result<()> {
     // The integration tests run the real binaries: build them first.
     util::step("build (dev)", || cargo(&["build", "--workspace", "--bins"]))?;
     util::step("tests", || cargo(&["test", "--workspace"]))?;
+    util::step("fuzz corpora replay", || {
+        fuzz::main(&["--smoke".to_string()])
+    })?;
     util::step("release build", || build().map(|_| ()))?;
     util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
     util::step("budgets", || measure::spec(true))?;

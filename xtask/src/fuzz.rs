@@ -1,0 +1,132 @@
+//! `cargo xtask fuzz --smoke | --run TARGET [--seconds N] | --all [--seconds N]`.
+//!
+//! - `--smoke` (part of `cargo xtask test`): replays every committed corpus
+//!   file of every target on the stable toolchain (fuzz-targets/tests/replay.rs).
+//! - `--run TARGET`, `--all`: cargo-fuzz (libFuzzer, nightly toolchain; cargo-fuzz
+//!   installed once under ~/.cache/minos/tools) for N seconds each (default
+//!   600), growing fuzz/corpus/TARGET. A finding stops the run and leaves the
+//!   input in fuzz/artifacts/TARGET; fix it and add the input to the corpus as
+//!   a regression case.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::util::{cargo, root, run, Result};
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> Result<PathBuf> {
+    let tools = crate::kernel::cache_dir().join("tools");
+    let bin = tools.join("bin/cargo-fuzz");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    println!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install, once)");
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo_bin)
+        .args([
+            "install",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--root",
+        ])
+        .arg(&tools)
+        .arg("cargo-fuzz")
+        .current_dir(std::env::temp_dir())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET"))?;
+    Ok(bin)
+}
+
+fn run_target(target: &str, seconds: u64) -> Result<()> {
+    let bin = cargo_fuzz()?;
+    let dir = root().join("fuzz");
+    let corpus = dir.join("corpus").join(target);
+    std::fs::create_dir_all(&corpus).map_err(|e| format!("create {}: {e}", corpus.display()))?;
+    println!("xtask: fuzz {target} for {seconds} s");
+    run(Command::new("rustup")
+        .args(["run", "nightly"])
+        .arg(&bin)
+        .args([
+            "fuzz",
+            "run",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            target,
+        ])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-timeout=10")
+        .arg("-print_final_stats=1")
+        .current_dir(&dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET"))
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let value = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: u64 = value("--seconds")
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("--seconds {s:?}: not a number"))
+        })
+        .transpose()?
+        .unwrap_or(600);
+    if args.iter().any(|a| a == "--smoke") {
+        return cargo(&[
+            "test",
+            "--package",
+            "minos-fuzz-targets",
+            "--test",
+            "replay",
+        ]);
+    }
+    if let Some(target) = value("--run") {
+        return run_target(&target, seconds);
+    }
+    if args.iter().any(|a| a == "--all") {
+        for t in TARGETS {
+            run_target(t, seconds)?;
+        }
+        return Ok(());
+    }
+    Err("usage: cargo xtask fuzz --smoke | --run TARGET [--seconds N] | --all [--seconds N]".into())
+}
+
+/// The targets (fuzz/fuzz_targets/*.rs, fuzz-targets/src/lib.rs).
+pub const TARGETS: [&str; 6] = [
+    "unit_file",
+    "kernel_cmdline",
+    "timesync_config",
+    "ntp_packet",
+    "dns_reply",
+    "ttrpc_frames",
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_target_has_a_cargo_fuzz_binary_and_a_corpus() {
+        let root = crate::util::root();
+        let mut files: Vec<String> = std::fs::read_dir(root.join("fuzz/fuzz_targets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().replace(".rs", ""))
+            .collect();
+        files.sort();
+        let mut names: Vec<String> = super::TARGETS.iter().map(|t| t.to_string()).collect();
+        names.sort();
+        assert_eq!(files, names);
+        let lib = std::fs::read_to_string(root.join("fuzz-targets/src/lib.rs")).unwrap();
+        for t in super::TARGETS {
+            assert!(lib.contains(&format!("(\"{t}\", ")), "{t} missing from fuzz-targets");
+            assert!(root.join("fuzz/corpus").join(t).is_dir(), "no corpus for {t}");
+        }
+    }
+}
