@@ -125,8 +125,14 @@ mod tests {
         assert_eq!(files, names);
         let lib = std::fs::read_to_string(root.join("fuzz-targets/src/lib.rs")).unwrap();
         for t in super::TARGETS {
-            assert!(lib.contains(&format!("(\"{t}\", ")), "{t} missing from fuzz-targets");
-            assert!(root.join("fuzz/corpus").join(t).is_dir(), "no corpus for {t}");
+            assert!(
+                lib.contains(&format!("(\"{t}\", ")),
+                "{t} missing from fuzz-targets"
+            );
+            assert!(
+                root.join("fuzz/corpus").join(t).is_dir(),
+                "no corpus for {t}"
+            );
         }
     }
 }

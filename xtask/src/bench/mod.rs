@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--quick] [--check] [--systems a,b] [--out DIR]`
-//! (and `--pid1`, see [`pid1`]):
+//! (`--pid1`: see [`pid1`]; `--render`: the page and charts again from
+//! docs/bench/results.json):
 //! boots every system of [`systems`] the same way — same kernel, QEMU
 //! machine, memory, vCPUs and Kata kernel command line — and writes
 //! `results.json`, `BENCHMARKS.md`'s table and one SVG chart per metric.
@@ -126,7 +127,17 @@ pub struct Results {
     pub vcpus: u32,
     pub binaries: Vec<(String, u64)>,
     pub rows: Vec<Row>,
+    /// Systems that did not boot on a configuration, and why.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
     pub budgets: Vec<Budget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub system: String,
+    pub config: Config,
+    pub reason: String,
 }
 
 /// The first value of `key=N` in `line`, `None` when absent or `unknown`.
@@ -150,6 +161,10 @@ pub struct Figures {
     pub power_on_to_ready_ms: Option<f64>,
     pub pre_kernel_ms: Option<f64>,
 }
+
+/// Whether power-on figures from the PM timer go into the results (see
+/// [`figures`]).
+const PUBLISH_POWER_ON: bool = false;
 
 /// The ACPI PM timer's rate (Hz).
 const PM_TIMER_HZ: u128 = 3_579_545;
@@ -194,13 +209,18 @@ pub fn figures(console: &str) -> Result<Figures> {
     // CLOCK_BOOTTIME it spent between main() and ready.
     let agent_exec = agent_ready.saturating_sub(ready_ns.saturating_sub(exec_ns) / 1000);
     let ms = |us: u64| us as f64 / 1000.0;
+    // Power-on from the PM timer is not published yet: on this QEMU its
+    // reading (and the TSC's) at ready is below the kernel's own clock
+    // (about 249 against 335 ms), so "power-on" would come after the
+    // kernel's start. The raw values stay on the console; `power_on_ns` is
+    // ready for when the clocks are reconciled.
     let pm_boot = field(ready, "pm_boottime_ns");
     let power_on = match (
         field(ready, "pm_timer"),
         field(ready, "pm_timer_bits"),
         pm_boot,
     ) {
-        (Some(t), Some(b), Some(boot)) => power_on_ns(t, b as u32, boot),
+        (Some(t), Some(b), Some(boot)) if PUBLISH_POWER_ON => power_on_ns(t, b as u32, boot),
         _ => None,
     };
     Ok(Figures {
@@ -305,7 +325,7 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
             "agent.bench agent.exit_after=11s".into()
         },
         memory_mib: MEMORY_MIB,
-        timeout: Duration::from_secs(600),
+        timeout: Duration::from_secs(240),
         echo: false,
         vsock: vsock.then(|| bin.join("agent-shim")),
     };
@@ -418,15 +438,73 @@ pub fn budgets(rows: &[Row]) -> Vec<Budget> {
     out
 }
 
+/// The last meaningful console lines of a failed boot's error, escape
+/// sequences removed.
+pub fn failure_reason(err: &str) -> String {
+    let clean = |l: &str| -> String {
+        let mut out = String::new();
+        let mut chars = l.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters final-byte.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for d in chars.by_ref() {
+                        if d.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            } else if !c.is_control() {
+                out.push(c);
+            }
+        }
+        out.trim().to_string()
+    };
+    let lines: Vec<String> = err
+        .lines()
+        .map(clean)
+        .filter(|l| !l.is_empty() && !l.starts_with("qemu-system-x86_64: terminating"))
+        .collect();
+    let first = lines.first().cloned().unwrap_or_default();
+    let failed: Vec<&String> = lines
+        .iter()
+        .skip(1)
+        .filter(|l| l.contains("Failed") || l.contains("error") || l.contains("panic"))
+        .take(3)
+        .collect();
+    if failed.is_empty() {
+        first
+    } else {
+        let joined: Vec<&str> = failed.iter().map(|s| s.as_str()).collect();
+        format!("{first}: {}", joined.join("; "))
+    }
+}
+
 fn run_plan(plan: &Plan) -> Result<Results> {
     let bin = crate::build()?;
     let mut rows = Vec::new();
+    let mut failures = Vec::new();
     std::fs::create_dir_all(plan.out.join("consoles"))
         .map_err(|e| format!("create {}: {e}", plan.out.display()))?;
     for config in &plan.configs {
         for &system in plan.systems.iter().filter(|s| config.runs(**s)) {
             println!("xtask: bench: {} on {}", system.name(), config.name());
-            let (mut row, console) = boot_one(system, config, &bin, false)?;
+            let (mut row, console) = match boot_one(system, config, &bin, false) {
+                Ok(done) => done,
+                Err(err) => {
+                    // A system that cannot boot on a configuration is a
+                    // result too: recorded with the console's last words.
+                    let reason = failure_reason(&err);
+                    println!("xtask: bench:   did not boot: {reason}");
+                    failures.push(Failure {
+                        system: system.name().into(),
+                        config: config.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
             let log = plan.out.join(format!(
                 "consoles/{}-{}-{}-{}-{}.txt",
                 system.name(),
@@ -490,6 +568,7 @@ fn run_plan(plan: &Plan) -> Result<Results> {
         vcpus: 1,
         binaries,
         rows,
+        failures,
         budgets,
     })
 }
@@ -508,6 +587,12 @@ fn all_configs(flavours: &[&str]) -> Vec<Config> {
 pub fn main(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--pid1") {
         return pid1::main(args);
+    }
+    if args.iter().any(|a| a == "--render") {
+        // The page and charts again from docs/bench/results.json.
+        let dir = root().join("docs/bench");
+        let results = report::read(&dir.join("results.json"))?;
+        return report::write(&results, &dir, true);
     }
     let quick = args.iter().any(|a| a == "--quick");
     let check = args.iter().any(|a| a == "--check");
@@ -648,10 +733,22 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
             "boottime_ready_ns=315407424 pm_timer=1790000 pm_timer_bits=24 pm_boottime_ns=315410000",
         );
         let f = figures(&with_pm).unwrap();
-        let on = f.power_on_to_ready_ms.unwrap();
-        assert!((on - 500.06).abs() < 0.01, "{on}");
-        assert!((f.pre_kernel_ms.unwrap() - (on - 315.41)).abs() < 1e-6);
+        assert_eq!(f.power_on_to_ready_ms.is_some(), PUBLISH_POWER_ON);
         assert_eq!(figures(CONSOLE).unwrap().power_on_to_ready_ms, None);
+    }
+
+    #[test]
+    fn failure_reasons_keep_the_console_s_last_words() {
+        let err = "systemd on minimal kernel, q35, dax: the guest did not power off cleanly\n\
+                   \u{1b}[2JSeaBIOS\nsystemd[1]: Failed to allocate manager object: Function not implemented\n\
+                   [\u{1b}[0;1;31m!!!!!!\u{1b}[0m] Failed to allocate manager object.\n\
+                   qemu-system-x86_64: terminating on signal 15\n";
+        assert_eq!(
+            failure_reason(err),
+            "systemd on minimal kernel, q35, dax: the guest did not power off cleanly: \
+             systemd[1]: Failed to allocate manager object: Function not implemented; \
+             [!!!!!!] Failed to allocate manager object."
+        );
     }
 
     #[test]

@@ -131,6 +131,19 @@ pub fn markdown(results: &Results) -> String {
             rss.join("; ")
         );
     }
+    if !results.failures.is_empty() {
+        s.push_str("### Did not boot\n\n");
+        for f in &results.failures {
+            let _ = writeln!(
+                s,
+                "- {} on {}: {}",
+                label(&f.system),
+                f.config.name(),
+                f.reason
+            );
+        }
+        s.push('\n');
+    }
     if !results.budgets.is_empty() {
         s.push_str("### Budgets (docs/SPECIFICATION.md)\n\n| budget | configuration | limit | measured | |\n|---|---|---:|---:|---|\n");
         for b in &results.budgets {
@@ -179,13 +192,7 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
   the kernel's `Run /sbin/init as init process` record; *agent ready* is the record agent-shim
   writes once its ttRPC server listens; *agent exec* is agent ready less the CLOCK_BOOTTIME the
   shim spent from `main` to ready; those phases are on the kernel's clock, which starts after
-  firmware, loader and decompression. *Power-on → agent ready* comes from the ACPI PM timer,
-  which QEMU derives from its virtual clock since power-on: agent-shim reads it (ioperm, port
-  from the FADT) at ready, next to CLOCK_BOOTTIME, and the host unwraps the 24-bit counter;
-  *pre-kernel* is that less the boot time. microvm has no PM timer: no power-on figure there.
-  (The guest TSC would be the obvious clock, but under TCG it counts executed instructions,
-  not the idle time QEMU skips: at the point the kernel marks sched_clock stable it reads about
-  1 ms while the kernel's clock reads 300 ms.)
+  firmware, loader and decompression.
 - **Host health check.** A second boot of the same image with a virtio-vsock device
   (vhost-device-vsock, QEMU's vhost-user-vsock-pci); the host polls `grpc.Health/Check` over
   hybrid vsock from power-on, as the Kata runtime does; the figure is the guest time of the first
@@ -198,7 +205,13 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
 
 const METHOD_TAIL: &str = "## Not measured yet
 
-- Power-on on microvm (no ACPI PM timer).
+- Power-on → agent ready (firmware, loader, decompression), and with it bzImage against vmlinux
+  before the kernel's clock starts. agent-shim records the guest TSC and the ACPI PM timer
+  (read with ioperm; QEMU derives it from its virtual clock) next to CLOCK_BOOTTIME at ready,
+  but on this QEMU under `-icount` both read less than the kernel's clock (about 249 ms against
+  335 ms on q35 DAX), which a counter from power-on cannot. Until the clocks are reconciled the
+  raw values stay on the consoles and no power-on figure is published; the bzImage rows show
+  only that everything after the kernel's clock start is unchanged by the decompressor.
 - timesync against chronyd in one guest (wakeups and CPU over 60 s with the same PHC) is
   measured by `cargo xtask vmtest dax-q35-phc` and `dax-q35-phc-chronyd`, part of `cargo xtask
   test`; the figures are in docs/timesync.md, not in this table.
@@ -217,23 +230,35 @@ debootstraps the systemd rootfs (a few minutes), all cached in ~/.cache/minos.
 
 /// Stacked horizontal bars: kernel → init exec, init exec → agent ready.
 pub fn boot_chart(results: &Results) -> String {
-    bars(
-        results,
-        "Power-on to agent ready (guest ms, icount; no pre-kernel part where the machine has no PM timer)",
-        &[
-            ("power-on → kernel (firmware, loader)", "#b3b3b3"),
-            ("kernel → init exec", "#8da0cb"),
-            ("init exec → agent ready", "#fc8d62"),
-        ],
-        |r| {
-            vec![
-                r.pre_kernel_ms.unwrap_or(0.0),
-                r.kernel_to_init_ms,
-                r.init_to_agent_ready_ms,
-            ]
-        },
-        "ms",
-    )
+    let kernel = ("kernel → init exec", "#8da0cb");
+    let user = ("init exec → agent ready", "#fc8d62");
+    if results.rows.iter().any(|r| r.pre_kernel_ms.is_some()) {
+        bars(
+            results,
+            "Power-on to agent ready (guest ms, icount)",
+            &[
+                ("power-on → kernel (firmware, loader)", "#b3b3b3"),
+                kernel,
+                user,
+            ],
+            |r| {
+                vec![
+                    r.pre_kernel_ms.unwrap_or(0.0),
+                    r.kernel_to_init_ms,
+                    r.init_to_agent_ready_ms,
+                ]
+            },
+            "ms",
+        )
+    } else {
+        bars(
+            results,
+            "Kernel clock start to agent ready (guest ms, icount)",
+            &[kernel, user],
+            |r| vec![r.kernel_to_init_ms, r.init_to_agent_ready_ms],
+            "ms",
+        )
+    }
 }
 
 /// Bars: memory used at agent ready.
@@ -371,6 +396,11 @@ mod tests {
                 row("minos", 300.0, 5.0, 8400),
                 row("systemd", 310.0, 700.0, 30000),
             ],
+            failures: vec![crate::bench::Failure {
+                system: "systemd".into(),
+                config: Config::new("minimal", "q35", "dax", "vmlinux"),
+                reason: "no inotify".into(),
+            }],
             budgets: vec![Budget {
                 what: "x <y>".into(),
                 config,
@@ -404,6 +434,10 @@ mod tests {
         let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
         assert!(md.contains("| systemd + chrony | 1210.0 ms | 200.0 ms | 310.0 ms | 350.00 ms | 700.00 ms | 1010.0 ms | 530 ms (330 ms) | 30000 KiB |"), "{md}");
         assert!(md.contains("**missed**"));
+        assert!(
+            md.contains("- systemd + chrony on minimal kernel, q35, dax: no inotify"),
+            "{md}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
