@@ -17,9 +17,23 @@ struct Shared {
     _server: agent_shim::server::AgentServer,
 }
 
+/// The agent-shim binary runs with SIGPIPE ignored (Rust's runtime sets
+/// that before `main`), so a peer that hangs up makes a write fail with
+/// EPIPE instead of killing the process. libFuzzer's `main` does not, so
+/// the harness does the same before the server starts.
+#[allow(unsafe_code)]
+fn ignore_sigpipe() {
+    // SAFETY: signal(2) with SIG_IGN installs no handler code; it only
+    // changes this process's disposition of SIGPIPE, as Rust's runtime does.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 fn shared() -> &'static Shared {
     static SERVER: OnceLock<Shared> = OnceLock::new();
     SERVER.get_or_init(|| {
+        ignore_sigpipe();
         let name = format!("minos-fuzz-ttrpc-{}", std::process::id());
         let address = Address::parse_listen(&format!("unix://@{name}"))
             .unwrap_or_else(|e| panic!("fuzz harness: address: {e}"));
