@@ -64,7 +64,10 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
         // ASan keeps freed memory in quarantine (256 MiB by default, per
         // thread cache on top); the ttRPC target's server threads filled
         // libFuzzer's 2 GiB RSS limit with it while live memory was 28 MB.
-        .env("ASAN_OPTIONS", "quarantine_size_mb=32:thread_local_quarantine_size_kb=64")
+        .env(
+            "ASAN_OPTIONS",
+            "quarantine_size_mb=32:thread_local_quarantine_size_kb=64",
+        )
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET"))
 }
