@@ -10,7 +10,8 @@
 //! - agent ready: `agent-shim: ready`, written to /dev/kmsg once the
 //!   server listens;
 //! - agent exec: the ready record's time less the CLOCK_BOOTTIME that
-//!   passed between the shim's first instruction of `main` and ready.
+//!   passed between the shim's first instruction of `main` and the mark
+//!   (`mark_boottime_ns`, read right after writing it).
 //!
 //! Power-on comes from the TSC: the shim reads it with CLOCK_BOOTTIME at
 //! exec and at ready, so the host can work out the TSC's rate and how far
@@ -18,7 +19,7 @@
 //! decompression). Two lines on stdout:
 //!
 //! ```text
-//! agent-shim: bench ready init_exec_us=N agent_ready_us=N tsc_exec=N tsc_ready=N boottime_exec_ns=N boottime_ready_ns=N pm_timer=N pm_timer_bits=N pm_boottime_ns=N mem_used_kib=N processes=N rss_kib=N pss_kib=N
+//! agent-shim: bench ready init_exec_us=N agent_ready_us=N tsc_exec=N tsc_ready=N boottime_exec_ns=N boottime_ready_ns=N mark_boottime_ns=N pm_timer=N pm_timer_bits=N pm_boottime_ns=N mem_used_kib=N processes=N rss_kib=N pss_kib=N
 //! agent-shim: bench late after_ms=1000 mem_used_kib=N processes=N rss_kib=N pss_kib=N
 //! agent-shim: bench rss after_ms=10000 COMM=KIB ...
 //! ```
@@ -377,6 +378,8 @@ pub struct ReadyLine {
     pub marks: Marks,
     pub exec: Clocks,
     pub ready: Clocks,
+    /// CLOCK_BOOTTIME right after the ready mark was written.
+    pub mark_boottime_ns: Option<u64>,
     pub pm: Option<PmReading>,
     pub memory: Memory,
 }
@@ -385,13 +388,14 @@ impl fmt::Display for ReadyLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "agent-shim: bench ready init_exec_us={} agent_ready_us={} tsc_exec={} tsc_ready={} boottime_exec_ns={} boottime_ready_ns={} {} {}",
+            "agent-shim: bench ready init_exec_us={} agent_ready_us={} tsc_exec={} tsc_ready={} boottime_exec_ns={} boottime_ready_ns={} mark_boottime_ns={} {} {}",
             opt(self.marks.init_exec_us),
             opt(self.marks.agent_ready_us),
             self.exec.tsc,
             self.ready.tsc,
             self.exec.boottime_ns,
             self.ready.boottime_ns,
+            opt(self.mark_boottime_ns),
             match self.pm {
                 Some(pm) => format!(
                     "pm_timer={} pm_timer_bits={} pm_boottime_ns={}",
@@ -570,6 +574,7 @@ mod tests {
                 tsc: 3,
                 boottime_ns: 4,
             },
+            mark_boottime_ns: Some(5),
             pm: None,
             memory: Memory {
                 mem_used_kib: Some(8000),
@@ -583,7 +588,7 @@ mod tests {
         assert_eq!(
             line.to_string(),
             "agent-shim: bench ready init_exec_us=unknown agent_ready_us=260000 tsc_exec=1 tsc_ready=3 boottime_exec_ns=2 \
-             boottime_ready_ns=4 pm_timer=unknown mem_used_kib=8000 processes=3 rss_kib=900 pss_kib=unknown"
+             boottime_ready_ns=4 mark_boottime_ns=5 pm_timer=unknown mem_used_kib=8000 processes=3 rss_kib=900 pss_kib=unknown"
         );
         let late = LateLine {
             after_ms: 1000,

@@ -150,7 +150,8 @@ impl Started {
 }
 
 /// Runs the shim with the arguments after the program name; returns the
-/// exit status. As PID 1 it never returns: it powers the machine off.
+/// exit status. As PID 1 it powers the machine off instead, and returns
+/// only when that is refused (a container without CAP_SYS_BOOT).
 pub fn run<I>(args: I) -> u8
 where
     I: IntoIterator<Item = OsString>,
@@ -166,11 +167,10 @@ where
     if pid1 {
         log::info!("as PID 1: exit status {status}: powering off");
         let err = asinit::power_off();
-        log::error!("as PID 1: cannot power off: {err}");
-        // Nothing left to do but wait for the hypervisor.
-        loop {
-            std::thread::park();
-        }
+        // Without CAP_SYS_BOOT (PID 1 of a container) reboot(2) fails:
+        // exiting ends the namespace, which is what a container manager
+        // waits for.
+        log::error!("as PID 1: cannot power off: {err}; exiting");
     }
     status
 }
@@ -317,15 +317,19 @@ fn serve_until_exit<W: Write>(
         bits: timer.bits,
         boottime_ns: bench::Clocks::now().boottime_ns,
     });
+    // The kernel-log mark first, with the clock read right after it, so
+    // that the ready line's console write is in neither.
+    let mut mark_boottime_ns = None;
+    if options.bench {
+        match bench::mark(&env.dev, bench::READY_MARK) {
+            Ok(()) => mark_boottime_ns = Some(bench::Clocks::now().boottime_ns),
+            Err(err) => log::warn!("bench: cannot write to {}/kmsg: {err}", env.dev.display()),
+        }
+    }
     emit(
         out,
         format_args!("agent-shim: ready boottime_us={}", ready.boottime_ns / 1000),
     );
-    if options.bench {
-        if let Err(err) = bench::mark(&env.dev, bench::READY_MARK) {
-            log::warn!("bench: cannot write to {}/kmsg: {err}", env.dev.display());
-        }
-    }
     // Measured before notifying, while init is still waiting for us.
     let used = memory::read_mem_used_kib(&env.proc)
         .inspect_err(|err| log::warn!("memory: {}", Report(err)))
@@ -346,6 +350,7 @@ fn serve_until_exit<W: Write>(
             marks,
             exec: started.clocks,
             ready,
+            mark_boottime_ns,
             pm,
             memory: bench::Memory::read(&env.proc),
         };
@@ -542,7 +547,10 @@ mod tests {
         };
         let (_, out) = serve_to_string(options, &env());
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with("agent-shim: ready boottime_us="));
+        assert!(
+            lines[0].starts_with("agent-shim: ready boottime_us="),
+            "{out}"
+        );
         let used: u64 = lines[1]
             .strip_prefix("agent-shim: mem_used_kib=")
             .unwrap()
@@ -563,7 +571,7 @@ mod tests {
             ..env()
         };
         let options = Options {
-            timer: Some(Timer::ExitAfter(Duration::from_millis(1500))),
+            timer: Some(Timer::ExitAfter(Duration::from_millis(3000))),
             bench: true,
             ..Options::default()
         };
@@ -572,9 +580,13 @@ mod tests {
         std::fs::remove_dir_all(&dev).unwrap();
         assert_eq!(exit, Exit::ExitAfter);
         assert_eq!(kmsg, "<6>agent-shim: ready\n");
+        assert!(out.contains(" mark_boottime_ns="), "{out}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 5, "{out}");
-        assert!(lines[0].starts_with("agent-shim: ready boottime_us="));
+        assert!(
+            lines[0].starts_with("agent-shim: ready boottime_us="),
+            "{out}"
+        );
         assert!(lines[1].starts_with("agent-shim: mem_used_kib="));
         let ready = lines[2];
         assert!(

@@ -204,7 +204,11 @@ pub fn figures(console: &str) -> Result<Figures> {
     let init_exec = need(ready, "init_exec_us")?;
     let agent_ready = need(ready, "agent_ready_us")?;
     let exec_ns = need(ready, "boottime_exec_ns")?;
-    let ready_ns = need(ready, "boottime_ready_ns")?;
+    // The clock next to the mark when the shim has it, else the ready one.
+    let ready_ns = match field(ready, "mark_boottime_ns") {
+        Some(ns) => ns,
+        None => need(ready, "boottime_ready_ns")?,
+    };
     // The agent's exec on the kernel-log clock: its ready mark less the
     // CLOCK_BOOTTIME it spent between main() and ready.
     let agent_exec = agent_ready.saturating_sub(ready_ns.saturating_sub(exec_ns) / 1000);
