@@ -115,14 +115,17 @@ impl PmTimer {
     /// Finds the timer and asks for access to its port (root, CAP_SYS_RAWIO).
     pub fn open(sys: &Path) -> io::Result<Self> {
         let path = sys.join("firmware/acpi/tables/FACP");
-        let fadt = std::fs::read(&path)?;
+        let fadt = std::fs::read(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", path.display())))?;
         let timer = Self::from_fadt(&fadt).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} has no PM timer", path.display()),
             )
         })?;
-        allow_port(timer.port)?;
+        allow_port(timer.port).map_err(|e| {
+            io::Error::new(e.kind(), format!("ioperm(port {:#x}): {e}", timer.port))
+        })?;
         Ok(timer)
     }
 

@@ -211,7 +211,15 @@ pub fn figures(console: &str) -> Result<Figures> {
     };
     // The agent's exec on the kernel-log clock: its ready mark less the
     // CLOCK_BOOTTIME it spent between main() and ready.
-    let agent_exec = agent_ready.saturating_sub(ready_ns.saturating_sub(exec_ns) / 1000);
+    let impossible = |what: &str| format!("{what} in: {ready}");
+    let spent_us = ready_ns
+        .checked_sub(exec_ns)
+        .ok_or_else(|| impossible("the ready clock is before the exec clock"))?
+        / 1000;
+    let agent_exec = agent_ready
+        .checked_sub(spent_us)
+        .filter(|exec| *exec >= init_exec)
+        .ok_or_else(|| impossible("the agent's exec comes before init's"))?;
     let ms = |us: u64| us as f64 / 1000.0;
     // Power-on from the PM timer is not published yet: on this QEMU its
     // reading (and the TSC's) at ready is below the kernel's own clock
@@ -233,8 +241,8 @@ pub fn figures(console: &str) -> Result<Figures> {
             .zip(pm_boot)
             .map(|(p, b)| p.saturating_sub(b) as f64 / 1e6),
         kernel_to_init_ms: ms(init_exec),
-        init_to_agent_exec_ms: ms(agent_exec.saturating_sub(init_exec)),
-        init_to_agent_ready_ms: ms(agent_ready.saturating_sub(init_exec)),
+        init_to_agent_exec_ms: ms(agent_exec - init_exec),
+        init_to_agent_ready_ms: ms(agent_ready - init_exec),
         agent_ready_ms: ms(agent_ready),
         memory: [
             field(ready, "mem_used_kib"),
@@ -312,7 +320,9 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
         .map_err(|e| format!("{}: {e}", image.display()))?
         .len();
     let stage = root().join(format!("target/images/bench-{}-rootfs", system.name()));
-    let tree = (config.kind != "initrd" || system != System::Minos).then(|| tree_stats(&stage));
+    let tree = (config.kind != "initrd" || system != System::Minos)
+        .then(|| tree_stats(&stage))
+        .filter(|(files, _)| *files > 0);
     let opts = BootOptions {
         kernel,
         kind,
@@ -378,7 +388,7 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
         mem_ready_kib: mem.ok_or(format!("{what}: memory at ready unknown"))?,
         mem_late_kib: late.ok_or(format!("{what}: memory 1 s later unknown"))?,
         processes: procs.ok_or(format!("{what}: process count unknown"))?,
-        rss_kib: rss.unwrap_or(0),
+        rss_kib: rss.ok_or(format!("{what}: user RSS unknown"))?,
         pss_kib: pss,
         image_bytes,
         rootfs_files: tree.map(|t| t.0),
@@ -527,9 +537,19 @@ fn run_plan(plan: &Plan) -> Result<Results> {
                         err.lines().next().unwrap_or("")
                     );
                     boot_one(system, config, &bin, true)
-                })?;
-                row.health_check_ms = checked.0.health_check_ms;
-                row.health_check_power_on_ms = checked.0.health_check_power_on_ms;
+                });
+                match checked {
+                    Ok((checked, _)) => {
+                        row.health_check_ms = checked.health_check_ms;
+                        row.health_check_power_on_ms = checked.health_check_power_on_ms;
+                    }
+                    // Recorded like a boot that failed; the row stays.
+                    Err(err) => failures.push(Failure {
+                        system: system.name().into(),
+                        config: config.clone(),
+                        reason: format!("health-check boot: {}", failure_reason(&err)),
+                    }),
+                }
             }
             println!(
                 "xtask: bench:   kernel→init {:.1} ms, init→agent exec {:.1} ms, init→ready {:.1} ms, ready {:.1} ms, health check {}, memory {} KiB, {} processes",
@@ -682,6 +702,10 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
     #[test]
     fn figures_from_the_bench_lines() {
         let f = figures(CONSOLE).unwrap();
+        let before_init = CONSOLE.replace("init_exec_us=310128", "init_exec_us=315000");
+        assert!(figures(&before_init)
+            .unwrap_err()
+            .contains("the agent's exec comes before init's"));
         assert_eq!(f.kernel_to_init_ms, 310.128);
         // 315884 - (315407424 - 313117602) / 1000 = 313595 → 3.467 ms after init exec.
         assert!((f.init_to_agent_exec_ms - 3.467).abs() < 1e-9, "{f:?}");

@@ -299,6 +299,9 @@ pub fn main(args: &[String]) -> Result<()> {
         })
         .transpose()?
         .unwrap_or(30);
+    if rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
     let out = value("--out")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("docs/bench"));
