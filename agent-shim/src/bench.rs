@@ -270,12 +270,18 @@ pub fn is_kernel_thread(stat: &str) -> Option<bool> {
     Some(flags & PF_KTHREAD != 0)
 }
 
-/// The `Pss:` line of /proc/PID/smaps_rollup, in KiB.
-pub fn parse_pss_kib(smaps_rollup: &str) -> Option<u64> {
-    smaps_rollup.lines().find_map(|line| {
-        let value = line.strip_prefix("Pss:")?;
+/// The number after `key` (`Key:   N kB`) on the first line that starts
+/// with it.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?;
         value.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// The `Pss:` line of /proc/PID/smaps_rollup, in KiB.
+pub fn parse_pss_kib(smaps_rollup: &str) -> Option<u64> {
+    kib_field(smaps_rollup, "Pss:")
 }
 
 /// The resident set of /proc/PID/statm (field 2, in pages), in KiB.
@@ -301,22 +307,7 @@ pub fn read_processes(proc: &Path) -> io::Result<Processes> {
         pss_kib: Some(0),
         ..Processes::default()
     };
-    for entry in std::fs::read_dir(proc)? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        if !name
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
-        let dir = entry.path();
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            continue;
-        };
-        if is_kernel_thread(&stat) != Some(false) {
-            continue;
-        }
+    for (_, dir) in user_processes(proc)? {
         total.count += 1;
         if let Some(rss) = std::fs::read_to_string(dir.join("statm"))
             .ok()
@@ -333,6 +324,31 @@ pub fn read_processes(proc: &Path) -> io::Result<Processes> {
         };
     }
     Ok(total)
+}
+
+/// The user-space processes under `proc` (PID and /proc/PID), kernel
+/// threads left out; a process that exits meanwhile is skipped.
+fn user_processes(proc: &Path) -> io::Result<Vec<(u32, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(proc)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        if is_kernel_thread(&stat) == Some(false) {
+            out.push((pid, dir));
+        }
+    }
+    Ok(out)
 }
 
 fn opt(value: Option<u64>) -> String {
@@ -435,32 +451,14 @@ pub const RSS_AFTER_MS: u64 = 10_000;
 
 /// `VmRSS:` of /proc/PID/status, in KiB.
 pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let value = line.strip_prefix("VmRSS:")?;
-        value.split_whitespace().next()?.parse().ok()
-    })
+    kib_field(status, "VmRSS:")
 }
 
 /// Each user-space process's `comm` (spaces replaced by `_`) and VmRSS, by
 /// PID.
 pub fn read_process_rss(proc: &Path) -> io::Result<Vec<(u32, String, u64)>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(proc)? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            continue;
-        };
-        if is_kernel_thread(&stat) != Some(false) {
-            continue;
-        }
+    for (pid, dir) in user_processes(proc)? {
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let comm: String = comm
             .trim_end()

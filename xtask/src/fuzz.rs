@@ -73,12 +73,7 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
 }
 
 pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |k: &str| crate::util::arg_value(args, k);
     let seconds: u64 = value("--seconds")
         .map(|s| {
             s.parse()

@@ -338,12 +338,7 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
 }
 
 pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |k: &str| crate::util::arg_value(args, k);
     let kind = Kind::parse(&value("--kind").unwrap_or_else(|| "dax".into()))?;
     let flavour = value("--flavour").unwrap_or_else(|| "test".into());
     let kernel = match value("--kernel") {

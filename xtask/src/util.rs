@@ -118,3 +118,11 @@ pub fn is_static(path: &Path) -> Result<bool> {
     }
     Ok(true)
 }
+
+/// The value after `key` in `args` (`--key VALUE`), if any.
+pub fn arg_value(args: &[String], key: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == key)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}

@@ -620,12 +620,7 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let check = args.iter().any(|a| a == "--check");
-    let value = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |k: &str| crate::util::arg_value(args, k);
     let plan = if quick {
         Plan {
             systems: vec![System::Minos, System::AgentInit],

@@ -286,12 +286,7 @@ pub fn markdown(r: &Pid1Results) -> String {
 }
 
 pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |k: &str| crate::util::arg_value(args, k);
     let rounds: usize = value("--rounds")
         .map(|r| {
             r.parse()
