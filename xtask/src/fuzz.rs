@@ -74,13 +74,7 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
 
 pub fn main(args: &[String]) -> Result<()> {
     let value = |k: &str| crate::util::arg_value(args, k);
-    let seconds: u64 = value("--seconds")
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("--seconds {s:?}: not a number"))
-        })
-        .transpose()?
-        .unwrap_or(600);
+    let seconds: u64 = crate::util::arg_number(args, "--seconds", 600)?;
     if args.iter().any(|a| a == "--smoke") {
         return cargo(&[
             "test",

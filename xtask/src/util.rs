@@ -126,3 +126,12 @@ pub fn arg_value(args: &[String], key: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1))
         .cloned()
 }
+
+/// The number after `key` in `args`, or `default` when the key is absent;
+/// a value that is not a number is an error naming the key.
+pub fn arg_number<T: std::str::FromStr>(args: &[String], key: &str, default: T) -> Result<T> {
+    match arg_value(args, key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("{key} {v:?}: not a number")),
+    }
+}

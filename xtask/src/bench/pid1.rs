@@ -287,13 +287,7 @@ pub fn markdown(r: &Pid1Results) -> String {
 
 pub fn main(args: &[String]) -> Result<()> {
     let value = |k: &str| crate::util::arg_value(args, k);
-    let rounds: usize = value("--rounds")
-        .map(|r| {
-            r.parse()
-                .map_err(|_| format!("--rounds {r:?}: not a number"))
-        })
-        .transpose()?
-        .unwrap_or(30);
+    let rounds: usize = crate::util::arg_number(args, "--rounds", 30)?;
     if rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
