@@ -13,6 +13,7 @@
 )]
 
 pub mod boot;
+pub mod cgroup;
 pub mod cli;
 pub mod cmdline;
 pub mod control;

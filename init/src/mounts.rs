@@ -231,8 +231,22 @@ pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec
             "gid=5,mode=620,ptmxmode=666",
         ),
         table.mount("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
-        table.mount("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
-        table.mount("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
+        // systemd's sizes (mount-setup.c, tmp.mount): a workload filling
+        // /run or /tmp cannot take all of the guest's memory with it.
+        table.mount(
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            NOSUID_NODEV,
+            "mode=0755,size=20%,nr_inodes=800k",
+        ),
+        table.mount(
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            NOSUID_NODEV,
+            "mode=1777,size=50%,nr_inodes=1m",
+        ),
     ];
     let mut errors = Vec::new();
     if cgroup_v1 {

@@ -52,6 +52,12 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    #[error("duplicate the descriptor of {}", .path.display())]
+    CgroupDescriptor {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("empty command line")]
     EmptyCommand,
     #[error("start {program}")]
@@ -72,6 +78,8 @@ pub struct ExecContext {
     pub cwd: Option<PathBuf>,
     /// `OOMScoreAdjust=`, when init may apply it.
     pub oom_score_adjust: Option<i32>,
+    /// The unit's cgroup (`TasksMax=`), which each process joins before exec.
+    pub cgroup: Option<std::rc::Rc<crate::cgroup::UnitCgroup>>,
 }
 
 /// Resolves user, group, environment and working directory for `unit`.
@@ -164,6 +172,7 @@ pub fn context(
         groups,
         cwd,
         oom_score_adjust,
+        cgroup: None,
     })
 }
 
@@ -586,8 +595,25 @@ pub fn spawn(
         _ => Vec::new(),
     };
     let no_new_privs = svc.no_new_privileges && !privileged;
+    // A duplicate for this child's closure (close-on-exec, dropped with the
+    // Command in the parent).
+    let cgroup_procs = match &ctx.cgroup {
+        Some(cg) => Some(
+            cg.procs
+                .try_clone()
+                .map_err(|source| SpawnError::CgroupDescriptor {
+                    path: cg.path.join("cgroup.procs"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
 
     let pre_exec = move || -> io::Result<()> {
+        // First, as root: the cgroup limits everything that follows.
+        if let Some(fd) = &cgroup_procs {
+            rustix::io::write(fd, b"0").map_err(|e| child_error(b"join the unit's cgroup", e))?;
+        }
         // init blocks the signals it reads from its signalfd; the mask is
         // inherited across fork and exec, so clear it (sigprocmask is
         // async-signal-safe).

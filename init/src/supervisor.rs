@@ -290,6 +290,7 @@ impl UnitRt {
     /// removes its runtime directories unless `RuntimeDirectoryPreserve=`
     /// keeps them.
     fn release_runtime_directories(&mut self, restarting: bool) {
+        self.kill_cgroup_leftovers();
         if !self.runtime_dirs {
             return;
         }
@@ -301,6 +302,22 @@ impl UnitRt {
         if remove {
             spawn::remove_runtime_directories(&self.unit);
             self.runtime_dirs = false;
+        }
+    }
+}
+
+impl UnitRt {
+    /// The unit stopped: what is left in its cgroup (`TasksMax=` units) is
+    /// killed, as systemd's `KillMode=control-group` does.
+    fn kill_cgroup_leftovers(&self) {
+        if self.main.is_some() || self.control.is_some() {
+            return;
+        }
+        if let Some(cg) = self.ctx.as_ref().and_then(|c| c.cgroup.as_ref()) {
+            let n = cg.kill_leftovers();
+            if n > 0 {
+                log::info!("{}: killed {n} process(es) left in its cgroup", self.name());
+            }
         }
     }
 }
@@ -672,6 +689,20 @@ impl Supervisor {
                 log::error!("{}: {}", u.name(), crate::error_chain(&e));
                 self.terminated(i, Outcome::SpawnFailed);
                 return;
+            }
+        }
+        let mut ctx = ctx;
+        if let Some(tasks_max) = u.unit.service.tasks_max {
+            let root = std::path::Path::new(crate::cgroup::CGROUP_ROOT);
+            match crate::cgroup::prepare(root, &u.unit.name, tasks_max, crate::cgroup::pid_max()) {
+                Ok(cg) => ctx.cgroup = Some(std::rc::Rc::new(cg)),
+                // As systemd with a controller it cannot use: the unit runs
+                // without the limit, and the log says so.
+                Err(e) => log::warn!(
+                    "{}: TasksMax= not applied, running without a pids limit: {}",
+                    u.name(),
+                    crate::error_chain(&e)
+                ),
             }
         }
         u.ctx = Some(ctx);

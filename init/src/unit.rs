@@ -200,6 +200,32 @@ pub struct Service {
     /// `None` = not set (keep all).
     pub capability_bounding_set: Option<Vec<u32>>,
     pub no_new_privileges: bool,
+    /// `TasksMax=`: the pids limit of the unit's cgroup (`None` = not set).
+    pub tasks_max: Option<TasksMax>,
+}
+
+/// `TasksMax=`: how many tasks (processes and threads) the unit's cgroup may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TasksMax {
+    /// An absolute number of tasks.
+    Count(u64),
+    /// Per ten thousand of the system's limit (`kernel.pid_max`): `15%` = 1500.
+    Permyriad(u32),
+    /// `infinity`: a cgroup with no limit.
+    Infinity,
+}
+
+impl TasksMax {
+    /// The value for the cgroup's `pids.max` file, given `kernel.pid_max`.
+    pub fn pids_max(self, pid_max: u64) -> String {
+        match self {
+            TasksMax::Count(n) => n.to_string(),
+            TasksMax::Permyriad(p) => (pid_max.saturating_mul(u64::from(p)) / 10_000)
+                .max(1)
+                .to_string(),
+            TasksMax::Infinity => "max".to_owned(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -258,6 +284,7 @@ impl Default for Service {
             ambient_capabilities: Vec::new(),
             capability_bounding_set: None,
             no_new_privileges: false,
+            tasks_max: None,
         }
     }
 }
@@ -544,7 +571,6 @@ const SERVICE_IGNORED: &[&str] = &[
     "Delegate",
     "KillMode",
     "IgnoreSIGPIPE",
-    "TasksMax",
     "MemoryMax",
     "CPUQuota",
     "LogLevelMax",
@@ -886,6 +912,7 @@ impl<'a> Parser<'a> {
             "Restart" => set(&mut s.restart, value, Restart::No, restart),
             "RestartSec" => set(&mut s.restart_sec, value, DEFAULT_RESTART_SEC, timespan),
             "RemainAfterExit" => set(&mut s.remain_after_exit, value, false, boolean),
+            "TasksMax" => set(&mut s.tasks_max, value, None, |v| tasks_max(v).map(Some)),
             "TimeoutStartSec" => set(&mut s.timeout_start, value, DEFAULT_TIMEOUT, timeout),
             "TimeoutStopSec" => set(&mut s.timeout_stop, value, DEFAULT_TIMEOUT, timeout),
             "TimeoutSec" => set(&mut s.timeout_start, value, DEFAULT_TIMEOUT, timeout).map(|()| {
@@ -1298,6 +1325,35 @@ fn oom_score_adjust(v: &str) -> Result<i32, String> {
         Ok(n) if (-1000..=1000).contains(&n) => Ok(n),
         Ok(_) => Err(format!("{} is out of range -1000..1000", show(v))),
         Err(_) => Err(format!("invalid number {}", show(v))),
+    }
+}
+
+/// `TasksMax=`: `N`, `N%` (of `kernel.pid_max`, up to two decimals) or
+/// `infinity`. `0` is refused, as systemd refuses it.
+fn tasks_max(v: &str) -> Result<TasksMax, String> {
+    if v == "infinity" {
+        return Ok(TasksMax::Infinity);
+    }
+    if let Some(pct) = v.strip_suffix('%') {
+        let (whole, frac) = pct.split_once('.').unwrap_or((pct, ""));
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !(frac.is_empty() || (digits(frac) && frac.len() <= 2)) {
+            return Err(format!("invalid percentage {}", show(v)));
+        }
+        let whole: u32 = whole
+            .parse()
+            .map_err(|_| format!("invalid percentage {}", show(v)))?;
+        let frac: u32 = format!("{frac:0<2}").parse().unwrap_or(0);
+        let permyriad = whole.saturating_mul(100).saturating_add(frac);
+        return match permyriad {
+            1..=10_000 => Ok(TasksMax::Permyriad(permyriad)),
+            _ => Err(format!("{} is out of range (0%, 100%]", show(v))),
+        };
+    }
+    match v.parse::<u64>() {
+        Ok(0) => Err("0 is not allowed (use infinity for no limit)".to_owned()),
+        Ok(n) => Ok(TasksMax::Count(n)),
+        Err(_) => Err(format!("invalid number of tasks {}", show(v))),
     }
 }
 
@@ -2846,6 +2902,33 @@ mod tests {
     }
 
     #[test]
+    fn tasks_max() {
+        assert_eq!(ok_svc("TasksMax=64").tasks_max, Some(TasksMax::Count(64)));
+        assert_eq!(
+            ok_svc("TasksMax=infinity").tasks_max,
+            Some(TasksMax::Infinity)
+        );
+        assert_eq!(
+            ok_svc("TasksMax=15%").tasks_max,
+            Some(TasksMax::Permyriad(1500))
+        );
+        assert_eq!(
+            ok_svc("TasksMax=0.5%").tasks_max,
+            Some(TasksMax::Permyriad(50))
+        );
+        assert_eq!(ok_svc("TasksMax=64\nTasksMax=").tasks_max, None);
+        for bad in ["0", "-1", "lots", "101%", "0%", "1.234%", "%", ".5%", "1e3"] {
+            let (sv, d) = bad_svc(&format!("TasksMax={bad}"), "TasksMax");
+            assert_eq!(sv.tasks_max, None, "{bad}");
+            assert!(d.message.ends_with("ignored"), "{d}");
+        }
+        assert_eq!(TasksMax::Count(64).pids_max(32768), "64");
+        assert_eq!(TasksMax::Permyriad(1500).pids_max(32768), "4915");
+        assert_eq!(TasksMax::Permyriad(1).pids_max(100), "1");
+        assert_eq!(TasksMax::Infinity.pids_max(32768), "max");
+    }
+
+    #[test]
     fn oom_score_adjust() {
         assert_eq!(ok_svc("OOMScoreAdjust=-997").oom_score_adjust, Some(-997));
         assert_eq!(ok_svc("OOMScoreAdjust=1000").oom_score_adjust, Some(1000));
@@ -3596,6 +3679,7 @@ mod tests {
             "Restart",
             "RestartSec",
             "RemainAfterExit",
+            "TasksMax",
             "TimeoutStartSec",
             "TimeoutStopSec",
             "TimeoutSec",

@@ -149,11 +149,29 @@ impl Rootfs {
     /// Like [`start`], but a shell first mounts `image` (ext4, loop) on /data
     /// inside the new mount namespace, then execs init chrooted.
     pub fn start_with_data_image(&self, image: &Path, args: &[&str]) -> Pid1 {
+        self.start_after(
+            &format!(
+                "mount -o loop {} {}/data",
+                sh_quote(&image.to_string_lossy()),
+                sh_quote(&self.root.to_string_lossy())
+            ),
+            args,
+        )
+    }
+
+    /// Like [`start`], but `prelude` (a shell command line, run as PID 1 of
+    /// the new namespaces; `$ROOT` is the rootfs) runs first, then init is
+    /// exec'd chrooted. Mounts made there are seen by init, which leaves a
+    /// mount point it finds in place.
+    pub fn start_after(&self, prelude: &str, args: &[&str]) -> Pid1 {
         let script = format!(
-            "mount -o loop {img} {root}/data && exec chroot {root} /sbin/init {args}",
-            img = image.display(),
-            root = self.root.display(),
-            args = args.join(" ")
+            "ROOT={root} && {prelude} && exec chroot {root} /sbin/init {args}",
+            root = sh_quote(&self.root.to_string_lossy()),
+            args = args
+                .iter()
+                .map(|a| sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let mut cmd = Command::new("unshare");
         cmd.args(UNSHARE).args(["/bin/sh", "-c"]).arg(script);

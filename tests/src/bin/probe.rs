@@ -44,6 +44,10 @@ fn main() {
         ["notify", delay_ms] => notify(delay_ms.parse().unwrap_or(0)),
         ["ignore-term"] => ignore_term(),
         ["orphans", n] => orphans(n.parse().unwrap_or(0)),
+        ["forkbomb", depth, width, path] => {
+            forkbomb(depth.parse().unwrap_or(0), width.parse().unwrap_or(0), path)
+        }
+        ["fill", path] => fill(path),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
         ["stat", target, path] => stat(target, path),
@@ -84,6 +88,79 @@ fn fake_agent() -> i32 {
     std::thread::sleep(Duration::from_millis(after));
     println!("kata-agent (probe): exiting with {code}");
     code
+}
+
+/// A fork bomb with a ceiling, so that a test that fails cannot take the
+/// host down: every process forks `width` children down to `depth` levels
+/// (at most width + width² + … processes), retrying a refused fork 20
+/// times, then sleeps until killed. Each refused fork appends its errno to
+/// `path`, and the first process writes `started` there before it begins.
+fn forkbomb(depth: u32, width: u32, path: &str) -> i32 {
+    let log = |line: &str| {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    };
+    log("started\n");
+    let mut level = depth;
+    let mut i = 0;
+    while level > 0 && i < width {
+        let mut refused = 0;
+        loop {
+            // SAFETY: fork(2) in a single-threaded program; the child only
+            // continues this loop (no locks are held across it).
+            match unsafe { libc::fork() } {
+                0 => {
+                    level -= 1;
+                    i = 0;
+                    break;
+                }
+                n if n > 0 => {
+                    i += 1;
+                    break;
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    log(&format!("fork refused: {e}\n"));
+                    refused += 1;
+                    if refused == 20 {
+                        i = width;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Writes 64 KiB blocks to `path` until the file system is full, then
+/// prints how much it wrote and exits 0 if the last error was ENOSPC.
+fn fill(path: &str) -> i32 {
+    let mut f = match std::fs::File::create(path) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("create {path}: {e}")),
+    };
+    let block = vec![0x5au8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match f.write(&block) {
+            Ok(0) => return fail(&format!("write {path}: wrote nothing")),
+            Ok(n) => total += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                println!("fill: {path}: {total} bytes, then ENOSPC");
+                return 0;
+            }
+            Err(e) => return fail(&format!("write {path} after {total} bytes: {e}")),
+        }
+    }
 }
 
 fn fail(msg: &str) -> i32 {
