@@ -393,3 +393,111 @@ impl Drop for Pid1 {
         let _ = self.child.wait();
     }
 }
+
+/// One socket of a process, seen through a duplicate of its descriptor
+/// (pidfd_getfd(2), which needs the ptrace access root has).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub pid: i32,
+    /// The process's command name (/proc/PID/comm).
+    pub comm: String,
+    pub fd: i32,
+    /// `AF_*` number.
+    pub family: u32,
+    /// `SOCK_*` number.
+    pub kind: u32,
+    pub listening: bool,
+    /// The local address: a path for unix sockets, `ip:port` for inet,
+    /// `cid:port` for vsock, empty when unbound.
+    pub local: String,
+}
+
+/// The processes in the PID namespace of host process `pid` (host pids).
+pub fn namespace_members(pid: i32) -> Vec<i32> {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let want = ns(&pid.to_string()).expect("pid namespace of init");
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| ns(&p.to_string()).as_ref() == Some(&want))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Every socket that process `pid` holds.
+pub fn sockets_of(pid: i32) -> Vec<SocketInfo> {
+    use rustix::net::sockopt;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let Ok(pidfd) = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).expect("pid > 0"),
+        rustix::process::PidfdFlags::empty(),
+    ) else {
+        return Vec::new(); // exited in between
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in fds.flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket =
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let dup =
+            rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+                .unwrap_or_else(|e| panic!("pidfd_getfd({pid}, {fd}): {e}"));
+        let family = sockopt::socket_domain(&dup).map_or(0, |f| u32::from(f.as_raw()));
+        let kind = sockopt::socket_type(&dup).map_or(0, |t| t.as_raw());
+        let listening = sockopt::socket_acceptconn(&dup).unwrap_or(false);
+        let local = local_address(&dup, family);
+        out.push(SocketInfo {
+            pid,
+            comm: comm.clone(),
+            fd,
+            family,
+            kind,
+            listening,
+            local,
+        });
+    }
+    out
+}
+
+fn local_address(fd: &std::os::fd::OwnedFd, family: u32) -> String {
+    use std::os::fd::AsRawFd;
+    match family as i32 {
+        libc::AF_VSOCK => {
+            match nix::sys::socket::getsockname::<nix::sys::socket::VsockAddr>(fd.as_raw_fd()) {
+                Ok(a) => format!("{}:{}", a.cid(), a.port()),
+                Err(e) => format!("? ({e})"),
+            }
+        }
+        _ => match rustix::net::getsockname(fd) {
+            Ok(a) => match a.address_family() {
+                rustix::net::AddressFamily::UNIX => rustix::net::SocketAddrUnix::try_from(a)
+                    .map_or_else(
+                        |_| String::new(),
+                        |u| {
+                            u.path()
+                                .map(|p| p.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        },
+                    ),
+                rustix::net::AddressFamily::INET | rustix::net::AddressFamily::INET6 => {
+                    std::net::SocketAddr::try_from(a)
+                        .map_or_else(|e| format!("? ({e})"), |s| s.to_string())
+                }
+                other => format!("family {}", other.as_raw()),
+            },
+            Err(e) => format!("? ({e})"),
+        },
+    }
+}
