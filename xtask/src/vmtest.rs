@@ -208,6 +208,53 @@ fn scenarios() -> Vec<Scenario> {
             data_disk: false,
             vsock: false,
         },
+        // Issue 7's faults in one guest (cgroup2 at the real root): a fork
+        // bomb held by TasksMax=32; the read-only root with every write on
+        // tmpfs; then memory pressure until the OOM killer runs — it takes
+        // the hog, init (-1000) and the agent (-997) live on, the guest
+        // powers off cleanly afterwards.
+        Scenario {
+            name: "dax-q35-faults",
+            kind: Kind::Dax,
+            fs: Fs::Ext4,
+            machine: "q35",
+            extra: vec![
+                unit(
+                    "bomb.service",
+                    "[Service]\nTasksMax=32\nExecStart=/usr/bin/probe forkbomb 4 4 /run/bomb\n",
+                ),
+                unit(
+                    "faults.service",
+                    "[Unit]\nAfter=kata-agent.service bomb.service timesync.service\n\
+                     [Service]\nType=oneshot\nStandardOutput=tty\n\
+                     ExecStart=/usr/bin/probe sleep 1\n\
+                     ExecStart=/usr/bin/probe cat /sys/fs/cgroup/system.slice/bomb.service/pids.max\n\
+                     ExecStart=/usr/bin/probe cat /sys/fs/cgroup/system.slice/bomb.service/pids.current\n\
+                     ExecStart=/usr/bin/probe cat /sys/fs/cgroup/system.slice/bomb.service/pids.events\n\
+                     ExecStart=/usr/bin/probe rocheck\n\
+                     ExecStart=-/usr/bin/probe hog\n\
+                     ExecStart=/usr/bin/probe pidof kata-agent\n\
+                     ExecStart=/usr/bin/probe say faults:after-oom\n\
+                     ExecStart=/sbin/poweroff\n",
+                ),
+            ],
+            cmdline: "agent.exit_after=1h",
+            data_disk: false,
+            vsock: false,
+        },
+        // No /dev/ptp0 (the mock PHC is not created): timesync says so and
+        // falls back to its NTP server, a real chronyd serving on 127.0.0.1
+        // inside the guest (`local stratum 8`, -x: it never sets the clock).
+        Scenario {
+            name: "dax-q35-no-ptp",
+            kind: Kind::Dax,
+            fs: Fs::Ext4,
+            machine: "q35",
+            extra: no_ptp_entries(),
+            cmdline: "agent.exit_after=1h",
+            data_disk: false,
+            vsock: false,
+        },
         // The runtime's view: a real virtio-vsock device (vhost-user
         // backend), the host's `agent-shim check hvsock://...:1024` gets
         // SERVING, then the agent exits and the guest powers off. On q35
@@ -239,6 +286,15 @@ fn scenarios() -> Vec<Scenario> {
 /// before the time daemon, then the measurements of `daemon`, then poweroff.
 /// `status` is one more command run before poweroff (or empty).
 fn phc_units(daemon: &str, status: &str) -> Vec<Entry> {
+    // timesync only (init restarts it; chronyd's stand-in unit does not
+    // restart): SIGKILL at delays after a +3 s jump that sweep across its
+    // next wakeup (once a second on a PHC), when it reads, bursts and steps.
+    let kill = if daemon == "timesync" {
+        "ExecStart=-/usr/bin/clockprobe kill-during-correction /dev/ptp0 timesync 3 \
+         0 200 600 990 1000 1005 1010 1020 1050\n"
+    } else {
+        ""
+    };
     vec![
         unit(
             "phc-mock.service",
@@ -252,10 +308,50 @@ fn phc_units(daemon: &str, status: &str) -> Vec<Entry> {
                 "[Unit]\nAfter=timesync.service phc-mock.service kata-agent.service\n\
                  [Service]\nType=oneshot\nStandardOutput=tty\n\
                  ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0 2 -2\n\
-                 ExecStart=/usr/bin/clockprobe whois {daemon}\n\
+                 {kill}ExecStart=/usr/bin/clockprobe whois {daemon}\n\
                  ExecStart=/usr/bin/clockprobe usage {daemon} 60\n\
                  {status}ExecStart=/sbin/poweroff\n"
             ),
+        ),
+    ]
+}
+
+/// The no-PHC scenario: chronyd as an NTP server on loopback, timesync
+/// with Kata's lines plus that server, a check of its status after the
+/// fallback, then poweroff.
+fn no_ptp_entries() -> Vec<Entry> {
+    vec![
+        unit(
+            "ntp-server.service",
+            "[Unit]\nBefore=timesync.service\n[Service]\nType=simple\n\
+             ExecStart=/usr/sbin/chronyd -d -x -u root -f /etc/chrony/server.conf\n",
+        ),
+        Entry::Dir {
+            path: "etc/chrony".into(),
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "etc/chrony/server.conf".into(),
+            mode: 0o644,
+            data: b"local stratum 8\nallow 127.0.0.1\nbindaddress 127.0.0.1\nport 123\n\
+                    cmdport 0\npidfile /run/chronyd.pid\n"
+                .to_vec(),
+        },
+        Entry::File {
+            path: "etc/timesync.conf".into(),
+            mode: 0o644,
+            data: format!(
+                "{}server 127.0.0.1 iburst\n",
+                include_str!("../../rootfs-skel/overlay/etc/timesync.conf")
+            )
+            .into_bytes(),
+        },
+        unit(
+            "ntp-check.service",
+            "[Unit]\nAfter=timesync.service ntp-server.service kata-agent.service\n\
+             [Service]\nType=oneshot\nStandardOutput=tty\n\
+             ExecStart=/usr/bin/probe sleep 12\nExecStart=/usr/bin/timesync status\n\
+             ExecStart=/sbin/poweroff\n",
         ),
     ]
 }
@@ -374,6 +470,48 @@ fn check_phc(name: &str, r: &BootReport) -> Result<()> {
         &format!("timesync RSS {rss:?} KiB"),
         r,
     )?;
+    // SIGKILL while it corrects a +3 s jump: init restarts it (RestartSec=1s)
+    // and the new instance steps the clock back.
+    let kills: Vec<&str> = r
+        .console
+        .lines()
+        .filter(|l| l.starts_with("clockprobe: kill-during-correction "))
+        .collect();
+    check(
+        name,
+        kills.len() == 9,
+        &format!("{} kill-during-correction lines, not 9", kills.len()),
+        r,
+    )?;
+    let mut before = 0;
+    for line in &kills {
+        let field = |key: &str| -> Option<f64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        let recovered = field("recovered_ms=");
+        let restarted = field("restarted_ms=");
+        if field("offset_at_kill_ms=").is_some_and(|ms| ms.abs() > 1.0) {
+            before += 1;
+        }
+        check(
+            name,
+            recovered.is_some_and(|ms| ms <= 4000.0) && restarted.is_some_and(|ms| ms <= 4000.0),
+            &format!("not restarted and back under 1 ms within 4 s: {line}"),
+            r,
+        )?;
+    }
+    // The sweep must hit both sides of the step.
+    check(
+        name,
+        before > 0 && before < kills.len(),
+        &format!(
+            "{before} of {} kills landed before the correction",
+            kills.len()
+        ),
+        r,
+    )?;
     for jump in ["jump=+2.000", "jump=-2.000"] {
         let recovered = value_after(&r.console, jump, "recovered_ms=");
         check(
@@ -384,6 +522,105 @@ fn check_phc(name: &str, r: &BootReport) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The console lines of `dax-q35-faults`, in the order they must come.
+fn check_faults(name: &str, r: &BootReport) -> Result<()> {
+    let c = &r.console;
+    let pos = |needle: &str| -> Result<usize> {
+        c.find(needle)
+            .ok_or_else(|| format!("{name}: console lacks {needle:?}\n--- console ---\n{c}"))
+    };
+    // The bomb, held by its cgroup on cgroup2.
+    pos("probe cat /sys/fs/cgroup/system.slice/bomb.service/pids.max: 32")?;
+    let current: Option<u32> = c
+        .lines()
+        .find_map(|l| l.split("bomb.service/pids.current: ").nth(1))
+        .and_then(|v| v.trim().parse().ok());
+    check(
+        name,
+        current.is_some_and(|n| (20..=32).contains(&n)),
+        &format!("pids.current {current:?} (the bomb fills up to TasksMax=32)"),
+        r,
+    )?;
+    let refused: Option<u64> = c
+        .lines()
+        .find_map(|l| l.split("bomb.service/pids.events: max ").nth(1))
+        .and_then(|v| v.trim().parse().ok());
+    check(
+        name,
+        refused.is_some_and(|n| n > 0),
+        &format!("pids.events shows no refused fork ({refused:?})"),
+        r,
+    )?;
+    check(
+        name,
+        !c.contains("TasksMax= not applied"),
+        "TasksMax= was not applied",
+        r,
+    )?;
+    // The read-only root.
+    pos("probe rocheck: ok root=ro")?;
+    check(
+        name,
+        !c.contains("Read-only file system"),
+        "something in the guest failed on the read-only root",
+        r,
+    )?;
+    // The OOM killer took the hog, not init or the agent.
+    let oom = pos("Out of memory: Killed process")?;
+    let victim = c
+        .get(oom..)
+        .and_then(|t| t.lines().next())
+        .unwrap_or_default();
+    check(
+        name,
+        victim.contains("(probe)"),
+        &format!("the OOM killer's victim: {victim}"),
+        r,
+    )?;
+    let agent = pos("probe pidof kata-agent: pid=")?;
+    let after = pos("faults:after-oom")?;
+    check(
+        name,
+        oom < agent && agent < after,
+        "the agent was not found alive after the OOM kill",
+        r,
+    )?;
+    check(
+        name,
+        c.contains("probe pidof kata-agent: pid=") && c.contains(" oom_score_adj=-997"),
+        "the agent's oom_score_adj is not -997",
+        r,
+    )
+}
+
+/// timesync without /dev/ptp0: says so, falls back to NTP on loopback and
+/// synchronises there.
+fn check_no_ptp(name: &str, r: &BootReport) -> Result<()> {
+    for needle in [
+        "cannot open PHC /dev/ptp0",
+        "other sources are used meanwhile",
+        "Synchronised   : yes",
+    ] {
+        check(
+            name,
+            r.console.contains(needle),
+            &format!("console lacks {needle:?}"),
+            r,
+        )?;
+    }
+    let source = r
+        .console
+        .lines()
+        .find(|l| l.starts_with("Source         : "))
+        .unwrap_or_default();
+    check(
+        name,
+        source.contains("127.0.0.1"),
+        &format!("timesync's source is not the NTP server: {source:?}"),
+        r,
+    )
 }
 
 fn data_disk(path: &Path) -> Result<()> {
@@ -459,7 +696,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
             continue;
         }
         let mut extra = s.extra.clone();
-        if s.name == "dax-q35-phc-chronyd" {
+        if s.name == "dax-q35-phc-chronyd" || s.name == "dax-q35-no-ptp" {
             add_chronyd(&mut extra)?;
         }
         extra.push(probe_entry.clone());
@@ -489,7 +726,8 @@ pub fn run(only: Option<&str>) -> Result<()> {
             extra_cmdline: s.cmdline.into(),
             memory_mib: 512,
             timeout: Duration::from_secs(300),
-            echo: false,
+            // MINOS_VMTEST_ECHO=1 streams every guest's console.
+            echo: std::env::var_os("MINOS_VMTEST_ECHO").is_some(),
             vsock: s.vsock.then(|| bin.join("agent-shim")),
         };
         let result = boot(&o).and_then(|r| {
@@ -504,6 +742,12 @@ pub fn run(only: Option<&str>) -> Result<()> {
             }
             if s.name == "dax-q35-phc" {
                 check_phc(s.name, &r)?;
+            }
+            if s.name == "dax-q35-faults" {
+                check_faults(s.name, &r)?;
+            }
+            if s.name == "dax-q35-no-ptp" {
+                check_no_ptp(s.name, &r)?;
             }
             if s.name == "dax-q35-phc-chronyd" {
                 // Reference figures only: chronyd synchronised the guest and

@@ -41,10 +41,12 @@ fn main() -> ExitCode {
         Some("phc-create") => phc_create(),
         Some("phc-set") => guard().and_then(|()| phc_set(&args[1..])),
         Some("scenario") => guard().and_then(|()| scenario(&args[1..])),
+        Some("kill-during-correction") => guard().and_then(|()| kill_during_correction(&args[1..])),
         Some("whois") => whois(args.get(1).map_or("", String::as_str)),
         Some("usage") => usage(&args[1..]),
         _ => Err(
-            "usage: clockprobe phc-create | phc-set DEV OFFSET_S PPM | scenario DEV JUMP_S..."
+            "usage: clockprobe phc-create | phc-set DEV OFFSET_S PPM | scenario DEV JUMP_S... | \
+             kill-during-correction DEV COMM JUMP_S DELAY_MS... | whois COMM | usage COMM SECONDS"
                 .into(),
         ),
     };
@@ -216,6 +218,75 @@ fn scenario(args: &[String]) -> Result<(), String> {
             ),
             Err(err) => println!("clockprobe: jump={jump:+.3} not_recovered: {err}"),
         }
+    }
+    Ok(())
+}
+
+/// For each DELAY_MS: jumps CLOCK_REALTIME by JUMP_S, SIGKILLs the process
+/// named COMM DELAY_MS later (while it measures, steps or re-measures the
+/// clock), and measures how long the guest takes to be back within 1 ms of
+/// the PHC: the supervisor must restart the daemon, and the new one must
+/// correct what the killed one left. Needs the clock settled first.
+fn kill_during_correction(args: &[String]) -> Result<(), String> {
+    let dev = args.first().ok_or("missing DEV")?;
+    let comm = args.get(1).ok_or("missing COMM")?;
+    let jump = number(args, 2, "JUMP_S")?;
+    let fd = open(dev)?;
+    let phc = clock_id(&fd);
+    settle(phc, 60.0)?;
+    for i in 3..args.len() {
+        let delay = number(args, i, "DELAY_MS")?;
+        let victim = find(comm)?;
+        let pid: i32 = victim
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .ok_or("bad /proc entry")?;
+        let start = boottime()?;
+        settime(libc::CLOCK_REALTIME, gettime(libc::CLOCK_REALTIME)? + jump)?;
+        std::thread::sleep(Duration::from_secs_f64(delay / 1e3));
+        // SAFETY: kill(2) with integers only.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+            return Err(format!(
+                "kill {comm} ({pid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let killed = boottime()? - start;
+        // Where the kill landed: before the correction (about JUMP_S off)
+        // or after it (back near 0).
+        let at_kill = offset(phc)?;
+        let settled = settle(phc, 60.0);
+        // The supervisor's restart: a new process of that name (RestartSec=).
+        let mut restarted = None;
+        while boottime()? - start < 10.0 {
+            if find(comm).is_ok_and(|p| p != victim) {
+                restarted = Some(boottime()? - start);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let restarted = restarted.map_or("never".to_owned(), |t| format!("{:.0}", t * 1e3));
+        match settled {
+            Ok((recovered, off)) => println!(
+                "clockprobe: kill-during-correction jump={jump:+.3} killed_after_ms={:.0} \
+                 offset_at_kill_ms={:+.1} recovered_ms={:.0} residual_us={:.1} restarted_ms={restarted}",
+                killed * 1e3,
+                at_kill * 1e3,
+                (killed + recovered) * 1e3,
+                off * 1e6,
+            ),
+            Err(err) => println!(
+                "clockprobe: kill-during-correction jump={jump:+.3} killed_after_ms={:.0} \
+                 offset_at_kill_ms={:+.1} not_recovered: {err} restarted_ms={restarted}",
+                killed * 1e3,
+                at_kill * 1e3,
+            ),
+        }
+        // Rounds at least 3 s apart: at most 4 restarts in any 10 s, under
+        // the unit's start limit (systemd's 5 in 10 s), which is not tested here.
+        let spent = boottime()? - start;
+        std::thread::sleep(Duration::from_secs_f64((3.0 - spent).max(0.0)));
     }
     Ok(())
 }

@@ -48,6 +48,16 @@ fn main() {
             forkbomb(depth.parse().unwrap_or(0), width.parse().unwrap_or(0), path)
         }
         ["fill", path] => fill(path),
+        ["hog"] => hog(),
+        ["cat", path] => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                println!("probe cat {path}: {}", text.trim_end().replace('\n', " | "));
+                0
+            }
+            Err(e) => fail(&format!("read {path}: {e}")),
+        },
+        ["pidof", comm] => pidof(comm),
+        ["rocheck"] => rocheck(),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
         ["stat", target, path] => stat(target, path),
@@ -160,6 +170,117 @@ fn fill(path: &str) -> i32 {
             }
             Err(e) => return fail(&format!("write {path} after {total} bytes: {e}")),
         }
+    }
+}
+
+/// Prints `probe pidof COMM: pid=N oom_score_adj=A` for the process named
+/// COMM (the first found), or fails when there is none.
+fn pidof(comm: &str) -> i32 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return fail("read /proc");
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if name.trim_end() == comm {
+            let adj = std::fs::read_to_string(path.join("oom_score_adj")).unwrap_or_default();
+            println!(
+                "probe pidof {comm}: pid={} oom_score_adj={}",
+                e.file_name().to_string_lossy(),
+                adj.trim()
+            );
+            return 0;
+        }
+    }
+    fail(&format!("no process named {comm}"))
+}
+
+/// Allocates and touches memory 16 MiB at a time until the OOM killer
+/// ends it, printing its progress every 64 MiB (so the console shows who
+/// was growing). Never returns normally.
+fn hog() -> i32 {
+    const CHUNK: usize = 16 << 20;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut v = vec![0u8; CHUNK];
+        // Touch every page so it is really allocated.
+        for i in (0..CHUNK).step_by(4096) {
+            v[i] = 1;
+        }
+        held.push(v);
+        if held.len().is_multiple_of(4) {
+            println!("probe hog: holding {} MiB", held.len() * 16);
+        }
+    }
+}
+
+/// The read-only root a Kata guest has: `/` mounted read-only, a write
+/// there fails with EROFS, /run, /tmp and /dev/shm take writes, and every
+/// mount that is writable is a memory file system, not a disk. Prints
+/// `probe rocheck: ok ...` or `probe rocheck: FAIL ...` (exit 1).
+fn rocheck() -> i32 {
+    let mut problems = Vec::new();
+    match rustix::fs::statvfs("/") {
+        Ok(st) if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) => {}
+        Ok(_) => problems.push("/ is not mounted read-only".to_owned()),
+        Err(e) => problems.push(format!("statvfs /: {e}")),
+    }
+    for path in ["/rocheck-probe", "/etc/rocheck-probe", "/usr/rocheck-probe"] {
+        match std::fs::write(path, b"x") {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+            Err(e) => problems.push(format!("write {path}: {e} (expected EROFS)")),
+            Ok(()) => problems.push(format!("write {path} succeeded on the read-only root")),
+        }
+    }
+    for dir in ["/run", "/tmp", "/dev/shm"] {
+        let path = format!("{dir}/rocheck-probe");
+        if let Err(e) = std::fs::write(&path, b"x").and_then(|()| std::fs::remove_file(&path)) {
+            problems.push(format!("write {path}: {e}"));
+        }
+    }
+    const MEMORY_FS: &[&str] = &[
+        "tmpfs",
+        "devtmpfs",
+        "proc",
+        "sysfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "securityfs",
+        "mqueue",
+        "debugfs",
+        "tracefs",
+        "bpf",
+        "hugetlbfs",
+        "configfs",
+        "pstore",
+        "ramfs",
+    ];
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut writable = 0;
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [FIELDS] - FSTYPE SOURCE SUPER
+        let (left, right) = line.split_once(" - ").unwrap_or((line, ""));
+        let left: Vec<&str> = left.split_whitespace().collect();
+        let right: Vec<&str> = right.split_whitespace().collect();
+        let (Some(target), Some(opts), Some(fstype)) = (left.get(4), left.get(5), right.first())
+        else {
+            problems.push(format!("unreadable mountinfo line {line:?}"));
+            continue;
+        };
+        if opts.split(',').any(|o| o == "rw") {
+            writable += 1;
+            if !MEMORY_FS.contains(fstype) {
+                problems.push(format!("{target} ({fstype}) is mounted read-write"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("probe rocheck: ok root=ro erofs=3 tmpfs_writes=3 rw_mounts={writable} all_memory_fs=yes");
+        0
+    } else {
+        println!("probe rocheck: FAIL {}", problems.join("; "));
+        1
     }
 }
 
