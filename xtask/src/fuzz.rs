@@ -39,14 +39,29 @@ fn cargo_fuzz() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn run_target(target: &str, seconds: u64) -> Result<()> {
+/// One libFuzzer run's figures.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub target: String,
+    pub seconds: u64,
+    /// `stat::number_of_executed_units`.
+    pub executions: u64,
+    /// Files in fuzz/corpus/TARGET afterwards.
+    pub corpus_files: usize,
+}
+
+/// Runs `target` for `seconds`; its output streams through, the final
+/// statistics are parsed from it. A finding fails the run.
+pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
+    use std::io::BufRead;
+
     let bin = cargo_fuzz()?;
     let dir = root().join("fuzz");
     let corpus = dir.join("corpus").join(target);
     std::fs::create_dir_all(&corpus).map_err(|e| format!("create {}: {e}", corpus.display()))?;
     println!("xtask: fuzz {target} for {seconds} s");
-    run(Command::new("rustup")
-        .args(["run", "nightly"])
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly"])
         .arg(&bin)
         .args([
             "fuzz",
@@ -69,7 +84,34 @@ fn run_target(target: &str, seconds: u64) -> Result<()> {
             "quarantine_size_mb=32:thread_local_quarantine_size_kb=64",
         )
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET"))
+        .env_remove("CARGO_BUILD_TARGET")
+        .stderr(std::process::Stdio::piped());
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().map_err(|e| format!("run {shown}: {e}"))?;
+    let mut executions = None;
+    if let Some(err) = child.stderr.take() {
+        for line in std::io::BufReader::new(err).lines().map_while(|l| l.ok()) {
+            eprintln!("{line}");
+            if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+                executions = n.trim().parse().ok();
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("wait for {shown}: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "fuzz target {target} failed ({status}): a finding is in fuzz/artifacts/{target}"
+        ));
+    }
+    let corpus_files = std::fs::read_dir(&corpus)
+        .map_err(|e| format!("{}: {e}", corpus.display()))?
+        .count();
+    Ok(Run {
+        target: target.to_owned(),
+        seconds,
+        executions: executions.ok_or(format!("{target}: no final statistics in the output"))?,
+        corpus_files,
+    })
 }
 
 pub fn main(args: &[String]) -> Result<()> {
@@ -85,11 +127,11 @@ pub fn main(args: &[String]) -> Result<()> {
         ]);
     }
     if let Some(target) = value("--run") {
-        return run_target(&target, seconds);
+        return run_target(&target, seconds).map(|r| println!("xtask: {r:?}"));
     }
     if args.iter().any(|a| a == "--all") {
         for t in TARGETS {
-            run_target(t, seconds)?;
+            println!("xtask: {:?}", run_target(t, seconds)?);
         }
         return Ok(());
     }

@@ -6,6 +6,7 @@
 //! - `cargo xtask spec`   measure init's size and RSS (docs/SPECIFICATION.md)
 //! - `cargo xtask kernel` build (or take from the cache) the guest kernel flavours
 //! - `cargo xtask bench`  boot benchmarks against other guest userlands (docs/BENCHMARKS.md)
+//! - `cargo xtask soak`   100 boots writing to a data disk, 10-minute fuzz runs (docs/soak.md)
 
 mod bench;
 mod container;
@@ -15,6 +16,7 @@ mod image;
 mod kernel;
 mod measure;
 mod qemu;
+mod soak;
 mod util;
 mod vmtest;
 mod vsock;
@@ -23,7 +25,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--pid1]|fuzz --smoke|--run T>";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--pid1]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Some("vmtest") => build().and_then(|_| vmtest::run(args.get(1).map(String::as_str))),
         Some("bench") => bench::main(&args[1..]),
         Some("fuzz") => fuzz::main(&args[1..]),
+        Some("soak") => build().and_then(|_| soak::main(&args[1..])),
         Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
@@ -106,6 +109,9 @@ fn test() -> Result<()> {
     })?;
     util::step("release build", || build().map(|_| ()))?;
     util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
+    util::step("soak, short (3 boots writing to one data disk)", || {
+        soak::main(&["--boots", "3", "--fuzz-seconds", "0"].map(String::from))
+    })?;
     util::step("budgets", || measure::spec(true))?;
     util::step(
         "bench pipeline (quick: minos and the agent as init)",

@@ -57,6 +57,7 @@ fn main() {
             Err(e) => fail(&format!("read {path}: {e}")),
         },
         ["pidof", comm] => pidof(comm),
+        ["soakwrite", dir] => soakwrite(dir),
         ["rocheck"] => rocheck(),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
@@ -193,6 +194,39 @@ fn pidof(comm: &str) -> i32 {
         }
     }
     fail(&format!("no process named {comm}"))
+}
+
+/// One boot of `cargo xtask soak`: N is `minos.soak_boot=N` from
+/// /proc/cmdline. Writes DIR/boot-N (256 KiB, `soak_byte(N, i)`), appends
+/// `boot N` to DIR/log and rewrites DIR/current with N, without fsync:
+/// getting them to the disk is the shutdown's job.
+fn soakwrite(dir: &str) -> i32 {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let Some(n) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("minos.soak_boot="))
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return fail("no minos.soak_boot=N on the kernel command line");
+    };
+    let data: Vec<u8> = (0..256 * 1024u64).map(|i| soak_byte(n, i)).collect();
+    let path = format!("{dir}/boot-{n}");
+    if let Err(e) = std::fs::write(&path, &data) {
+        return fail(&format!("write {path}: {e}"));
+    }
+    if append(&format!("{dir}/log"), &format!("boot {n}")) != 0 {
+        return 1;
+    }
+    if let Err(e) = std::fs::write(format!("{dir}/current"), n.to_string()) {
+        return fail(&format!("write {dir}/current: {e}"));
+    }
+    println!("probe soakwrite: boot {n} written");
+    0
+}
+
+/// Byte `i` of boot `n`'s file (the host checks the same function).
+fn soak_byte(n: u64, i: u64) -> u8 {
+    ((i * 31 + n * 7) % 251) as u8
 }
 
 /// Allocates and touches memory 16 MiB at a time until the OOM killer
