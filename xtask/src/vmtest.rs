@@ -232,6 +232,7 @@ fn scenarios() -> Vec<Scenario> {
                      ExecStart=/usr/bin/probe cat /sys/fs/cgroup/system.slice/bomb.service/pids.current\n\
                      ExecStart=/usr/bin/probe cat /sys/fs/cgroup/system.slice/bomb.service/pids.events\n\
                      ExecStart=/usr/bin/probe rocheck\n\
+                     ExecStart=/usr/bin/probe sockets\n\
                      ExecStart=-/usr/bin/probe hog\n\
                      ExecStart=/usr/bin/probe pidof kata-agent\n\
                      ExecStart=/usr/bin/probe say faults:after-oom\n\
@@ -565,6 +566,36 @@ fn check_faults(name: &str, r: &BootReport) -> Result<()> {
         name,
         !c.contains("Read-only file system"),
         "something in the guest failed on the read-only root",
+        r,
+    )?;
+    // Sockets in the guest: init unix only, one listener outside unix
+    // sockets — the agent on vsock port 1024 (any CID), as configured; no
+    // inet socket at all.
+    pos("probe sockets: done")?;
+    let sockets: Vec<&str> = c
+        .lines()
+        .filter(|l| l.starts_with("probe socket "))
+        .collect();
+    let listening: Vec<&&str> = sockets
+        .iter()
+        .filter(|l| l.ends_with(" listening") && !l.contains(" family=1 "))
+        .collect();
+    check(
+        name,
+        sockets
+            .iter()
+            .filter(|l| l.starts_with("probe socket init pid=1 "))
+            .all(|l| l.contains(" family=1 "))
+            && listening.len() == 1
+            && listening.first().is_some_and(|l| {
+                l.starts_with("probe socket kata-agent ")
+                    && l.contains(" family=40 ")
+                    && l.contains(" local=4294967295:1024 ")
+            })
+            && !sockets
+                .iter()
+                .any(|l| l.contains(" family=2 ") || l.contains(" family=10 ")),
+        &format!("unexpected sockets in the guest:\n{}", sockets.join("\n")),
         r,
     )?;
     // The OOM killer took the hog, not init or the agent.

@@ -58,6 +58,7 @@ fn main() {
         },
         ["pidof", comm] => pidof(comm),
         ["soakwrite", dir] => soakwrite(dir),
+        ["sockets"] => sockets(),
         ["rocheck"] => rocheck(),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
@@ -227,6 +228,37 @@ fn soakwrite(dir: &str) -> i32 {
 /// Byte `i` of boot `n`'s file (the host checks the same function).
 fn soak_byte(n: u64, i: u64) -> u8 {
     ((i * 31 + n * 7) % 251) as u8
+}
+
+/// Every socket of every process, one line each (`probe socket COMM
+/// pid=N fd=N family=F type=T local=ADDR [listening]`), read through
+/// pidfd_getfd(2) as in tests/sockets.rs; the VM tests assert on them.
+fn sockets() -> i32 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return fail("read /proc");
+    };
+    let mut pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let me = std::process::id() as i32;
+    for pid in pids.into_iter().filter(|&p| p != me) {
+        for s in minos_tests::sockets_of(pid) {
+            println!(
+                "probe socket {} pid={} fd={} family={} type={} local={}{}",
+                s.comm,
+                s.pid,
+                s.fd,
+                s.family,
+                s.kind,
+                if s.local.is_empty() { "-" } else { &s.local },
+                if s.listening { " listening" } else { "" }
+            );
+        }
+    }
+    println!("probe sockets: done");
+    0
 }
 
 /// Allocates and touches memory 16 MiB at a time until the OOM killer
