@@ -19,7 +19,7 @@
 //! decompression). Two lines on stdout:
 //!
 //! ```text
-//! agent-shim: bench ready init_exec_us=N agent_ready_us=N tsc_exec=N tsc_ready=N boottime_exec_ns=N boottime_ready_ns=N mark_boottime_ns=N pm_timer=N pm_timer_bits=N pm_boottime_ns=N mem_used_kib=N processes=N rss_kib=N pss_kib=N
+//! agent-shim: bench ready init_exec_us=N agent_ready_us=N sched_clock_offset_ns=N tsc_exec=N tsc_ready=N boottime_exec_ns=N boottime_ready_ns=N mark_boottime_ns=N pm_timer=N pm_timer_bits=N pm_boottime_ns=N mem_used_kib=N processes=N rss_kib=N pss_kib=N
 //! agent-shim: bench late after_ms=1000 mem_used_kib=N processes=N rss_kib=N pss_kib=N
 //! agent-shim: bench rss after_ms=10000 COMM=KIB ...
 //! ```
@@ -38,9 +38,13 @@
 //! QEMU derives it from its virtual clock since power-on, at 3.579545 MHz.
 //! The shim reads it (port I/O, after ioperm) together with CLOCK_BOOTTIME
 //! at ready: `pm_timer=TICKS pm_timer_bits=24|32 pm_boottime_ns=N`, or
-//! `pm_timer=unknown` without one (microvm). The host unwraps the counter
-//! (24 bits wrap every 4.69 s) against the boot time: the TSC, read too, does
-//! not count from power-on under TCG.
+//! `pm_timer=unknown` without one (microvm). The TSC, read too, counts the
+//! same virtual nanoseconds under TCG with `-icount`. The kernel's own clock
+//! does not: during early boot it runs ahead of virtual time, and from the
+//! point the kernel marks sched_clock stable it is the raw TSC-based clock
+//! plus a fixed offset, which the kernel logs and the shim reports as
+//! `sched_clock_offset_ns` (see [`sched_clock_offset_ns`]). The host
+//! subtracts it to put the kernel-log marks on virtual time.
 //!
 //! The parsers are pure and take texts; the readers take the procfs root.
 
@@ -204,6 +208,10 @@ pub fn parse_record(record: &str) -> Option<(u64, &str)> {
 pub struct Marks {
     pub init_exec_us: Option<u64>,
     pub agent_ready_us: Option<u64>,
+    /// The kernel's `sched_clock: Marking stable (a, b)->(c, d)`: `d` is the
+    /// offset (ns) the kernel's clock runs ahead of the raw TSC-based
+    /// sched_clock from then on (see [`sched_clock_offset_ns`]).
+    pub sched_clock_offset_ns: Option<u64>,
 }
 
 impl Marks {
@@ -218,8 +226,26 @@ impl Marks {
             self.init_exec_us = Some(timestamp);
         } else if message == READY_MARK {
             self.agent_ready_us = Some(timestamp);
+        } else if let Some(offset) = sched_clock_offset_ns(message) {
+            self.sched_clock_offset_ns = Some(offset);
         }
     }
+}
+
+/// The offset in the kernel's `sched_clock: Marking stable (%lld, %lld)->(%lld,
+/// %lld)` (kernel/sched/clock.c, printed once when the TSC is declared
+/// stable): the last number, `__sched_clock_offset` in ns. Before that
+/// point the kernel's clock follows its early timekeeping (jiffies, then
+/// the early TSC), which under TCG counts more than the guest's virtual
+/// time; from it on, printk time and CLOCK_BOOTTIME are the raw
+/// TSC-based sched_clock (zero at the kernel's TSC set-up) plus this
+/// offset, and advance exactly with the TSC and the PM timer.
+pub fn sched_clock_offset_ns(message: &str) -> Option<u64> {
+    let rest = message.strip_prefix("sched_clock: Marking stable (")?;
+    let (_, after) = rest.split_once(")->(")?;
+    let inner = after.strip_suffix(')')?;
+    let (_, offset) = inner.split_once(',')?;
+    offset.trim().parse().ok()
 }
 
 /// Reads every record of the kernel log from the start of its buffer.
@@ -407,9 +433,10 @@ impl fmt::Display for ReadyLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "agent-shim: bench ready init_exec_us={} agent_ready_us={} tsc_exec={} tsc_ready={} boottime_exec_ns={} boottime_ready_ns={} mark_boottime_ns={} {} {}",
+            "agent-shim: bench ready init_exec_us={} agent_ready_us={} sched_clock_offset_ns={} tsc_exec={} tsc_ready={} boottime_exec_ns={} boottime_ready_ns={} mark_boottime_ns={} {} {}",
             opt(self.marks.init_exec_us),
             opt(self.marks.agent_ready_us),
+            opt(self.marks.sched_clock_offset_ns),
             self.exec.tsc,
             self.ready.tsc,
             self.exec.boottime_ns,
@@ -511,6 +538,7 @@ mod tests {
             "6,310,251234,-;Run /sbin/init as init process\n SUBSYSTEM=x",
             "6,311,251300,-;  with arguments:",
             "6,401,259500,-,caller=T1;agent-shim: ready",
+            "6,300,250000,-;sched_clock: Marking stable (300001209, 1161727)->(197354330, 103808606)",
             "6,402,300000,-;Run /bin/sh as init process",
         ] {
             let (ts, msg) = parse_record(record).unwrap();
@@ -521,8 +549,14 @@ mod tests {
             Marks {
                 init_exec_us: Some(251_234),
                 agent_ready_us: Some(259_500),
+                sched_clock_offset_ns: Some(103_808_606),
             }
         );
+        assert_eq!(
+            sched_clock_offset_ns("sched_clock: Marking stable (1, -2)->(3, -4)"),
+            None
+        );
+        assert_eq!(sched_clock_offset_ns("sched_clock: Marking stable"), None);
         assert_eq!(parse_record("garbage"), None);
         assert_eq!(parse_record("6,1,notanumber,-;x"), None);
         assert_eq!(parse_record("6,1;x"), None);
@@ -566,6 +600,7 @@ mod tests {
             marks: Marks {
                 init_exec_us: None,
                 agent_ready_us: Some(260_000),
+                sched_clock_offset_ns: None,
             },
             exec: Clocks {
                 tsc: 1,
@@ -588,7 +623,7 @@ mod tests {
         };
         assert_eq!(
             line.to_string(),
-            "agent-shim: bench ready init_exec_us=unknown agent_ready_us=260000 tsc_exec=1 tsc_ready=3 boottime_exec_ns=2 \
+            "agent-shim: bench ready init_exec_us=unknown agent_ready_us=260000 sched_clock_offset_ns=unknown tsc_exec=1 tsc_ready=3 boottime_exec_ns=2 \
              boottime_ready_ns=4 mark_boottime_ns=5 pm_timer=unknown mem_used_kib=8000 processes=3 rss_kib=900 pss_kib=unknown"
         );
         let late = LateLine {

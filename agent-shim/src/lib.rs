@@ -591,7 +591,7 @@ mod tests {
         let ready = lines[2];
         assert!(
             ready.starts_with(
-                "agent-shim: bench ready init_exec_us=unknown agent_ready_us=unknown tsc_exec="
+                "agent-shim: bench ready init_exec_us=unknown agent_ready_us=unknown sched_clock_offset_ns=unknown tsc_exec="
             ),
             "{ready}"
         );

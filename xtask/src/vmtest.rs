@@ -702,6 +702,12 @@ fn check_data_disk(name: &str, path: &Path, r: &BootReport) -> Result<()> {
 }
 
 pub fn run(only: Option<&str>) -> Result<()> {
+    reports(only).map(|_| ())
+}
+
+/// Runs the scenarios (`only` one of them) and returns each one's report
+/// when all passed.
+pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
     let kernel = crate::kernel::build("test")?.vmlinux;
     let bin = crate::util::release_dir();
     let probe = bin.join("probe");
@@ -722,6 +728,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
         data: std::fs::read(bin.join("clockprobe")).map_err(|e| format!("clockprobe: {e}"))?,
     };
     let mut failures = Vec::new();
+    let mut passed = Vec::new();
     for s in scenarios() {
         if only.is_some_and(|o| o != s.name) {
             continue;
@@ -851,6 +858,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
                 for line in r.console.lines().filter(|l| l.starts_with("clockprobe: ")) {
                     println!("vmtest: {:<20}      {line}", s.name);
                 }
+                passed.push((s.name, r));
             }
             Err(e) => {
                 println!("vmtest: {:<20} FAILED", s.name);
@@ -859,7 +867,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
         }
     }
     if failures.is_empty() {
-        Ok(())
+        Ok(passed)
     } else {
         Err(format!(
             "{} VM scenario(s) failed:\n{}",

@@ -131,6 +131,78 @@ pub struct Results {
     #[serde(default)]
     pub failures: Vec<Failure>,
     pub budgets: Vec<Budget>,
+    /// timesync against chronyd in the same guest (`--time`, part of the
+    /// full run).
+    #[serde(default)]
+    pub time_daemons: Vec<TimeDaemon>,
+}
+
+/// One time daemon in the PHC guest of `cargo xtask vmtest dax-q35-phc`
+/// (timesync) and `dax-q35-phc-chronyd` (Debian's chronyd with Kata's two
+/// lines): the same test kernel, mock PHC (1.5 s ahead, 50 ppm fast), image
+/// and measurements by clockprobe, guest time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeDaemon {
+    pub daemon: String,
+    /// Start of the measurement → guest clock within 1 ms of the PHC.
+    pub synchronised_ms: Option<f64>,
+    /// After CLOCK_REALTIME jumps by +2 s and −2 s: back within 1 ms.
+    pub jump_plus_ms: Option<f64>,
+    pub jump_minus_ms: Option<f64>,
+    /// Over 60 s once settled: wakeups (context switches) per second, CPU
+    /// time, RSS at the end.
+    pub seconds: f64,
+    pub wakeups_per_s: f64,
+    pub cpu_ms: f64,
+    pub rss_kib: u64,
+}
+
+/// The number after `key` in the first console line that starts with
+/// `prefix`.
+fn clockprobe_value(console: &str, prefix: &str, key: &str) -> Option<f64> {
+    console
+        .lines()
+        .find(|l| l.starts_with(prefix))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))?
+        .parse()
+        .ok()
+}
+
+/// A time daemon's figures from its PHC scenario's console.
+pub fn time_daemon(daemon: &str, console: &str) -> Result<TimeDaemon> {
+    let usage = format!("clockprobe: usage {daemon} ");
+    let need = |key: &str| {
+        clockprobe_value(console, &usage, key)
+            .ok_or_else(|| format!("no {key} in the `{usage}` line"))
+    };
+    Ok(TimeDaemon {
+        daemon: daemon.into(),
+        synchronised_ms: clockprobe_value(console, "clockprobe: synchronised ", "after_ms="),
+        jump_plus_ms: clockprobe_value(console, "clockprobe: jump=+2.000 ", "recovered_ms="),
+        jump_minus_ms: clockprobe_value(console, "clockprobe: jump=-2.000 ", "recovered_ms="),
+        seconds: need("seconds=")?,
+        wakeups_per_s: need("per_s=")?,
+        cpu_ms: need("cpu_ms=")?,
+        rss_kib: need("rss_kib=")? as u64,
+    })
+}
+
+/// Boots the two PHC scenarios and reads both daemons' figures.
+fn time_daemons() -> Result<Vec<TimeDaemon>> {
+    let mut v = Vec::new();
+    for (scenario, daemon) in [
+        ("dax-q35-phc", "timesync"),
+        ("dax-q35-phc-chronyd", "chronyd"),
+    ] {
+        println!("xtask: bench: {daemon} in the PHC guest ({scenario})");
+        let reports = crate::vmtest::reports(Some(scenario))?;
+        let (_, report) = reports
+            .first()
+            .ok_or_else(|| format!("{scenario} did not run"))?;
+        v.push(time_daemon(daemon, &report.console)?);
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,11 +232,10 @@ pub struct Figures {
     /// the ACPI PM timer (machines that have one).
     pub power_on_to_ready_ms: Option<f64>,
     pub pre_kernel_ms: Option<f64>,
+    /// How far the kernel's clock runs ahead of virtual time (ms), to take
+    /// off any other CLOCK_BOOTTIME reading of the same boot.
+    pub kernel_clock_offset_ms: f64,
 }
-
-/// Whether power-on figures from the PM timer go into the results (see
-/// [`figures`]).
-const PUBLISH_POWER_ON: bool = false;
 
 /// The ACPI PM timer's rate (Hz).
 const PM_TIMER_HZ: u128 = 3_579_545;
@@ -204,6 +275,12 @@ pub fn figures(console: &str) -> Result<Figures> {
     let init_exec = need(ready, "init_exec_us")?;
     let agent_ready = need(ready, "agent_ready_us")?;
     let exec_ns = need(ready, "boottime_exec_ns")?;
+    // The kernel's clock runs ahead of the guest's virtual time during early
+    // boot; from the kernel's "sched_clock: Marking stable" on (before init
+    // starts) it is the raw TSC clock — virtual time since the kernel set
+    // up its TSC — plus this offset. Every kernel-clock figure below is
+    // taken back to that raw clock, so that all of them are virtual time.
+    let offset_us = need(ready, "sched_clock_offset_ns")? / 1000;
     // The clock next to the mark when the shim has it, else the ready one.
     let ready_ns = match field(ready, "mark_boottime_ns") {
         Some(ns) => ns,
@@ -220,30 +297,37 @@ pub fn figures(console: &str) -> Result<Figures> {
         .checked_sub(spent_us)
         .filter(|exec| *exec >= init_exec)
         .ok_or_else(|| impossible("the agent's exec comes before init's"))?;
+    let raw = |us: u64| {
+        us.checked_sub(offset_us)
+            .ok_or_else(|| impossible("a mark before the sched_clock offset"))
+    };
     let ms = |us: u64| us as f64 / 1000.0;
-    // Power-on from the PM timer is not published yet: on this QEMU its
-    // reading (and the TSC's) at ready is below the kernel's own clock
-    // (about 249 against 335 ms), so "power-on" would come after the
-    // kernel's start. The raw values stay on the console; `power_on_ns` is
-    // ready for when the clocks are reconciled.
-    let pm_boot = field(ready, "pm_boottime_ns");
+    // Power-on from the PM timer (QEMU's virtual clock since power-on),
+    // read with CLOCK_BOOTTIME at ready: the raw clock's zero (the kernel's
+    // TSC set-up) lies that much after power-on.
     let power_on = match (
         field(ready, "pm_timer"),
         field(ready, "pm_timer_bits"),
-        pm_boot,
+        field(ready, "pm_boottime_ns"),
     ) {
-        (Some(t), Some(b), Some(boot)) if PUBLISH_POWER_ON => power_on_ns(t, b as u32, boot),
+        (Some(t), Some(b), Some(boot)) => {
+            let raw_boot = boot
+                .checked_sub(offset_us * 1000)
+                .ok_or_else(|| impossible("the PM timer read before the sched_clock offset"))?;
+            power_on_ns(t, b as u32, raw_boot).map(|p| (p, p - raw_boot))
+        }
         _ => None,
     };
+    let raw_ready = raw(agent_ready)?;
     Ok(Figures {
-        power_on_to_ready_ms: power_on.map(|ns| ns as f64 / 1e6),
-        pre_kernel_ms: power_on
-            .zip(pm_boot)
-            .map(|(p, b)| p.saturating_sub(b) as f64 / 1e6),
-        kernel_to_init_ms: ms(init_exec),
+        // At the ready mark, on the PM timer's clock.
+        power_on_to_ready_ms: power_on.map(|(_, before)| ms(raw_ready) + before as f64 / 1e6),
+        pre_kernel_ms: power_on.map(|(_, before)| before as f64 / 1e6),
+        kernel_to_init_ms: ms(raw(init_exec)?),
         init_to_agent_exec_ms: ms(agent_exec - init_exec),
         init_to_agent_ready_ms: ms(agent_ready - init_exec),
-        agent_ready_ms: ms(agent_ready),
+        agent_ready_ms: ms(raw_ready),
+        kernel_clock_offset_ms: ms(offset_us),
         memory: [
             field(ready, "mem_used_kib"),
             field(late, "mem_used_kib"),
@@ -305,6 +389,8 @@ struct Plan {
     health_check: fn(&Config) -> bool,
     out: PathBuf,
     docs: bool,
+    /// Also timesync against chronyd in the PHC guest.
+    time_daemons: bool,
 }
 
 fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<(Row, String)> {
@@ -355,9 +441,9 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
     let [mem, late, procs, rss, pss] = f.memory;
     let health_check_ms = match &report.host_check {
         None => None,
-        Some(Ok(answer)) if answer == "SERVING" => {
-            report.health_check_us.map(|us| us as f64 / 1000.0)
-        }
+        Some(Ok(answer)) if answer == "SERVING" => report
+            .health_check_us
+            .map(|us| us as f64 / 1000.0 - f.kernel_clock_offset_ms),
         Some(other) => return Err(format!("{what}: the host's health check failed: {other:?}")),
     };
     let rss_after_10s = match rss_line(&report.console) {
@@ -594,6 +680,11 @@ fn run_plan(plan: &Plan) -> Result<Results> {
         rows,
         failures,
         budgets,
+        time_daemons: if plan.time_daemons {
+            time_daemons()?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -628,6 +719,7 @@ pub fn main(args: &[String]) -> Result<()> {
             health_check: |_| true,
             out: root().join("target/bench"),
             docs: false,
+            time_daemons: false,
         }
     } else {
         let systems = match value("--systems") {
@@ -649,6 +741,7 @@ pub fn main(args: &[String]) -> Result<()> {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root().join("docs/bench")),
             docs: value("--out").is_none(),
+            time_daemons: !args.iter().any(|a| a == "--no-time"),
         }
     };
     let results = run_plan(&plan)?;
@@ -688,31 +781,56 @@ pub fn main(args: &[String]) -> Result<()> {
 mod tests {
     use super::*;
 
+    // A kata-kernel boot of minos on q35 (2026-12-04): the kernel logged
+    // "sched_clock: Marking stable (300001209, 1161727)->(197354330, 103808606)".
     const CONSOLE: &str = "\
-agent-shim: ready boottime_us=315407
-agent-shim: bench ready init_exec_us=310128 agent_ready_us=315884 tsc_exec=226823193 tsc_ready=229132794 boottime_exec_ns=313117602 boottime_ready_ns=315407424 mem_used_kib=8444 processes=3 rss_kib=412 pss_kib=403
+agent-shim: ready boottime_us=316040
+agent-shim: bench ready init_exec_us=311088 agent_ready_us=316497 sched_clock_offset_ns=103808606 tsc_exec=228462427 tsc_ready=230423727 boottime_exec_ns=314098756 boottime_ready_ns=316040197 mark_boottime_ns=316055097 pm_timer=824812 pm_timer_bits=24 pm_boottime_ns=316040321 mem_used_kib=9004 processes=3 rss_kib=408 pss_kib=399
 agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 pss_kib=unknown
 ";
 
     #[test]
     fn figures_from_the_bench_lines() {
         let f = figures(CONSOLE).unwrap();
-        let before_init = CONSOLE.replace("init_exec_us=310128", "init_exec_us=315000");
+        let before_init = CONSOLE.replace("init_exec_us=311088", "init_exec_us=315000");
         assert!(figures(&before_init)
             .unwrap_err()
             .contains("the agent's exec comes before init's"));
-        assert_eq!(f.kernel_to_init_ms, 310.128);
-        // 315884 - (315407424 - 313117602) / 1000 = 313595 → 3.467 ms after init exec.
-        assert!((f.init_to_agent_exec_ms - 3.467).abs() < 1e-9, "{f:?}");
-        assert!((f.init_to_agent_ready_ms - 5.756).abs() < 1e-9);
-        assert_eq!(f.agent_ready_ms, 315.884);
+        // The kernel-clock marks less the 103,808 µs offset: virtual time.
+        assert!((f.kernel_to_init_ms - 207.280).abs() < 1e-9, "{f:?}");
+        // 316497 - (316055097 - 314098756) / 1000 = 314541 → 3.453 ms after init exec.
+        assert!((f.init_to_agent_exec_ms - 3.453).abs() < 1e-9, "{f:?}");
+        assert!((f.init_to_agent_ready_ms - 5.409).abs() < 1e-9);
+        assert!((f.agent_ready_ms - 212.689).abs() < 1e-9);
+        // PM timer: 824812 ticks = 230.421 ms after power-on, read at raw
+        // 212.232 ms: the raw clock's zero 18.19 ms after power-on.
+        let pre = f.pre_kernel_ms.unwrap();
+        assert!((pre - 18.19).abs() < 0.005, "{f:?}");
+        assert!((f.power_on_to_ready_ms.unwrap() - (212.689 + pre)).abs() < 1e-9);
+        // The TSC (1 GHz under icount) agrees with the PM timer to 2 µs.
+        assert!(
+            (230.423_727 - (f.power_on_to_ready_ms.unwrap() - (316.497 - 316.040))).abs() < 0.01
+        );
         assert_eq!(
             f.memory,
-            [Some(8444), Some(8504), Some(3), Some(412), Some(403)]
+            [Some(9004), Some(8504), Some(3), Some(408), Some(399)]
         );
         assert!(figures("agent-shim: ready boottime_us=1\n").is_err());
-        let unknown = CONSOLE.replace("init_exec_us=310128", "init_exec_us=unknown");
+        let unknown = CONSOLE.replace("init_exec_us=311088", "init_exec_us=unknown");
         assert!(figures(&unknown).unwrap_err().contains("init_exec_us"));
+        let no_offset = CONSOLE.replace(
+            "sched_clock_offset_ns=103808606",
+            "sched_clock_offset_ns=unknown",
+        );
+        assert!(figures(&no_offset)
+            .unwrap_err()
+            .contains("sched_clock_offset_ns"));
+        // microvm: no PM timer, no power-on figure.
+        let no_pm = CONSOLE.replace(
+            "pm_timer=824812 pm_timer_bits=24 pm_boottime_ns=316040321",
+            "pm_timer=unknown",
+        );
+        assert_eq!(figures(&no_pm).unwrap().power_on_to_ready_ms, None);
     }
 
     fn row(system: &str, exec: f64, mem: u64) -> Row {
@@ -740,6 +858,20 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
     }
 
     #[test]
+    fn time_daemon_figures_from_clockprobe() {
+        let console = "clockprobe: synchronised after_ms=30 residual_us=1.7\n\
+                       clockprobe: jump=+2.000 recovered_ms=1016 residual_us=0.0\n\
+                       clockprobe: jump=-2.000 not_recovered: offset still +2.0 s after 60.0 s\n\
+                       clockprobe: usage timesync seconds=60.0 wakeups=60 per_s=1.00 cpu_ms=0 rss_kib=112\n";
+        let t = time_daemon("timesync", console).unwrap();
+        assert_eq!(t.synchronised_ms, Some(30.0));
+        assert_eq!(t.jump_plus_ms, Some(1016.0));
+        assert_eq!(t.jump_minus_ms, None);
+        assert_eq!((t.wakeups_per_s, t.cpu_ms, t.rss_kib), (1.0, 0.0, 112));
+        assert!(time_daemon("chronyd", console).is_err());
+    }
+
+    #[test]
     fn power_on_from_the_pm_timer() {
         // 1 s of ticks, no wrap: 1 s.
         assert_eq!(power_on_ns(3_579_545, 24, 500_000_000), Some(1_000_000_000));
@@ -751,13 +883,6 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
         assert_eq!(u128::from(got), half + wrap);
         assert_eq!(power_on_ns(1, 0, 1), None);
         assert_eq!(power_on_ns(1, 33, 1), None);
-        let with_pm = CONSOLE.replace(
-            "boottime_ready_ns=315407424",
-            "boottime_ready_ns=315407424 pm_timer=1790000 pm_timer_bits=24 pm_boottime_ns=315410000",
-        );
-        let f = figures(&with_pm).unwrap();
-        assert_eq!(f.power_on_to_ready_ms.is_some(), PUBLISH_POWER_ON);
-        assert_eq!(figures(CONSOLE).unwrap().power_on_to_ready_ms, None);
     }
 
     #[test]
