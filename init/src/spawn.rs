@@ -609,8 +609,14 @@ pub fn spawn(
         None => None,
     };
 
+    let vm = mode == Mode::Vm;
     let pre_exec = move || -> io::Result<()> {
-        // First, as root: the cgroup limits everything that follows.
+        // init may be running at BOOT_NICE while it starts units; the
+        // unit's processes run at the normal priority. As root, first.
+        if vm {
+            let _ = rustix::process::setpriority_process(None, 0);
+        }
+        // As root too: the cgroup limits everything that follows.
         if let Some(fd) = &cgroup_procs {
             rustix::io::write(fd, b"0").map_err(|e| child_error(b"join the unit's cgroup", e))?;
         }

@@ -18,6 +18,11 @@ use crate::timeline::{Event, Timeline};
 use crate::unit::{Action, Command, Preserve, Restart, ServiceType, Unit};
 use crate::{control, Mode};
 
+/// init's nice value while it starts the boot's units in a VM: the lowest
+/// priority, so that a unit it just started (the agent) gets the CPU before
+/// init goes on to the next one. Each unit's processes are set back to 0.
+pub const BOOT_NICE: i32 = 19;
+
 /// How the machine (or container) ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerKind {
@@ -376,6 +381,10 @@ pub struct Supervisor {
     pub timeline: Timeline,
     shutdown: Option<(ShutdownRequest, ShutdownPhase)>,
     all_started: bool,
+    /// init runs at nice 19 while it starts the boot's units (VM mode), so
+    /// that each unit it has started runs ahead of init's work on the next
+    /// (docs/init.md, "Units first").
+    deferring: bool,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
 }
@@ -398,6 +407,7 @@ impl Supervisor {
             timeline,
             shutdown: None,
             all_started: false,
+            deferring: false,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -739,6 +749,10 @@ impl Supervisor {
             Ok(child) => {
                 let pid = child.id();
                 u.main = Some(child);
+                self.defer_to_units();
+                let Some(u) = self.units.get_mut(i) else {
+                    return;
+                };
                 u.active_since = Some(Instant::now());
                 log::debug!("{}: started, pid {pid}", u.name());
                 let name = u.unit.name.clone();
@@ -1085,12 +1099,37 @@ impl Supervisor {
                 .all(|u| u.settled || u.state.is_terminal())
         {
             self.all_started = true;
+            self.stop_deferring();
             self.timeline.mark(Event::AllStarted, None);
             crate::sys::trim_text_mapping();
         }
     }
 
+    /// A unit's process was started during boot (VM mode): from now until
+    /// all units are started, init runs at [`BOOT_NICE`], so that the
+    /// process gets the CPU before init's work on the next unit.
+    fn defer_to_units(&mut self) {
+        if self.settings.mode != Mode::Vm || self.deferring || self.all_started {
+            return;
+        }
+        match rustix::process::setpriority_process(None, BOOT_NICE) {
+            Ok(()) => self.deferring = true,
+            Err(e) => log::warn!("setpriority({BOOT_NICE}) while starting units: {e}"),
+        }
+    }
+
+    /// Back to init's normal priority (nice 0).
+    fn stop_deferring(&mut self) {
+        if self.deferring {
+            self.deferring = false;
+            if let Err(e) = rustix::process::setpriority_process(None, 0) {
+                log::warn!("setpriority(0) after starting units: {e}");
+            }
+        }
+    }
+
     pub fn request_shutdown(&mut self, req: ShutdownRequest) {
+        self.stop_deferring();
         if let Some((cur, phase)) = &mut self.shutdown {
             // A more urgent request overrides a slower one in progress: an
             // orderly shutdown stuck on a unit can still be forced.

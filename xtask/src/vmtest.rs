@@ -60,6 +60,20 @@ fn common_checks(name: &str, r: &BootReport, all_started: bool, timesync: bool) 
             "console lacks all_started",
             r,
         )?;
+        // Units first (init at nice 19 while starting them): the agent,
+        // started first, is ready before init starts timesync.
+        if timesync {
+            let ready = r.console.find("agent-shim: ready boottime_us=");
+            let next = r
+                .console
+                .find("timeline event=unit_started unit=timesync.service");
+            check(
+                name,
+                matches!((ready, next), (Some(a), Some(t)) if a < t),
+                "the agent was not ready before init started timesync",
+                r,
+            )?;
+        }
     }
     check(name, r.mem_used_kib.is_some(), "no mem_used_kib line", r)?;
     check(
