@@ -211,7 +211,7 @@ pub struct Marks {
     /// The kernel's `sched_clock: Marking stable (a, b)->(c, d)`: `d` is the
     /// offset (ns) the kernel's clock runs ahead of the raw TSC-based
     /// sched_clock from then on (see [`sched_clock_offset_ns`]).
-    pub sched_clock_offset_ns: Option<u64>,
+    pub sched_clock_offset_ns: Option<i64>,
 }
 
 impl Marks {
@@ -234,13 +234,14 @@ impl Marks {
 
 /// The offset in the kernel's `sched_clock: Marking stable (%lld, %lld)->(%lld,
 /// %lld)` (kernel/sched/clock.c, printed once when the TSC is declared
-/// stable): the last number, `__sched_clock_offset` in ns. Before that
-/// point the kernel's clock follows its early timekeeping (jiffies, then
-/// the early TSC), which under TCG counts more than the guest's virtual
-/// time; from it on, printk time and CLOCK_BOOTTIME are the raw
-/// TSC-based sched_clock (zero at the kernel's TSC set-up) plus this
-/// offset, and advance exactly with the TSC and the PM timer.
-pub fn sched_clock_offset_ns(message: &str) -> Option<u64> {
+/// stable): the last number, `__sched_clock_offset` in ns (signed). Before
+/// that point the kernel's clock follows its early timekeeping, which under
+/// TCG counts more than the guest's virtual time; from it on, printk time
+/// is the raw TSC-based sched_clock (zero at the kernel's TSC set-up) plus
+/// this offset and advances exactly with the TSC and the PM timer.
+/// CLOCK_BOOTTIME advances alike but lags printk time by a fixed amount,
+/// which the host measures at the ready mark (`mark_boottime_ns`).
+pub fn sched_clock_offset_ns(message: &str) -> Option<i64> {
     let rest = message.strip_prefix("sched_clock: Marking stable (")?;
     let (_, after) = rest.split_once(")->(")?;
     let inner = after.strip_suffix(')')?;
@@ -377,7 +378,7 @@ fn user_processes(proc: &Path) -> io::Result<Vec<(u32, std::path::PathBuf)>> {
     Ok(out)
 }
 
-fn opt(value: Option<u64>) -> String {
+fn opt<T: fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
 }
 
@@ -554,6 +555,10 @@ mod tests {
         );
         assert_eq!(
             sched_clock_offset_ns("sched_clock: Marking stable (1, -2)->(3, -4)"),
+            Some(-4)
+        );
+        assert_eq!(
+            sched_clock_offset_ns("sched_clock: Marking stable (1, 2)->(3, x)"),
             None
         );
         assert_eq!(sched_clock_offset_ns("sched_clock: Marking stable"), None);

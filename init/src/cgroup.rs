@@ -126,32 +126,68 @@ fn move_into_init_scope(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Creates (or reuses) the cgroup of `unit` under `root` with `pids.max`
-/// from `tasks_max` (`pid_max` is `kernel.pid_max`, for percentages) and
-/// opens its `cgroup.procs`.
+/// init's own cgroup in `/proc/self/cgroup` (`self_cgroup`): the cgroup2
+/// line (`0::PATH`) or, for v1, the line whose controllers include `pids`;
+/// without a trailing `/init.scope`, where init may have moved itself. In a
+/// VM and in a container with its own cgroup namespace this is `/`; in a
+/// container that shares the host's namespace, the container's cgroup, so
+/// that units are created under it and never in the host's `system.slice`.
+pub fn own_cgroup(self_cgroup: &str, unified: bool) -> String {
+    let path = self_cgroup.lines().find_map(|line| {
+        let mut f = line.splitn(3, ':');
+        let (id, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let wanted = if unified {
+            id == "0" && controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == "pids")
+        };
+        wanted.then(|| path.trim().to_owned())
+    });
+    let path = path.unwrap_or_default();
+    let path = path
+        .strip_suffix(&format!("/{INIT_SCOPE}"))
+        .unwrap_or(&path);
+    let path = path.trim_matches('/');
+    format!("/{path}")
+}
+
+/// `base` joined with a cgroup path (`/` or `/a/b`).
+fn under(base: &Path, cgroup: &str) -> PathBuf {
+    match cgroup.trim_matches('/') {
+        "" => base.to_owned(),
+        rel => base.join(rel),
+    }
+}
+
+/// Creates (or reuses) the cgroup of `unit` with `pids.max` from
+/// `tasks_max` (`pid_max` is `kernel.pid_max`, for percentages) under init's
+/// own cgroup (from `self_cgroup`, the text of /proc/self/cgroup) in the
+/// hierarchies mounted at `root`, and opens its `cgroup.procs`.
 pub fn prepare(
     root: &Path,
+    self_cgroup: &str,
     unit: &str,
     tasks_max: TasksMax,
     pid_max: u64,
 ) -> Result<UnitCgroup, CgroupError> {
     let (base, unified) = if lists_pids(&root.join("cgroup.controllers")) {
-        if let Err(e) = enable_pids(root) {
+        let top = under(root, &own_cgroup(self_cgroup, true));
+        if let Err(e) = enable_pids(&top) {
             // EBUSY: a non-root cgroup (the container's) that has processes.
             let busy = matches!(&e, CgroupError::Write { source, .. }
                 if source.raw_os_error() == Some(libc::EBUSY));
             if !busy {
                 return Err(e);
             }
-            move_into_init_scope(root)?;
-            enable_pids(root)?;
+            move_into_init_scope(&top)?;
+            enable_pids(&top)?;
         }
-        let slice = root.join(SLICE);
+        let slice = top.join(SLICE);
         create(&slice)?;
         enable_pids(&slice)?;
         (slice, true)
     } else if root.join("pids/cgroup.procs").is_file() {
-        let slice = root.join("pids").join(SLICE);
+        let slice = under(&root.join("pids"), &own_cgroup(self_cgroup, false)).join(SLICE);
         create(&slice)?;
         (slice, false)
     } else {
@@ -192,6 +228,9 @@ impl UnitCgroup {
             .unwrap_or_default()
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
+            // 0: a process outside init's PID namespace (kill(0) would
+            // signal init's own process group).
+            .filter(|&p: &i32| p > 0)
             .collect()
     }
 
@@ -256,7 +295,7 @@ mod tests {
         std::fs::write(d.0.join(SLICE).join("cgroup.subtree_control"), "pids\n").unwrap();
         std::fs::create_dir(d.0.join(SLICE).join("a.service")).unwrap();
         std::fs::write(d.0.join(SLICE).join("a.service/cgroup.procs"), "").unwrap();
-        let cg = prepare(&d.0, "a.service", TasksMax::Count(64), 32768).unwrap();
+        let cg = prepare(&d.0, "0::/\n", "a.service", TasksMax::Count(64), 32768).unwrap();
         assert_eq!(cg.path, d.0.join("system.slice/a.service"));
         assert!(cg.unified);
         assert_eq!(
@@ -276,7 +315,7 @@ mod tests {
         std::fs::write(d.0.join("pids/cgroup.procs"), "1\n").unwrap();
         std::fs::create_dir_all(d.0.join("pids/system.slice/b.service")).unwrap();
         std::fs::write(d.0.join("pids/system.slice/b.service/cgroup.procs"), "").unwrap();
-        let cg = prepare(&d.0, "b.service", TasksMax::Infinity, 32768).unwrap();
+        let cg = prepare(&d.0, "8:pids:/\n", "b.service", TasksMax::Infinity, 32768).unwrap();
         assert!(!cg.unified);
         assert_eq!(
             std::fs::read_to_string(cg.path.join("pids.max")).unwrap(),
@@ -287,10 +326,31 @@ mod tests {
     }
 
     #[test]
+    fn units_go_under_init_s_own_cgroup() {
+        let v2 = "0::/docker/abc/init.scope\n";
+        assert_eq!(own_cgroup(v2, true), "/docker/abc");
+        assert_eq!(own_cgroup("0::/\n", true), "/");
+        assert_eq!(own_cgroup("0::/init.scope\n", true), "/");
+        let v1 = "9:name=systemd:/\n8:pids:/lxc/c1\n0::/\n";
+        assert_eq!(own_cgroup(v1, false), "/lxc/c1");
+        assert_eq!(own_cgroup("garbage", true), "/");
+        let d = Dir::new("nested");
+        std::fs::create_dir_all(d.0.join("pids/lxc/c1/system.slice/u.service")).unwrap();
+        std::fs::write(d.0.join("pids/cgroup.procs"), "").unwrap();
+        std::fs::write(
+            d.0.join("pids/lxc/c1/system.slice/u.service/cgroup.procs"),
+            "",
+        )
+        .unwrap();
+        let cg = prepare(&d.0, v1, "u.service", TasksMax::Count(5), 32768).unwrap();
+        assert_eq!(cg.path, d.0.join("pids/lxc/c1/system.slice/u.service"));
+    }
+
+    #[test]
     fn no_pids_controller_is_an_error_naming_the_root() {
         let d = Dir::new("none");
         std::fs::write(d.0.join("cgroup.controllers"), "cpu memory\n").unwrap();
-        let e = prepare(&d.0, "c.service", TasksMax::Count(1), 32768).unwrap_err();
+        let e = prepare(&d.0, "0::/\n", "c.service", TasksMax::Count(1), 32768).unwrap_err();
         assert!(matches!(e, CgroupError::NoPidsController { .. }));
         assert!(e.to_string().contains(&d.0.display().to_string()), "{e}");
     }

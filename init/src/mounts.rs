@@ -231,8 +231,10 @@ pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec
             "gid=5,mode=620,ptmxmode=666",
         ),
         table.mount("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
-        // systemd's sizes (mount-setup.c, tmp.mount): a workload filling
-        // /run or /tmp cannot take all of the guest's memory with it.
+        // systemd's sizes (mount-setup.c, tmp.mount): /run at most 20 % of
+        // memory, /tmp 50 % (/dev/shm has the kernel's 50 %, as under
+        // systemd); tmpfs pages are not reclaimable, so these bound what a
+        // writer there can take, they do not add up to less than RAM.
         table.mount(
             "tmpfs",
             "/run",

@@ -23,6 +23,9 @@ use crate::{control, Mode};
 /// init goes on to the next one. Each unit's processes are set back to 0.
 pub const BOOT_NICE: i32 = 19;
 
+/// The longest init stays at [`BOOT_NICE`].
+pub const DEFER_MAX: Duration = Duration::from_millis(100);
+
 /// How the machine (or container) ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerKind {
@@ -381,10 +384,10 @@ pub struct Supervisor {
     pub timeline: Timeline,
     shutdown: Option<(ShutdownRequest, ShutdownPhase)>,
     all_started: bool,
-    /// init runs at nice 19 while it starts the boot's units (VM mode), so
-    /// that each unit it has started runs ahead of init's work on the next
-    /// (docs/init.md, "Units first").
-    deferring: bool,
+    /// Since when init runs at nice 19 while it starts the boot's units (VM
+    /// mode), so that each unit it has started runs ahead of init's work on
+    /// the next (docs/init.md, "Units first").
+    deferring: Option<Instant>,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
 }
@@ -407,7 +410,7 @@ impl Supervisor {
             timeline,
             shutdown: None,
             all_started: false,
-            deferring: false,
+            deferring: None,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -704,7 +707,9 @@ impl Supervisor {
         let mut ctx = ctx;
         if let Some(tasks_max) = u.unit.service.tasks_max {
             let root = std::path::Path::new(crate::cgroup::CGROUP_ROOT);
-            match crate::cgroup::prepare(root, &u.unit.name, tasks_max, crate::cgroup::pid_max()) {
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let pid_max = crate::cgroup::pid_max();
+            match crate::cgroup::prepare(root, &own, &u.unit.name, tasks_max, pid_max) {
                 Ok(cg) => ctx.cgroup = Some(std::rc::Rc::new(cg)),
                 // As systemd with a controller it cannot use: the unit runs
                 // without the limit, and the log says so.
@@ -1011,7 +1016,10 @@ impl Supervisor {
             Some((_, ShutdownPhase::Killing { since })) => Some(*since + Duration::from_secs(5)),
             _ => None,
         };
-        units.chain(shutdown).min()
+        let deferring = self
+            .deferring
+            .and_then(|since| since.checked_add(DEFER_MAX));
+        units.chain(shutdown).chain(deferring).min()
     }
 
     fn is_after(&self, later: &Unit, earlier: &Unit) -> bool {
@@ -1092,6 +1100,12 @@ impl Supervisor {
                 break;
             }
         }
+        if let Some(since) = self.deferring {
+            let waiting = self.units.iter().any(|u| u.state == State::Waiting);
+            if !waiting || since.elapsed() >= DEFER_MAX {
+                self.stop_deferring();
+            }
+        }
         if !self.all_started
             && self
                 .units
@@ -1109,19 +1123,20 @@ impl Supervisor {
     /// all units are started, init runs at [`BOOT_NICE`], so that the
     /// process gets the CPU before init's work on the next unit.
     fn defer_to_units(&mut self) {
-        if self.settings.mode != Mode::Vm || self.deferring || self.all_started {
+        if self.settings.mode != Mode::Vm || self.deferring.is_some() || self.all_started {
             return;
         }
         match rustix::process::setpriority_process(None, BOOT_NICE) {
-            Ok(()) => self.deferring = true,
+            Ok(()) => self.deferring = Some(Instant::now()),
             Err(e) => log::warn!("setpriority({BOOT_NICE}) while starting units: {e}"),
         }
     }
 
-    /// Back to init's normal priority (nice 0).
+    /// Back to init's normal priority (nice 0): when no unit is left
+    /// waiting to be forked, or after [`DEFER_MAX`] (units waiting for a
+    /// notify unit's READY=1), or at a shutdown request.
     fn stop_deferring(&mut self) {
-        if self.deferring {
-            self.deferring = false;
+        if self.deferring.take().is_some() {
             if let Err(e) = rustix::process::setpriority_process(None, 0) {
                 log::warn!("setpriority(0) after starting units: {e}");
             }

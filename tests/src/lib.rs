@@ -451,9 +451,16 @@ pub fn sockets_of(pid: i32) -> Vec<SocketInfo> {
         if !is_socket {
             continue;
         }
-        let dup =
-            rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
-                .unwrap_or_else(|e| panic!("pidfd_getfd({pid}, {fd}): {e}"));
+        let dup = match rustix::process::pidfd_getfd(
+            &pidfd,
+            fd,
+            rustix::process::PidfdGetfdFlags::empty(),
+        ) {
+            Ok(dup) => dup,
+            // Closed or exited since /proc was read.
+            Err(rustix::io::Errno::BADF | rustix::io::Errno::SRCH) => continue,
+            Err(e) => panic!("pidfd_getfd({pid}, {fd}): {e}"),
+        };
         let family = sockopt::socket_domain(&dup).map_or(0, |f| u32::from(f.as_raw()));
         let kind = sockopt::socket_type(&dup).map_or(0, |t| t.as_raw());
         let listening = sockopt::socket_acceptconn(&dup).unwrap_or(false);

@@ -90,17 +90,25 @@ pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
     let mut child = cmd.spawn().map_err(|e| format!("run {shown}: {e}"))?;
     let mut executions = None;
     if let Some(err) = child.stderr.take() {
-        for line in std::io::BufReader::new(err).lines().map_while(|l| l.ok()) {
+        // Bytes, not UTF-8 lines: libFuzzer prints inputs too, and stopping
+        // at one would close the pipe under it.
+        let mut reader = std::io::BufReader::new(err);
+        let mut raw = Vec::new();
+        while reader.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end();
             eprintln!("{line}");
             if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
                 executions = n.trim().parse().ok();
             }
+            raw.clear();
         }
     }
     let status = child.wait().map_err(|e| format!("wait for {shown}: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "fuzz target {target} failed ({status}): a finding is in fuzz/artifacts/{target}"
+            "fuzz target {target} failed ({status}): a build error above, or a finding \
+             saved in fuzz/artifacts/{target}"
         ));
     }
     let corpus_files = std::fs::read_dir(&corpus)

@@ -59,6 +59,8 @@ fn main() {
         ["pidof", comm] => pidof(comm),
         ["soakwrite", dir] => soakwrite(dir),
         ["sockets"] => sockets(),
+        ["detach", path] => detach(path),
+        ["alive", pid_file, out] => alive(pid_file, out),
         ["rocheck"] => rocheck(),
         ["zombies", path] => zombies(path),
         ["ls", dir, path] => list(dir, path),
@@ -195,6 +197,52 @@ fn pidof(comm: &str) -> i32 {
         }
     }
     fail(&format!("no process named {comm}"))
+}
+
+/// Leaves a process behind: forks a child that leaves the session
+/// (setsid), writes its pid to `path` and sleeps; returns once the pid is
+/// written.
+fn detach(path: &str) -> i32 {
+    // SAFETY: fork(2) in a single-threaded program; the child only makes
+    // system calls and sleeps.
+    match unsafe { libc::fork() } {
+        0 => {
+            let _ = rustix::process::setsid();
+            let _ = std::fs::write(path, std::process::id().to_string());
+            std::thread::sleep(Duration::from_secs(600));
+            std::process::exit(0);
+        }
+        n if n > 0 => {
+            for _ in 0..500 {
+                if std::fs::read_to_string(path).is_ok_and(|t| !t.is_empty()) {
+                    return 0;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            fail(&format!("the detached child did not write {path}"))
+        }
+        _ => fail(&format!("fork: {}", std::io::Error::last_os_error())),
+    }
+}
+
+/// Writes `alive` or `gone` to `out` for the pid in `pid_file` (a zombie
+/// counts as gone).
+fn alive(pid_file: &str, out: &str) -> i32 {
+    let pid = std::fs::read_to_string(pid_file).unwrap_or_default();
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+        });
+    let verdict = match state.as_deref() {
+        Some("Z") | None => "gone",
+        Some(_) => "alive",
+    };
+    match std::fs::write(out, verdict) {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("write {out}: {e}")),
+    }
 }
 
 /// One boot of `cargo xtask soak`: N is `minos.soak_boot=N` from

@@ -232,9 +232,9 @@ pub struct Figures {
     /// the ACPI PM timer (machines that have one).
     pub power_on_to_ready_ms: Option<f64>,
     pub pre_kernel_ms: Option<f64>,
-    /// How far the kernel's clock runs ahead of virtual time (ms), to take
-    /// off any other CLOCK_BOOTTIME reading of the same boot.
-    pub kernel_clock_offset_ms: f64,
+    /// What to take off any other CLOCK_BOOTTIME reading of the same boot
+    /// (ms) to put it on virtual time since the kernel clock's zero.
+    pub boottime_to_raw_ms: f64,
 }
 
 /// The ACPI PM timer's rate (Hz).
@@ -278,11 +278,16 @@ pub fn figures(console: &str) -> Result<Figures> {
     // The kernel's clock runs ahead of the guest's virtual time during early
     // boot; from the kernel's "sched_clock: Marking stable" on (before init
     // starts) it is the raw TSC clock — virtual time since the kernel set
-    // up its TSC — plus this offset. Every kernel-clock figure below is
-    // taken back to that raw clock, so that all of them are virtual time.
-    let offset_us = need(ready, "sched_clock_offset_ns")? / 1000;
+    // up its TSC — plus this offset (signed). Every kernel-log figure below
+    // is taken back to that raw clock, so that all of them are virtual time.
+    let offset_ns: i64 = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sched_clock_offset_ns="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("`sched_clock_offset_ns` missing or unknown in: {ready}"))?;
     // The clock next to the mark when the shim has it, else the ready one.
-    let ready_ns = match field(ready, "mark_boottime_ns") {
+    let mark_ns = field(ready, "mark_boottime_ns");
+    let ready_ns = match mark_ns {
         Some(ns) => ns,
         None => need(ready, "boottime_ready_ns")?,
     };
@@ -297,11 +302,18 @@ pub fn figures(console: &str) -> Result<Figures> {
         .checked_sub(spent_us)
         .filter(|exec| *exec >= init_exec)
         .ok_or_else(|| impossible("the agent's exec comes before init's"))?;
-    let raw = |us: u64| {
-        us.checked_sub(offset_us)
-            .ok_or_else(|| impossible("a mark before the sched_clock offset"))
+    // Kernel-log µs → raw ns (virtual time since the kernel's TSC set-up).
+    let raw = |us: u64| -> Result<u64> {
+        u64::try_from(us as i64 * 1000 - offset_ns)
+            .map_err(|_| impossible("a mark before the kernel clock's zero"))
     };
-    let ms = |us: u64| us as f64 / 1000.0;
+    // CLOCK_BOOTTIME (timekeeping) is not the kernel log's clock either: it
+    // lags it by a fixed amount, measured at the mark (written, then
+    // CLOCK_BOOTTIME read at once). Without the mark's clock: no skew known.
+    let skew_ns = mark_ns.map_or(0, |m| agent_ready as i64 * 1000 - m as i64);
+    // What to take off a CLOCK_BOOTTIME reading to put it on the raw clock.
+    let boottime_to_raw_ns = offset_ns - skew_ns;
+    let ms = |ns: u64| ns as f64 / 1e6;
     // Power-on from the PM timer (QEMU's virtual clock since power-on),
     // read with CLOCK_BOOTTIME at ready: the raw clock's zero (the kernel's
     // TSC set-up) lies that much after power-on.
@@ -311,23 +323,21 @@ pub fn figures(console: &str) -> Result<Figures> {
         field(ready, "pm_boottime_ns"),
     ) {
         (Some(t), Some(b), Some(boot)) => {
-            let raw_boot = boot
-                .checked_sub(offset_us * 1000)
-                .ok_or_else(|| impossible("the PM timer read before the sched_clock offset"))?;
-            power_on_ns(t, b as u32, raw_boot).map(|p| (p, p - raw_boot))
+            let raw_pm = u64::try_from(boot as i64 - boottime_to_raw_ns)
+                .map_err(|_| impossible("the PM timer read before the kernel clock's zero"))?;
+            power_on_ns(t, b as u32, raw_pm).map(|p| p - raw_pm)
         }
         _ => None,
     };
     let raw_ready = raw(agent_ready)?;
     Ok(Figures {
-        // At the ready mark, on the PM timer's clock.
-        power_on_to_ready_ms: power_on.map(|(_, before)| ms(raw_ready) + before as f64 / 1e6),
-        pre_kernel_ms: power_on.map(|(_, before)| before as f64 / 1e6),
+        power_on_to_ready_ms: power_on.map(|before| ms(raw_ready + before)),
+        pre_kernel_ms: power_on.map(ms),
         kernel_to_init_ms: ms(raw(init_exec)?),
-        init_to_agent_exec_ms: ms(agent_exec - init_exec),
-        init_to_agent_ready_ms: ms(agent_ready - init_exec),
+        init_to_agent_exec_ms: (agent_exec - init_exec) as f64 / 1000.0,
+        init_to_agent_ready_ms: (agent_ready - init_exec) as f64 / 1000.0,
         agent_ready_ms: ms(raw_ready),
-        kernel_clock_offset_ms: ms(offset_us),
+        boottime_to_raw_ms: boottime_to_raw_ns as f64 / 1e6,
         memory: [
             field(ready, "mem_used_kib"),
             field(late, "mem_used_kib"),
@@ -443,7 +453,7 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
         None => None,
         Some(Ok(answer)) if answer == "SERVING" => report
             .health_check_us
-            .map(|us| us as f64 / 1000.0 - f.kernel_clock_offset_ms),
+            .map(|us| us as f64 / 1000.0 - f.boottime_to_raw_ms),
         Some(other) => return Err(format!("{what}: the host's health check failed: {other:?}")),
     };
     let rss_after_10s = match rss_line(&report.console) {
@@ -797,20 +807,29 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
             .unwrap_err()
             .contains("the agent's exec comes before init's"));
         // The kernel-clock marks less the 103,808 µs offset: virtual time.
-        assert!((f.kernel_to_init_ms - 207.280).abs() < 1e-9, "{f:?}");
+        assert!((f.kernel_to_init_ms - 207.279_394).abs() < 1e-9, "{f:?}");
         // 316497 - (316055097 - 314098756) / 1000 = 314541 → 3.453 ms after init exec.
         assert!((f.init_to_agent_exec_ms - 3.453).abs() < 1e-9, "{f:?}");
         assert!((f.init_to_agent_ready_ms - 5.409).abs() < 1e-9);
-        assert!((f.agent_ready_ms - 212.689).abs() < 1e-9);
-        // PM timer: 824812 ticks = 230.421 ms after power-on, read at raw
-        // 212.232 ms: the raw clock's zero 18.19 ms after power-on.
-        let pre = f.pre_kernel_ms.unwrap();
-        assert!((pre - 18.19).abs() < 0.005, "{f:?}");
-        assert!((f.power_on_to_ready_ms.unwrap() - (212.689 + pre)).abs() < 1e-9);
-        // The TSC (1 GHz under icount) agrees with the PM timer to 2 µs.
-        assert!(
-            (230.423_727 - (f.power_on_to_ready_ms.unwrap() - (316.497 - 316.040))).abs() < 0.01
+        assert!((f.agent_ready_ms - 212.688_394).abs() < 1e-9);
+        // A negative offset (the kernel's clock behind) is taken as such.
+        let behind = CONSOLE.replace(
+            "sched_clock_offset_ns=103808606",
+            "sched_clock_offset_ns=-1000000",
         );
+        assert!((figures(&behind).unwrap().kernel_to_init_ms - 312.088).abs() < 1e-9);
+        // CLOCK_BOOTTIME lags the kernel log by 316497000 - 316055097 ns =
+        // 0.442 ms. PM timer: 824812 ticks = 230.421 ms after power-on, read
+        // at CLOCK_BOOTTIME 316.040 ms = raw 316.040 + 0.442 - 103.809 =
+        // 212.674 ms: the raw clock's zero 17.75 ms after power-on.
+        let pre = f.pre_kernel_ms.unwrap();
+        assert!((pre - 17.750).abs() < 0.002, "{f:?}");
+        assert!((f.power_on_to_ready_ms.unwrap() - (212.688_394 + pre)).abs() < 1e-9);
+        // The PM timer at its read: ready less the mark-to-read interval on
+        // the kernel log's clock; the TSC read next to it agrees (1 GHz).
+        let pm_ms = f.power_on_to_ready_ms.unwrap() - (316.497 - (316.040_321 + 0.441_903));
+        assert!((pm_ms - 230.422).abs() < 0.005, "{pm_ms}");
+        assert!((230.423_727 - pm_ms).abs() < 0.005, "{pm_ms}");
         assert_eq!(
             f.memory,
             [Some(9004), Some(8504), Some(3), Some(408), Some(399)]
