@@ -446,7 +446,7 @@ fn add_chronyd(extra: &mut Vec<Entry>) -> Result<()> {
 }
 
 /// The number after `key=` on the first console line containing `marker`.
-fn value_after(console: &str, marker: &str, key: &str) -> Option<f64> {
+pub fn value_after(console: &str, marker: &str, key: &str) -> Option<f64> {
     console
         .lines()
         .find(|l| l.contains(marker))?

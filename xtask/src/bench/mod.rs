@@ -157,30 +157,30 @@ pub struct TimeDaemon {
     pub rss_kib: u64,
 }
 
-/// The number after `key` in the first console line that starts with
-/// `prefix`.
-fn clockprobe_value(console: &str, prefix: &str, key: &str) -> Option<f64> {
-    console
-        .lines()
-        .find(|l| l.starts_with(prefix))?
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key))?
-        .parse()
-        .ok()
-}
-
 /// A time daemon's figures from its PHC scenario's console.
 pub fn time_daemon(daemon: &str, console: &str) -> Result<TimeDaemon> {
     let usage = format!("clockprobe: usage {daemon} ");
     let need = |key: &str| {
-        clockprobe_value(console, &usage, key)
+        crate::vmtest::value_after(console, &usage, key)
             .ok_or_else(|| format!("no {key} in the `{usage}` line"))
     };
     Ok(TimeDaemon {
         daemon: daemon.into(),
-        synchronised_ms: clockprobe_value(console, "clockprobe: synchronised ", "after_ms="),
-        jump_plus_ms: clockprobe_value(console, "clockprobe: jump=+2.000 ", "recovered_ms="),
-        jump_minus_ms: clockprobe_value(console, "clockprobe: jump=-2.000 ", "recovered_ms="),
+        synchronised_ms: crate::vmtest::value_after(
+            console,
+            "clockprobe: synchronised ",
+            "after_ms=",
+        ),
+        jump_plus_ms: crate::vmtest::value_after(
+            console,
+            "clockprobe: jump=+2.000 ",
+            "recovered_ms=",
+        ),
+        jump_minus_ms: crate::vmtest::value_after(
+            console,
+            "clockprobe: jump=-2.000 ",
+            "recovered_ms=",
+        ),
         seconds: need("seconds=")?,
         wakeups_per_s: need("per_s=")?,
         cpu_ms: need("cpu_ms=")?,
