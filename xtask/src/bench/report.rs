@@ -73,7 +73,7 @@ pub fn markdown(results: &Results) -> String {
     s.push_str(METHOD_HEAD);
     let _ = writeln!(
         s,
-        "Run of {}: host {}; {}; guest kernel {} (project flavours); {} MiB, {} vCPU.\n",
+        "\n## Results\n\nRun of {}: host {}; {}; guest kernel {} (project flavours); {} MiB, {} vCPU.\n",
         results.date, results.host, results.qemu, results.kernel, results.memory_mib, results.vcpus
     );
     s.push_str("Binaries (static, stripped): ");
