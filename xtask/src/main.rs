@@ -25,7 +25,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--pid1]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]>";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--out DIR]`
+//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--flavours f,g] [--out DIR] [--no-time]`
 //! (`--pid1`: see [`pid1`]; `--render`: the page and charts again from
 //! docs/bench/results.json):
 //! boots every system of [`systems`] the same way — same kernel, QEMU
