@@ -144,9 +144,13 @@ fn emit(sink: &Sink, level: Level, line: &str) {
             let _ = rustix::io::write(fd, &rec);
         }
         Sink::Stderr => {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(line.as_bytes());
-            let _ = err.write_all(b"\n");
+            // One write(2) per line: stderr is unbuffered, and a reader of a
+            // pipe shared with the units' output must never see a line cut
+            // by another process's write between its text and its newline.
+            let mut rec = Vec::with_capacity(line.len() + 1);
+            rec.extend_from_slice(line.as_bytes());
+            rec.push(b'\n');
+            let _ = std::io::stderr().lock().write_all(&rec);
         }
     }
 }
