@@ -176,10 +176,11 @@ pub fn main(args: &[String]) -> Result<()> {
     } else {
         None
     };
+    // Every target runs; a finding is recorded with the others.
     let mut fuzz = Vec::new();
     if fuzz_seconds > 0 {
         for t in crate::fuzz::TARGETS {
-            fuzz.push(crate::fuzz::run_target(t, fuzz_seconds)?);
+            fuzz.push(crate::fuzz::run_target(t, fuzz_seconds).map_err(|e| (t, e)));
         }
     }
     if record {
@@ -188,10 +189,21 @@ pub fn main(args: &[String]) -> Result<()> {
             .map_err(|e| format!("write {}: {e}", path.display()))?;
         println!("soak: results in {}", path.display());
     }
-    Ok(())
+    let failed: Vec<String> = fuzz
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|(t, e)| format!("{t}: {e}"))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("\n"))
+    }
 }
 
-fn render(boot: Option<&BootLoop>, fuzz: &[crate::fuzz::Run]) -> String {
+type FuzzResult = std::result::Result<crate::fuzz::Run, (&'static str, String)>;
+
+fn render(boot: Option<&BootLoop>, fuzz: &[FuzzResult]) -> String {
     let mut s = String::from(
         "# Soak results\n\nWritten by `cargo xtask soak --record` (issue 7's long runs): the last \
          results on this project's machine (2 cores, QEMU under TCG). The shorter versions run in \
@@ -226,12 +238,61 @@ fn render(boot: Option<&BootLoop>, fuzz: &[crate::fuzz::Run]) -> String {
              | target | seconds | executions | corpus files after | findings |\n|---|---:|---:|---:|---|\n",
         );
         for r in fuzz {
-            let _ = writeln!(
-                s,
-                "| `{}` | {} | {} | {} | none |",
-                r.target, r.seconds, r.executions, r.corpus_files
-            );
+            let _ = match r {
+                Ok(r) => writeln!(
+                    s,
+                    "| `{}` | {} | {} | {} | none |",
+                    r.target, r.seconds, r.executions, r.corpus_files
+                ),
+                Err((t, e)) => writeln!(s, "| `{t}` | | | | **{}** |", e.replace('\n', " ")),
+            };
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_lists_boots_runs_and_findings() {
+        let boot = BootLoop {
+            boots: 100,
+            wall: Duration::from_secs(700),
+            guest_agent_ready_ms: vec![317, 320, 317],
+        };
+        let fuzz = vec![
+            Ok(crate::fuzz::Run {
+                target: "unit_file".into(),
+                seconds: 600,
+                executions: 2_519_343,
+                corpus_files: 13542,
+            }),
+            Err((
+                "ttrpc_frames",
+                "fuzz target failed:\nout of memory".to_owned(),
+            )),
+        ];
+        let md = render(Some(&boot), &fuzz);
+        assert!(
+            md.contains("| 100 | 100 | 100 | 100 of 100 | 700 s | 317–320 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `unit_file` | 600 | 2519343 | 13542 | none |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `ttrpc_frames` | | | | **fuzz target failed: out of memory** |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn soak_bytes_match_the_probe_s() {
+        // probe's soak_byte: ((i * 31 + n * 7) % 251) as u8.
+        assert_eq!(soak_byte(1, 0), 7);
+        assert_eq!(soak_byte(2, 10), ((10 * 31 + 14) % 251) as u8);
+    }
 }

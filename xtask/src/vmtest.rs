@@ -37,7 +37,7 @@ fn common_checks(
     r: &BootReport,
     all_started: bool,
     timesync: bool,
-    kind: Kind,
+    agent_first: bool,
 ) -> Result<()> {
     let needles = [
         "timeline event=init_start",
@@ -67,10 +67,11 @@ fn common_checks(
             r,
         )?;
         // Units first (init at nice 19 while starting them): the agent,
-        // started first, is ready before init starts timesync. Not with the
-        // root on virtio-blk, where the agent waits for reads and init is
-        // the one left to run.
-        if timesync && kind != Kind::Disk {
+        // started first, is ready before init starts timesync — when the
+        // agent never waits: not with the root on virtio-blk (it waits for
+        // reads) nor with vsock (real-time I/O under sleep=on), where init
+        // is the one left to run.
+        if timesync && agent_first {
             let ready = r.console.find("agent-shim: ready boottime_us=");
             let next = r
                 .console
@@ -802,7 +803,7 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
                 &r,
                 s.extra.is_empty(),
                 !s.name.ends_with("-chronyd"),
-                s.kind,
+                s.kind != Kind::Disk && !s.vsock,
             )?;
             if s.data_disk {
                 check_data_disk(s.name, &disk, &r)?;
