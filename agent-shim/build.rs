@@ -23,6 +23,11 @@ fn main() {
         .include("proto")
         .input(PROTO)
         .rust_protobuf()
+        // The server side async, as kata-agent's; the client stays sync.
+        .customize(ttrpc_codegen::Customize {
+            async_server: true,
+            ..Default::default()
+        })
         .run()
         .expect("generating code for proto/health.proto");
     for name in ["health.rs", "health_ttrpc.rs"] {
