@@ -430,7 +430,7 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
         // costs nothing under sleep=off. The health-check boot (sleep=on,
         // real time) stops sooner.
         extra_cmdline: if vsock {
-            "agent.bench agent.exit_after=3s".into()
+            "agent.bench agent.exit_after=5s".into()
         } else {
             "agent.bench agent.exit_after=11s".into()
         },
