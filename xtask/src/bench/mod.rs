@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--flavours f,g] [--out DIR] [--no-time]`
+//! `cargo xtask bench [--quick] [--check] [--systems a,b] [--flavours f,g]
+//! [--configs MACHINE/KIND/FORMAT,...] [--out DIR] [--no-time]`
 //! (`--pid1`: see [`pid1`]; `--render`: the page and charts again from
 //! docs/bench/results.json):
 //! boots every system of [`systems`] the same way — same kernel, QEMU
@@ -743,9 +744,23 @@ pub fn main(args: &[String]) -> Result<()> {
             .map(|l| l.split(',').map(str::to_string).collect())
             .unwrap_or_else(|| vec!["kata".into(), "minimal".into()]);
         let flavours: Vec<&str> = flavours.iter().map(String::as_str).collect();
+        let mut configs = all_configs(&flavours);
+        if let Some(list) = value("--configs") {
+            // MACHINE/KIND/FORMAT, e.g. q35/dax/vmlinux: only these.
+            let wanted: Vec<&str> = list.split(',').collect();
+            configs.retain(|c| {
+                wanted.contains(&format!("{}/{}/{}", c.machine, c.kind, c.kernel_format).as_str())
+            });
+            if configs.is_empty() {
+                return Err(format!(
+                    "--configs {list}: no configuration matches (MACHINE/KIND/FORMAT: \
+                     q35/dax/vmlinux, q35/initrd/vmlinux, microvm/initrd/vmlinux, q35/dax/bzImage)"
+                ));
+            }
+        }
         Plan {
             systems,
-            configs: all_configs(&flavours),
+            configs,
             health_check: |c| c.machine == "q35" && c.kind == "dax" && c.kernel_format == "vmlinux",
             out: value("--out")
                 .map(PathBuf::from)
