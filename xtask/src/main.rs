@@ -15,6 +15,7 @@ mod fuzz;
 mod image;
 mod kernel;
 mod measure;
+mod order;
 mod qemu;
 mod soak;
 mod util;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]>";
+const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("fuzz") => fuzz::main(&args[1..]),
         Some("soak") => build().and_then(|_| soak::main(&args[1..])),
+        Some("boot-order") => order::main(&args[1..]),
         Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
@@ -108,6 +110,9 @@ fn test() -> Result<()> {
         fuzz::main(&["--smoke".to_string()])
     })?;
     util::step("release build", || build().map(|_| ()))?;
+    util::step("init's boot-path order still matches its boot (ptrace)", || {
+        order::main(&["--check".to_string()])
+    })?;
     util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
     util::step("soak, short (3 boots writing to one data disk)", || {
         soak::main(&["--boots", "3", "--fuzz-seconds", "0"].map(String::from))
