@@ -130,6 +130,15 @@ pub fn parse(text: &str) -> (BootConfig, Vec<Problem>) {
             Some((k, v)) => (k, Some(v)),
             None => (word.as_str(), None),
         };
+        // Most words are the kernel's own: skip them before any matching
+        // (init's first milliseconds are the agent's start time).
+        if !(key.starts_with("init.")
+            || key.starts_with("systemd.")
+            || key == "quiet"
+            || key == "debug")
+        {
+            continue;
+        }
         // The kernel treats '-' and '_' in parameter names alike.
         let key = key.replace('-', "_");
         let mut bad = |message: String| {

@@ -348,14 +348,13 @@ fn dev_links() -> Vec<MountError> {
     ];
     let mut errors = Vec::new();
     for (target, link) in links {
-        if rustix::fs::lstat(link).is_ok() {
-            continue;
-        }
-        if let Err(source) = std::os::unix::fs::symlink(target, link) {
-            errors.push(MountError::Create {
+        // One system call each: whatever is there already is left alone.
+        match rustix::fs::symlink(target, link) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => errors.push(MountError::Create {
                 path: link.into(),
-                source,
-            });
+                source: e.into(),
+            }),
         }
     }
     errors

@@ -26,6 +26,10 @@ pub const BOOT_NICE: i32 = 19;
 /// The longest init stays at [`BOOT_NICE`].
 pub const DEFER_MAX: Duration = Duration::from_millis(100);
 
+/// While it holds back the next unit, how often init looks whether the
+/// ones it started have stopped running.
+pub const HOLD_POLL: Duration = Duration::from_micros(250);
+
 /// How the machine (or container) ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerKind {
@@ -388,6 +392,10 @@ pub struct Supervisor {
     /// mode), so that each unit it has started runs ahead of init's work on
     /// the next (docs/init.md, "Units first").
     deferring: Option<Instant>,
+    /// While deferring: a unit process was just started, and the next
+    /// unit waits until no other task is runnable (or [`DEFER_MAX`]). The
+    /// open /proc/loadavg tells.
+    hold: Option<std::fs::File>,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
 }
@@ -411,6 +419,7 @@ impl Supervisor {
             shutdown: None,
             all_started: false,
             deferring: None,
+            hold: None,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -755,6 +764,7 @@ impl Supervisor {
                 let pid = child.id();
                 u.main = Some(child);
                 self.defer_to_units();
+                self.hold_next_unit();
                 let Some(u) = self.units.get_mut(i) else {
                     return;
                 };
@@ -1019,7 +1029,8 @@ impl Supervisor {
         let deferring = self
             .deferring
             .and_then(|since| since.checked_add(DEFER_MAX));
-        units.chain(shutdown).chain(deferring).min()
+        let hold = self.hold.as_ref().map(|_| Instant::now() + HOLD_POLL);
+        units.chain(shutdown).chain(deferring).chain(hold).min()
     }
 
     fn is_after(&self, later: &Unit, earlier: &Unit) -> bool {
@@ -1029,6 +1040,9 @@ impl Supervisor {
     /// Starts every waiting unit whose ordering dependencies have settled.
     fn schedule(&mut self) {
         if self.shutdown.is_some() {
+            return;
+        }
+        if self.holding() {
             return;
         }
         loop {
@@ -1064,6 +1078,10 @@ impl Supervisor {
                 } else if ready {
                     self.start_unit(i);
                     progressed = true;
+                    if self.hold.is_some() {
+                        // Its turn first: the next one when it has run.
+                        return;
+                    }
                 } else {
                     blocked.push(i);
                 }
@@ -1132,10 +1150,47 @@ impl Supervisor {
         }
     }
 
+    /// A unit process was just started while deferring: the next unit is
+    /// held back until it has run (see [`Self::holding`]). Priority alone
+    /// does not give it the CPU: the scheduler still hands init a slice
+    /// now and then, and forking and exec'ing the next unit in it took the
+    /// agent's exec from 3.3 to 4.6 ms in one boot.
+    fn hold_next_unit(&mut self) {
+        if self.deferring.is_none() {
+            return;
+        }
+        match std::fs::File::open("/proc/loadavg") {
+            Ok(f) => self.hold = Some(f),
+            Err(e) => log::debug!("open /proc/loadavg: {e}; not holding units back"),
+        }
+    }
+
+    /// Whether the next unit still waits: until no task but init is
+    /// runnable (the started unit blocks, typically ready and waiting for
+    /// requests), at most until deferring ends ([`DEFER_MAX`]).
+    fn holding(&mut self) -> bool {
+        let Some(f) = &self.hold else {
+            return false;
+        };
+        let expired = self
+            .deferring
+            .is_none_or(|since| since.elapsed() >= DEFER_MAX);
+        if expired {
+            self.stop_deferring();
+            return false;
+        }
+        if runnable_tasks(f).is_none_or(|n| n <= 1) {
+            self.hold = None;
+            return false;
+        }
+        true
+    }
+
     /// Back to init's normal priority (nice 0): when no unit is left
     /// waiting to be forked, or after [`DEFER_MAX`] (units waiting for a
     /// notify unit's READY=1), or at a shutdown request.
     fn stop_deferring(&mut self) {
+        self.hold = None;
         if self.deferring.take().is_some() {
             if let Err(e) = rustix::process::setpriority_process(None, 0) {
                 log::warn!("setpriority(0) after starting units: {e}");
@@ -1417,9 +1472,41 @@ fn kill_all(sig: Signal) {
     }
 }
 
+/// The running-task count of /proc/loadavg (`0.00 0.00 0.00 RUNNING/TOTAL
+/// LASTPID`), read again from the start of the open file; it counts the
+/// reader.
+fn runnable_tasks(f: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 128];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    parse_runnable(buf.get(..n)?)
+}
+
+fn parse_runnable(text: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(text).ok()?;
+    text.split_whitespace()
+        .nth(3)?
+        .split_once('/')?
+        .0
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loadavg_running_count() {
+        assert_eq!(parse_runnable(b"0.00 0.01 0.05 1/57 231\n"), Some(1));
+        assert_eq!(parse_runnable(b"1.20 0.40 0.10 3/120 4242\n"), Some(3));
+        assert_eq!(parse_runnable(b""), None);
+        assert_eq!(parse_runnable(b"0.00 0.00 0.00 x/5 1"), None);
+        assert_eq!(parse_runnable(&[0xff, 0xfe]), None);
+        // The live file parses.
+        let f = std::fs::File::open("/proc/loadavg").unwrap();
+        assert!(runnable_tasks(&f).is_some_and(|n| n >= 1));
+    }
 
     #[test]
     fn restart_policy_matrix() {
