@@ -13,7 +13,10 @@
 //! - A link map next to the binary (`init.map`) gives the address of every
 //!   function for that tracer, without keeping symbols in the binary.
 //!
-//! Both only reach the `init` binary; tests and other crates link as before.
+//! Both reach only the `init` target (its unit-test build too, which then
+//! rewrites the map of its profile: the tracer checks that the map matches
+//! the binary); the library, other binaries and crates link as before.
+//! Linker arguments go through `-Xlinker`, so a path with a comma is fine.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -30,10 +33,7 @@ fn main() {
     };
     // OUT_DIR is <target>/<triple>/<profile>/build/minos-init-<hash>/out.
     if let Some(profile_dir) = out_dir.ancestors().nth(3) {
-        println!(
-            "cargo:rustc-link-arg-bin=init=-Wl,-Map={}",
-            profile_dir.join("init.map").display()
-        );
+        linker_arg(&format!("-Map={}", profile_dir.join("init.map").display()));
     }
     let Ok(list) = std::fs::read_to_string(&order) else {
         return;
@@ -45,9 +45,9 @@ fn main() {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        // One input section description per line, as the tracer wrote it;
-        // anything else would break the script: skipped.
-        if line.contains(['{', '}', ';', '"']) || !line.ends_with(')') {
+        // One input section description per line, as the tracer writes it
+        // (`FILE(SECTION)`); anything else could break the script: skipped.
+        if !valid_pattern(line) {
             println!("cargo:warning=init/boot.order: skipped malformed line {line:?}");
             continue;
         }
@@ -56,6 +56,28 @@ fn main() {
     script.push_str("  }\n}\nINSERT BEFORE .text;\n");
     let path = out_dir.join("boot-order.ld");
     if std::fs::write(&path, script).is_ok() {
-        println!("cargo:rustc-link-arg-bin=init=-Wl,-T,{}", path.display());
+        linker_arg("-T");
+        linker_arg(&path.display().to_string());
     }
+}
+
+fn linker_arg(arg: &str) {
+    println!("cargo:rustc-link-arg-bin=init=-Xlinker");
+    println!("cargo:rustc-link-arg-bin=init={arg}");
+}
+
+/// `FILE(SECTION)` with characters LLD's script lexer takes in a name or
+/// wildcard pattern.
+fn valid_pattern(line: &str) -> bool {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "_.$*?:+~/-".contains(c);
+    let Some((file, rest)) = line.split_once('(') else {
+        return false;
+    };
+    let Some(section) = rest.strip_suffix(')') else {
+        return false;
+    };
+    !file.is_empty()
+        && !section.is_empty()
+        && file.chars().all(name_char)
+        && section.chars().all(name_char)
 }

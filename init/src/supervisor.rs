@@ -396,6 +396,8 @@ pub struct Supervisor {
     /// unit waits until no other task is runnable (or [`DEFER_MAX`]). The
     /// open /proc/loadavg tells.
     hold: Option<std::fs::File>,
+    /// Deferring has ended; it does not start again.
+    deferred: bool,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
 }
@@ -420,6 +422,7 @@ impl Supervisor {
             all_started: false,
             deferring: None,
             hold: None,
+            deferred: false,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -1141,7 +1144,11 @@ impl Supervisor {
     /// all units are started, init runs at [`BOOT_NICE`], so that the
     /// process gets the CPU before init's work on the next unit.
     fn defer_to_units(&mut self) {
-        if self.settings.mode != Mode::Vm || self.deferring.is_some() || self.all_started {
+        if self.settings.mode != Mode::Vm
+            || self.deferring.is_some()
+            || self.deferred
+            || self.all_started
+        {
             return;
         }
         match rustix::process::setpriority_process(None, BOOT_NICE) {
@@ -1156,7 +1163,8 @@ impl Supervisor {
     /// now and then, and forking and exec'ing the next unit in it took the
     /// agent's exec from 3.3 to 4.6 ms in one boot.
     fn hold_next_unit(&mut self) {
-        if self.deferring.is_none() {
+        // Nothing to hold back once no unit is left waiting to be forked.
+        if self.deferring.is_none() || !self.units.iter().any(|u| u.state == State::Waiting) {
             return;
         }
         match std::fs::File::open("/proc/loadavg") {
@@ -1192,6 +1200,8 @@ impl Supervisor {
     fn stop_deferring(&mut self) {
         self.hold = None;
         if self.deferring.take().is_some() {
+            // Once per boot: DEFER_MAX bounds the whole of it.
+            self.deferred = true;
             if let Err(e) = rustix::process::setpriority_process(None, 0) {
                 log::warn!("setpriority(0) after starting units: {e}");
             }

@@ -110,9 +110,10 @@ fn test() -> Result<()> {
         fuzz::main(&["--smoke".to_string()])
     })?;
     util::step("release build", || build().map(|_| ()))?;
-    util::step("init's boot-path order still matches its boot (ptrace)", || {
-        order::main(&["--check".to_string()])
-    })?;
+    util::step(
+        "init's boot-path order still matches its boot (ptrace)",
+        || order::main(&["--check".to_string()]),
+    )?;
     util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
     util::step("soak, short (3 boots writing to one data disk)", || {
         soak::main(&["--boots", "3", "--fuzz-seconds", "0"].map(String::from))

@@ -19,8 +19,11 @@
 //! forked by init are traced too until they exec (their code between fork
 //! and exec is init's); what they exec is not. After `--seconds` (default
 //! 3) the namespace is killed. The traced boot cannot change this machine:
-//! CAP_SYS_TIME is dropped from the bounding set (no clock setting) and
-//! /proc/sys is read-only (no global sysctl such as fs.nr_open).
+//! CAP_SYS_TIME is out of the bounding, ambient and inheritable sets (no
+//! clock setting), /proc/sys and /sys are read-only (no global sysctl such
+//! as fs.nr_open), securityfs is an empty read-only tmpfs, and cgroup2 is
+//! mounted in a cgroup namespace of its own (in the initial one its mount
+//! options would apply to the whole machine).
 //!
 //! The order file holds linker-script input section patterns (see
 //! [`section_pattern`]): a Rust function's own section (`.text.<mangled
@@ -115,34 +118,103 @@ pub fn section_pattern(input: &str) -> Option<String> {
 }
 
 fn wildcard_hashes(symbol: &str) -> String {
-    let mut out = String::with_capacity(symbol.len());
     let b = symbol.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
+    // `<tag><base-62 digits>_` at i (v0 crate disambiguator `Cs..._`, or
+    // back-reference `B..._`, whose offsets move when a hash's length does):
+    // the length of the whole token, if there is one.
+    let token = |i: usize, tag: &[u8]| -> Option<usize> {
+        let rest = b.get(i..)?.strip_prefix(tag)?;
+        let digits = rest
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .count();
+        (rest.get(digits) == Some(&b'_')).then_some(tag.len() + digits + 1)
+    };
     while i < b.len() {
-        // Legacy: `17h` + 16 hex digits + `E` at the end.
+        // Legacy: `17h` + 16 hex digits + `E`, at the end.
         if b.len() - i == 20
-            && symbol[i..].starts_with("17h")
-            && symbol[i + 3..i + 19].bytes().all(|c| c.is_ascii_hexdigit())
-            && symbol.ends_with('E')
+            && b[i..].starts_with(b"17h")
+            && b[i + 3..i + 19].iter().all(u8::is_ascii_hexdigit)
+            && b[i + 19] == b'E'
         {
-            out.push_str("17h*E");
+            out.extend_from_slice(b"17h*E");
             break;
         }
-        // v0: a crate root `C`, disambiguator `s<base-62>_`, then the name.
-        if symbol[i..].starts_with("Cs") {
-            if let Some(end) = symbol[i + 2..].find('_') {
-                let digits = &symbol[i + 2..i + 2 + end];
-                if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_alphanumeric()) {
-                    out.push_str("Cs*_");
-                    i += 2 + end + 1;
-                    continue;
-                }
+        if let Some(n) = token(i, b"Cs").filter(|&n| n > 3) {
+            out.extend_from_slice(b"Cs*_");
+            i += n;
+            continue;
+        }
+        // v0 back-references (`B<offset>_`). A `B` inside an identifier
+        // can look the same: the wildcard then matches more, never less.
+        if b.starts_with(b"_R") {
+            if let Some(n) = token(i, b"B") {
+                out.extend_from_slice(b"B*_");
+                i += n;
+                continue;
             }
         }
-        out.push(char::from(b[i]));
+        out.push(b[i]);
         i += 1;
     }
-    out
+    String::from_utf8(out).unwrap_or_else(|_| symbol.to_string())
+}
+
+/// An output section's address and size in an LLD map.
+pub fn map_output_section(map: &str, name: &str) -> Option<(u64, u64)> {
+    map.lines().skip(1).find_map(|line| {
+        let (cols, indent, n) = split_map_line(line)?;
+        (indent == 1 && n == name).then_some(())?;
+        Some((
+            u64::from_str_radix(cols[0], 16).ok()?,
+            u64::from_str_radix(cols[2], 16).ok()?,
+        ))
+    })
+}
+
+/// A section's address and size from an ELF64 little-endian file's section
+/// headers (kept by `strip`).
+pub fn elf_section(path: &Path, name: &str) -> Result<(u64, u64)> {
+    let data = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let bad = || format!("{}: not an ELF64 file with section headers", path.display());
+    let u16_at = |o: usize| -> Option<u64> {
+        Some(u64::from(u16::from_le_bytes(
+            data.get(o..o + 2)?.try_into().ok()?,
+        )))
+    };
+    let u32_at = |o: usize| -> Option<u64> {
+        Some(u64::from(u32::from_le_bytes(
+            data.get(o..o + 4)?.try_into().ok()?,
+        )))
+    };
+    let u64_at = |o: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?))
+    };
+    if data.get(..5) != Some(b"\x7fELF\x02") {
+        return Err(bad());
+    }
+    let shoff = u64_at(0x28).ok_or_else(bad)? as usize;
+    let shentsize = u16_at(0x3a).ok_or_else(bad)? as usize;
+    let shnum = u16_at(0x3c).ok_or_else(bad)? as usize;
+    let shstrndx = u16_at(0x3e).ok_or_else(bad)? as usize;
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = u64_at(header(shstrndx) + 0x18).ok_or_else(bad)? as usize;
+    for i in 0..shnum {
+        let h = header(i);
+        let name_off = u32_at(h).ok_or_else(bad)? as usize;
+        let Some(bytes) = data.get(strtab + name_off..) else {
+            continue;
+        };
+        let end = bytes.iter().position(|&c| c == 0).unwrap_or(0);
+        if &bytes[..end] == name.as_bytes() {
+            let addr = u64_at(h + 0x10).ok_or_else(bad)?;
+            let size = u64_at(h + 0x20).ok_or_else(bad)?;
+            return Ok((addr, size));
+        }
+    }
+    Err(format!("{}: no section {name}", path.display()))
 }
 
 /// A map line's four number columns, the indentation after them (1: an
@@ -174,6 +246,19 @@ pub fn main(args: &[String]) -> Result<()> {
     let map_path = bin.join("init.map");
     let map = std::fs::read_to_string(&map_path)
         .map_err(|e| format!("read {}: {e} (init/build.rs writes it)", map_path.display()))?;
+    // The map is rewritten by every link of the `init` target, `cargo test`'s
+    // too: it must describe this binary, or breakpoints land mid-instruction.
+    let binary = bin.join("init");
+    let in_map = map_output_section(&map, ".text");
+    let in_elf = elf_section(&binary, ".text")?;
+    if in_map != Some(in_elf) {
+        return Err(format!(
+            "{} does not describe {} (.text at {in_map:x?} in the map, {in_elf:x?} in the binary); \
+             rebuild with `cargo xtask build`",
+            map_path.display(),
+            binary.display()
+        ));
+    }
     let funcs = parse_map(&map);
     if funcs.len() < 100 {
         return Err(format!(
@@ -305,6 +390,9 @@ fn trace(stage: &Path, funcs: &[Func], time: Duration) -> Result<(Vec<Func>, Str
     let proc_dir = p("proc")?;
     let cmdline_target = p("proc/cmdline")?;
     let proc_sys = p("proc/sys")?;
+    let sys_dir = p("sys")?;
+    let security_dir = p("sys/kernel/security")?;
+    let (sysfs_t, ro_opts) = (cstring("sysfs")?, cstring("mode=0755")?);
     let cmdline_src = cstring(cmdline_file.as_os_str().as_encoded_bytes())?;
     let dev_dir = p("dev")?;
     let files = [p("dev/console")?, p("dev/kmsg")?];
@@ -332,7 +420,10 @@ fn trace(stage: &Path, funcs: &[Func], time: Duration) -> Result<(Vec<Func>, Str
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC;
+        | libc::CLONE_NEWIPC
+        // cgroup2 mount options apply to the whole machine when mounted in
+        // the initial cgroup namespace: init mounts it in its own.
+        | libc::CLONE_NEWCGROUP;
     // SAFETY: a fork-like clone (no new stack, no CLONE_VM). The child runs
     // only the system calls below on values prepared above, then execs or
     // exits; xtask has no other thread whose locks it could inherit.
@@ -366,6 +457,24 @@ fn trace(stage: &Path, funcs: &[Func], time: Duration) -> Result<(Vec<Func>, Str
                     proc_t.as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     std::ptr::null(),
+                ) == 0
+                // sysfs and securityfs are the host's: read-only sysfs, and
+                // an empty read-only tmpfs where securityfs would go (init
+                // leaves what is mounted; cgroup2 it mounts itself, in its
+                // own cgroup namespace).
+                && libc::mount(
+                    sysfs_t.as_ptr(),
+                    sys_dir.as_ptr(),
+                    sysfs_t.as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) == 0
+                && libc::mount(
+                    tmpfs_t.as_ptr(),
+                    security_dir.as_ptr(),
+                    tmpfs_t.as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    ro_opts.as_ptr().cast(),
                 ) == 0
                 // Sysctls are the host's: read-only to the traced boot.
                 && libc::mount(
@@ -409,7 +518,7 @@ fn trace(stage: &Path, funcs: &[Func], time: Duration) -> Result<(Vec<Func>, Str
                             std::ptr::null(),
                         ) == 0
                 })
-                && libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_TIME, 0, 0, 0) == 0
+                && drop_sys_time()
                 && libc::chroot(root_c.as_ptr()) == 0
                 && libc::chdir(slash.as_ptr()) == 0
                 && libc::ptrace(
@@ -438,6 +547,52 @@ fn trace(stage: &Path, funcs: &[Func], time: Duration) -> Result<(Vec<Func>, Str
         let _ = std::fs::remove_file(f);
     }
     result.map(|hits| (hits, log))
+}
+
+/// Makes sure nothing exec'd from here on can hold CAP_SYS_TIME: out of the
+/// bounding set (which caps what root gets at exec), the ambient set and
+/// the inheritable set (which root's exec adds back). Only system calls:
+/// runs between clone and exec.
+fn drop_sys_time() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget/capset with a version-3 header and two data words, as
+    // linux/capability.h defines them; prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_TIME, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) == 0
+            && libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) == 0
+            && {
+                data[0].inheritable &= !(1 << CAP_SYS_TIME);
+                libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) == 0
+            }
+    }
 }
 
 struct Tracer<'a> {
@@ -569,13 +724,15 @@ impl<'a> Tracer<'a> {
             &mut regs as *mut libc::user_regs_struct as u64,
         ) < 0
         {
-            return Err(os_error(&format!("PTRACE_GETREGS {pid}")));
+            return gone_or(&format!("PTRACE_GETREGS {pid}"));
         }
         let at = regs.rip.wrapping_sub(1);
         let Some(&(orig, i)) = self.breakpoints.get(&at) else {
             return Ok(());
         };
-        self.poke_byte(pid, at, orig)?;
+        if let Err(e) = self.poke_byte(pid, at, orig) {
+            return gone_or(&e);
+        }
         regs.rip = at;
         if ptrace(
             libc::PTRACE_SETREGS,
@@ -584,7 +741,7 @@ impl<'a> Tracer<'a> {
             &regs as *const libc::user_regs_struct as u64,
         ) < 0
         {
-            return Err(os_error(&format!("PTRACE_SETREGS {pid}")));
+            return gone_or(&format!("PTRACE_SETREGS {pid}"));
         }
         if !self.hit[i] {
             self.hit[i] = true;
@@ -592,6 +749,15 @@ impl<'a> Tracer<'a> {
         }
         Ok(())
     }
+}
+
+/// A tracee killed while stopped (ESRCH) is no error: it is simply gone.
+fn gone_or(what: &str) -> Result<()> {
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(());
+    }
+    Err(format!("{what}: {e}"))
 }
 
 /// Where /sbin/init is mapped in `pid`: the start of its offset-0 mapping.
@@ -663,9 +829,30 @@ mod tests {
         // Too short to be a hash, or not at the end: kept.
         assert_eq!(wildcard_hashes("_ZN3foo17habcE"), "_ZN3foo17habcE");
         assert_eq!(wildcard_hashes("memcpy"), "memcpy");
+        assert_eq!(
+            wildcard_hashes("_RINvNtCs1a2b_4core3ptr13drop_in_placeNtB4_3FooEB9_"),
+            "_RINvNtCs*_4core3ptr13drop_in_placeNtB*_3FooEB*_"
+        );
+        // Not ASCII: no panic, kept.
+        assert_eq!(wildcard_hashes("é17hé"), "é17hé");
         // Unusable inputs give no pattern.
         assert_eq!(section_pattern("x.o:(.text.a b)"), None);
         assert_eq!(section_pattern("no section here"), None);
+    }
+
+    #[test]
+    fn map_and_binary_sections() {
+        assert_eq!(map_output_section(MAP, ".text"), Some((0x492c0, 0x105738)));
+        assert_eq!(map_output_section(MAP, ".init"), Some((0x14e9f8, 0x17)));
+        assert_eq!(map_output_section(MAP, ".nope"), None);
+        // This test binary has a .text; a text file is no ELF.
+        let me = std::env::current_exe().unwrap();
+        assert!(elf_section(&me, ".text").is_ok_and(|(a, s)| a > 0 && s > 0));
+        assert!(elf_section(&me, ".no-such-section").is_err());
+        let not_elf = std::env::temp_dir().join(format!("not-elf-{}", std::process::id()));
+        std::fs::write(&not_elf, "hello").unwrap();
+        assert!(elf_section(&not_elf, ".text").is_err());
+        let _ = std::fs::remove_file(&not_elf);
     }
 
     #[test]
