@@ -1,19 +1,27 @@
 //! Turning a unit's settings into a running process.
 //!
 //! Everything that can allocate or fail with a good message (users, groups,
-//! environment files, stdio targets) is resolved in the parent, and
-//! `RuntimeDirectory=` is created there, as root. The code between fork and
-//! exec (the `pre_exec` closure) only makes raw system calls through rustix,
-//! which is async-signal-safe: the signal mask, setsid, umask, rlimits,
-//! oom_score_adj, capability sets, uid/gid, no_new_privs.
+//! environment files, stdio targets, the program's path, argv and envp) is
+//! resolved in the parent, and `RuntimeDirectory=` is created there, as
+//! root. The child is started as glibc's posix_spawn starts one: `clone`
+//! with `CLONE_VM | CLONE_VFORK` on a stack of its own, so init's page
+//! tables are neither copied nor torn down again at exec, and init sleeps
+//! until the child has exec'd or failed. Between clone and exec the child
+//! shares init's memory: it only makes raw system calls on values prepared
+//! beforehand (stdio, working directory, the signal mask, setsid, umask,
+//! rlimits, oom_score_adj, capability sets, uid/gid, no_new_privs) and
+//! reports a failure — which step, which errno — in memory the parent reads
+//! once it runs again.
 
-use std::ffi::OsStr;
+use std::cell::UnsafeCell;
+use std::ffi::{CStr, CString};
 use std::fs::OpenOptions;
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio as StdStdio};
 
 use rustix::process::{Resource, Rlimit};
 use rustix::thread::CapabilitySet;
@@ -66,6 +74,25 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    #[error("start {program}: {what}")]
+    Child {
+        program: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A process init started; the supervisor reaps it.
+#[derive(Debug)]
+pub struct Child {
+    pid: u32,
+}
+
+impl Child {
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
 }
 
 /// What every process of one unit start shares: resolved once per start.
@@ -395,15 +422,15 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Opens the target of one standard stream.
+/// Opens the target of one standard stream: `None` keeps init's own.
 fn open_stdio(
     stdio: &Stdio,
     stream: &'static str,
     tty_path: &Path,
     mode: Mode,
-) -> Result<StdStdio, SpawnError> {
+) -> Result<Option<OwnedFd>, SpawnError> {
     let input = stream == "stdin";
-    let open = |path: &Path, append: bool, truncate: bool| -> Result<StdStdio, SpawnError> {
+    let open = |path: &Path, append: bool, truncate: bool| -> Result<Option<OwnedFd>, SpawnError> {
         let mut o = OpenOptions::new();
         if input {
             o.read(true);
@@ -425,16 +452,25 @@ fn open_stdio(
         };
         let f = o.open(path).map_err(err)?;
         crate::sys::set_blocking(&f).map_err(err)?;
-        Ok(StdStdio::from(f))
+        Ok(Some(OwnedFd::from(f)))
     };
     match stdio {
-        Stdio::Null => Ok(StdStdio::null()),
-        Stdio::Inherit => Ok(StdStdio::inherit()),
+        Stdio::Null => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(|f| Some(OwnedFd::from(f)))
+            .map_err(|source| SpawnError::OpenStdio {
+                stream,
+                path: PathBuf::from("/dev/null"),
+                source,
+            }),
+        Stdio::Inherit => Ok(None),
         // A container's console is init's own stdio, unless the manager
         // provided a /dev/console.
-        Stdio::Tty if mode == Mode::Container && !tty_path.exists() => Ok(StdStdio::inherit()),
+        Stdio::Tty if mode == Mode::Container && !tty_path.exists() => Ok(None),
         Stdio::Tty => open(tty_path, false, false),
-        Stdio::Kmsg if mode == Mode::Container => Ok(StdStdio::inherit()),
+        Stdio::Kmsg if mode == Mode::Container => Ok(None),
         Stdio::Kmsg => open(Path::new("/dev/kmsg"), false, false),
         Stdio::File(p) => open(p, false, false),
         Stdio::Append(p) => open(p, true, false),
@@ -506,15 +542,50 @@ fn oom_allowed(unit: &str, value: i32) -> bool {
     true
 }
 
-/// Writes a message to the child's stderr; async-signal-safe.
-fn child_error(what: &[u8], e: rustix::io::Errno) -> io::Error {
-    let _ = rustix::io::write(
-        rustix::stdio::stderr(),
-        b"minos-init: in child before exec: ",
-    );
-    let _ = rustix::io::write(rustix::stdio::stderr(), what);
-    let _ = rustix::io::write(rustix::stdio::stderr(), b" failed\n");
-    io::Error::from(e)
+/// Why the child could not exec: the step, and its error.
+#[derive(Debug, Clone, Copy)]
+struct ChildFailure {
+    what: &'static str,
+    errno: rustix::io::Errno,
+}
+
+/// `map_err` for a step of the child.
+fn step(what: &'static str) -> impl Fn(rustix::io::Errno) -> ChildFailure {
+    move |errno| ChildFailure { what, errno }
+}
+
+/// The program's path: as written when it has a `/`, else the first
+/// executable file of that name in the unit's `PATH` (as execvp would).
+fn resolve_program(program: &str, env: &[(String, String)]) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            p.is_file() && rustix::fs::access(p.as_path(), rustix::fs::Access::EXEC_OK).is_ok()
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("not found in PATH ({path})"),
+            )
+        })
+}
+
+fn c_string(s: impl Into<Vec<u8>>) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a NUL byte in an argument or the environment",
+        )
+    })
 }
 
 /// Spawns one command of `unit` with the unit's settings and `ctx`.
@@ -530,17 +601,33 @@ pub fn spawn(
     } else {
         cmd.argv.clone()
     };
-    let (program, args) = argv.split_first().ok_or(SpawnError::EmptyCommand)?;
-    let mut c = std::process::Command::new(program);
-    c.args(args)
-        .env_clear()
-        .envs(ctx.env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))));
-    if let Some(a0) = &cmd.argv0 {
-        c.arg0(a0);
+    let program = argv.first().ok_or(SpawnError::EmptyCommand)?;
+    let exec_error = |source: io::Error| SpawnError::Exec {
+        program: program.clone(),
+        source,
+    };
+    let path = resolve_program(program, &ctx.env).map_err(exec_error)?;
+    let path = c_string(path.as_os_str().as_bytes()).map_err(exec_error)?;
+    let mut c_argv: Vec<CString> = argv
+        .iter()
+        .map(|a| c_string(a.as_bytes()))
+        .collect::<io::Result<_>>()
+        .map_err(exec_error)?;
+    if let (Some(a0), Some(first)) = (&cmd.argv0, c_argv.first_mut()) {
+        *first = c_string(a0.as_bytes()).map_err(exec_error)?;
     }
-    if let Some(dir) = &ctx.cwd {
-        c.current_dir(dir);
-    }
+    let c_env: Vec<CString> = ctx
+        .env
+        .iter()
+        .map(|(k, v)| c_string(format!("{k}={v}")))
+        .collect::<io::Result<_>>()
+        .map_err(exec_error)?;
+    let argv_ptrs = null_terminated(&c_argv);
+    let envp_ptrs = null_terminated(&c_env);
+    let cwd = match &ctx.cwd {
+        Some(dir) => Some(c_string(dir.as_os_str().as_bytes()).map_err(exec_error)?),
+        None => None,
+    };
     let stdin = open_stdio(&svc.stdin, "stdin", &svc.tty_path, mode)?;
     let stdout = open_stdio(&svc.stdout, "stdout", &svc.tty_path, mode)?;
     // StandardError=inherit means "the same as stdout", as in systemd.
@@ -548,8 +635,6 @@ pub fn spawn(
         Stdio::Inherit => open_stdio(&svc.stdout, "stderr", &svc.tty_path, mode)?,
         other => open_stdio(other, "stderr", &svc.tty_path, mode)?,
     };
-    c.stdin(stdin).stdout(stdout).stderr(stderr);
-
     let limits: Vec<(Resource, Rlimit)> = svc
         .limits
         .iter()
@@ -595,8 +680,8 @@ pub fn spawn(
         _ => Vec::new(),
     };
     let no_new_privs = svc.no_new_privileges && !privileged;
-    // A duplicate for this child's closure (close-on-exec, dropped with the
-    // Command in the parent).
+    // A duplicate for this child's steps (close-on-exec, dropped in the
+    // parent with the steps once the child has exec'd).
     let cgroup_procs = match &ctx.cgroup {
         Some(cg) => Some(
             cg.procs
@@ -610,7 +695,7 @@ pub fn spawn(
     };
 
     let vm = mode == Mode::Vm;
-    let pre_exec = move || -> io::Result<()> {
+    let steps = move || -> Result<(), ChildFailure> {
         // init may be running at BOOT_NICE while it starts units; the
         // unit's processes run at the normal priority. As root, first.
         if vm {
@@ -618,13 +703,13 @@ pub fn spawn(
         }
         // As root too: the cgroup limits everything that follows.
         if let Some(fd) = &cgroup_procs {
-            rustix::io::write(fd, b"0").map_err(|e| child_error(b"join the unit's cgroup", e))?;
+            rustix::io::write(fd, b"0").map_err(step("join the unit's cgroup"))?;
         }
         // init blocks the signals it reads from its signalfd; the mask is
         // inherited across fork and exec, so clear it (sigprocmask is
         // async-signal-safe).
         crate::sys::unblock_all_signals();
-        rustix::process::setsid().map_err(|e| child_error(b"setsid", e))?;
+        rustix::process::setsid().map_err(step("setsid"))?;
         if tty_stdin {
             let _ = rustix::process::ioctl_tiocsctty(rustix::stdio::stdin());
         }
@@ -632,7 +717,7 @@ pub fn spawn(
             rustix::process::umask(m);
         }
         for (res, lim) in &limits {
-            rustix::process::setrlimit(*res, *lim).map_err(|e| child_error(b"setrlimit", e))?;
+            rustix::process::setrlimit(*res, *lim).map_err(step("setrlimit"))?;
         }
         if let Some(text) = &oom {
             let fd = rustix::fs::open(
@@ -640,25 +725,24 @@ pub fn spawn(
                 rustix::fs::OFlags::WRONLY,
                 rustix::fs::Mode::empty(),
             )
-            .map_err(|e| child_error(b"open /proc/self/oom_score_adj", e))?;
-            rustix::io::write(&fd, text).map_err(|e| child_error(b"write oom_score_adj", e))?;
+            .map_err(step("open /proc/self/oom_score_adj"))?;
+            rustix::io::write(&fd, text).map_err(step("write oom_score_adj"))?;
         }
         for cap in &drop_bounding {
             rustix::thread::remove_capability_from_bounding_set(*cap)
-                .map_err(|e| child_error(b"drop from capability bounding set", e))?;
+                .map_err(step("drop from capability bounding set"))?;
         }
         if let Some(gid) = gid {
-            rustix::thread::set_thread_groups(&groups).map_err(|e| child_error(b"setgroups", e))?;
+            rustix::thread::set_thread_groups(&groups).map_err(step("setgroups"))?;
             rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(gid))
-                .map_err(|e| child_error(b"setgid", e))?;
+                .map_err(step("setgid"))?;
         }
         if let Some(uid) = uid {
             if !ambient.is_empty() {
-                rustix::thread::set_keep_capabilities(true)
-                    .map_err(|e| child_error(b"PR_SET_KEEPCAPS", e))?;
+                rustix::thread::set_keep_capabilities(true).map_err(step("PR_SET_KEEPCAPS"))?;
             }
             rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))
-                .map_err(|e| child_error(b"setuid", e))?;
+                .map_err(step("setuid"))?;
         }
         if !ambient.is_empty() {
             let sets = rustix::thread::CapabilitySets {
@@ -666,26 +750,179 @@ pub fn spawn(
                 permitted: ambient_all,
                 inheritable: ambient_all,
             };
-            rustix::thread::set_capabilities(None, sets).map_err(|e| child_error(b"capset", e))?;
+            rustix::thread::set_capabilities(None, sets).map_err(step("capset"))?;
             for cap in &ambient {
                 rustix::thread::configure_capability_in_ambient_set(*cap, true)
-                    .map_err(|e| child_error(b"raise ambient capability", e))?;
+                    .map_err(step("raise ambient capability"))?;
             }
         }
         if no_new_privs {
-            rustix::thread::set_no_new_privs(true)
-                .map_err(|e| child_error(b"PR_SET_NO_NEW_PRIVS", e))?;
+            rustix::thread::set_no_new_privs(true).map_err(step("PR_SET_NO_NEW_PRIVS"))?;
         }
         Ok(())
     };
-    // SAFETY: the closure only makes raw system calls through rustix (no
-    // allocation, no locks), which is what may run between fork and exec;
-    // init is single-threaded, so no other thread holds a lock at fork.
-    unsafe { c.pre_exec(pre_exec) };
-    c.spawn().map_err(|source| SpawnError::Exec {
-        program: program.clone(),
-        source,
-    })
+    let plan = Plan {
+        path: &path,
+        argv: &argv_ptrs,
+        envp: &envp_ptrs,
+        stdio: [
+            stdin.as_ref().map(AsRawFd::as_raw_fd),
+            stdout.as_ref().map(AsRawFd::as_raw_fd),
+            stderr.as_ref().map(AsRawFd::as_raw_fd),
+        ],
+        cwd: cwd.as_deref(),
+        steps: &steps,
+        failure: UnsafeCell::new(None),
+    };
+    match vfork_exec(&plan) {
+        Ok(pid) => Ok(Child { pid }),
+        Err(Started::Clone(source)) => Err(exec_error(source)),
+        Err(Started::Failed(f)) => Err(SpawnError::Child {
+            program: program.clone(),
+            what: f.what,
+            source: f.errno.into(),
+        }),
+    }
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// What the child needs, all of it prepared by the parent.
+struct Plan<'a> {
+    path: &'a CStr,
+    /// NULL-terminated, pointing into CStrings that outlive the spawn.
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    /// The descriptors for 0, 1, 2 (`None`: init's own).
+    stdio: [Option<RawFd>; 3],
+    cwd: Option<&'a CStr>,
+    /// The unit's settings, applied in the child.
+    steps: &'a dyn Fn() -> Result<(), ChildFailure>,
+    /// Written by the child when it cannot exec; read by the parent after.
+    failure: UnsafeCell<Option<ChildFailure>>,
+}
+
+enum Started {
+    Clone(io::Error),
+    Failed(ChildFailure),
+}
+
+/// The child's stack: its frames are a few small system-call wrappers.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts the child (`clone(CLONE_VM | CLONE_VFORK)`): returns when it has
+/// exec'd (its pid) or failed (reaped, with what failed).
+fn vfork_exec(plan: &Plan<'_>) -> Result<u32, Started> {
+    let mut stack: Vec<MaybeUninit<u8>> = Vec::with_capacity(CHILD_STACK);
+    // The stack grows down from its 16-byte-aligned top.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    // SAFETY: sigset_t is plain data, filled by sigfillset; the mask is
+    // restored below. All signals stay blocked in the child until its steps
+    // clear the mask, so no handler runs on the shared memory meanwhile.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset_t pointers.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // SAFETY: `child_main` runs on `stack` (CHILD_STACK bytes, unused by
+    // anything else) with `plan`, which lives in this frame: CLONE_VFORK
+    // suspends this thread until the child has exec'd or exited, so both
+    // outlive every use in the child. init is single-threaded.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan as *const Plan<'_> as *mut libc::c_void,
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(Started::Clone(clone_error));
+    }
+    // SAFETY: the child has exec'd or exited (CLONE_VFORK): nothing writes
+    // `failure` any more.
+    let failure = unsafe { plan.failure.get().read_volatile() };
+    if let Some(f) = failure {
+        // Reaped here: it was never a unit's process.
+        // SAFETY: waitpid on our own child, no status wanted.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(Started::Failed(f));
+    }
+    Ok(pid.unsigned_abs())
+}
+
+/// The child: stdio, working directory, SIGPIPE, the unit's steps, exec.
+/// Only returns (to `_exit`) after a failure, recorded in the plan.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the Plan vfork_exec passed, alive while the parent
+    // is suspended (see there).
+    let plan = unsafe { &*(arg as *const Plan<'_>) };
+    let failure = child_exec(plan);
+    // SAFETY: the parent reads it only after this process has exited.
+    unsafe {
+        plan.failure.get().write_volatile(Some(failure));
+        libc::_exit(127)
+    }
+}
+
+fn child_exec(plan: &Plan<'_>) -> ChildFailure {
+    let errno = || {
+        rustix::io::Errno::from_raw_os_error(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    };
+    for (target, fd) in (0..).zip(plan.stdio) {
+        let Some(fd) = fd else { continue };
+        // SAFETY: dup2/fcntl on descriptors the parent keeps open until the
+        // child has exec'd. dup2 clears close-on-exec on the copy; a
+        // descriptor already in place keeps its own flag, so clear it.
+        let ok = unsafe {
+            if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            }
+        };
+        if !ok {
+            return ChildFailure {
+                what: "set up standard input, output or error",
+                errno: errno(),
+            };
+        }
+    }
+    if let Some(dir) = plan.cwd {
+        // SAFETY: a NUL-terminated path.
+        if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+            return ChildFailure {
+                what: "change to the working directory",
+                errno: errno(),
+            };
+        }
+    }
+    // Rust's runtime ignores SIGPIPE in init; a unit starts with the default.
+    // SAFETY: resets one signal's disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if let Err(f) = (plan.steps)() {
+        return f;
+    }
+    // SAFETY: NUL-terminated path, NULL-terminated arrays of NUL-terminated
+    // strings, all alive until the parent runs again.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+    ChildFailure {
+        what: "exec",
+        errno: errno(),
+    }
 }
 
 #[cfg(test)]

@@ -6,13 +6,12 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
-use crate::spawn::{self, ExecContext};
+use crate::spawn::{self, Child, ExecContext};
 use crate::sys::SignalFd;
 use crate::timeline::{Event, Timeline};
 use crate::unit::{Action, Command, Preserve, Restart, ServiceType, Unit};

@@ -572,6 +572,47 @@ fn file_written_by_a_unit_before_poweroff_is_intact_on_disk() {
 }
 
 #[test]
+fn start_failures_name_the_step_and_the_others_still_start() {
+    // init starts processes with clone(CLONE_VM | CLONE_VFORK): a failure
+    // between clone and exec is reported by the child in shared memory and
+    // logged by init with the step that failed.
+    let fs = Rootfs::new("startfail");
+    fs.unit(
+        "missing.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/no-such-program\n",
+    );
+    fs.unit(
+        "nodir.service",
+        "[Service]\nType=oneshot\nWorkingDirectory=/no/such/dir\nExecStart=/bin/probe write /data/nodir ran\n",
+    );
+    fs.unit(
+        "notinpath.service",
+        "[Service]\nType=oneshot\nExecStart=no-such-name\n",
+    );
+    // A bare name is found in PATH, as execvp would.
+    fs.unit(
+        "bare.service",
+        "[Service]\nType=oneshot\nExecStart=probe write /data/bare ran\n",
+    );
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=missing.service nodir.service notinpath.service bare.service\n\
+         [Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    assert_eq!(fs.read("data/bare"), "ran");
+    assert!(fs.try_read("data/nodir").is_none(), "{}", end.output);
+    end.assert_log("missing.service: start /bin/no-such-program: exec: No such file or directory");
+    end.assert_log(
+        "nodir.service: start /bin/probe: change to the working directory: No such file or directory",
+    );
+    end.assert_log("notinpath.service: start no-such-name: not found in PATH");
+    // No zombie is left by a failed start: the namespace ended cleanly.
+    end.assert_log("shutdown: poweroff now");
+}
+
+#[test]
 fn notify_units_are_ready_on_ready_1_and_order_their_dependents() {
     let fs = Rootfs::new("notify");
     fs.unit(
