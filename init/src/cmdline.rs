@@ -91,29 +91,45 @@ impl std::fmt::Display for Problem {
 /// Splits the command line into words as the kernel does: whitespace
 /// separates, double quotes group (`key="a b"` → `key=a b`).
 pub fn words(text: &str) -> Vec<String> {
+    // Copies whole runs between quotes and separators, byte by byte over
+    // ASCII (a char is decoded only where a byte is not ASCII): this runs
+    // in PID 1's first milliseconds.
+    let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_quotes = false;
     let mut have = false;
-    for c in text.chars() {
-        match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                have = true;
+    let mut run = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let (space, len) = if b.is_ascii() {
+            (b.is_ascii_whitespace() || b == 0x0b, 1)
+        } else {
+            let c = text.get(i..).and_then(|t| t.chars().next());
+            (
+                c.is_some_and(char::is_whitespace),
+                c.map_or(1, char::len_utf8),
+            )
+        };
+        if b == b'"' {
+            cur.push_str(text.get(run..i).unwrap_or_default());
+            run = i + 1;
+            in_quotes = !in_quotes;
+            have = true;
+        } else if space && !in_quotes {
+            if have {
+                cur.push_str(text.get(run..i).unwrap_or_default());
+                out.push(std::mem::take(&mut cur));
+                have = false;
             }
-            c if c.is_whitespace() && !in_quotes => {
-                if have {
-                    out.push(std::mem::take(&mut cur));
-                    have = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                have = true;
-            }
+            run = i + len;
+        } else {
+            have = true;
         }
+        i += len;
     }
     if have {
+        cur.push_str(text.get(run..).unwrap_or_default());
         out.push(cur);
     }
     out
@@ -329,10 +345,44 @@ mod tests {
         assert_eq!(words("x=\"\""), vec!["x="]);
     }
 
+    /// The splitting rule written the obvious way, char by char.
+    fn words_reference(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let (mut in_quotes, mut have) = (false, false);
+        for c in text.chars() {
+            match c {
+                '"' => {
+                    in_quotes = !in_quotes;
+                    have = true;
+                }
+                c if c.is_whitespace() && !in_quotes => {
+                    if have {
+                        out.push(std::mem::take(&mut cur));
+                        have = false;
+                    }
+                }
+                c => {
+                    cur.push(c);
+                    have = true;
+                }
+            }
+        }
+        if have {
+            out.push(cur);
+        }
+        out
+    }
+
     proptest! {
         #[test]
         fn never_panics(s in ".{0,400}") {
             let _ = parse(&s);
+        }
+
+        #[test]
+        fn words_match_the_char_by_char_rule(s in "([a-z=\".]|[ \t\n\r\u{b}\u{c}]|\u{a0}|\u{2003}|é){0,60}") {
+            prop_assert_eq!(words(&s), words_reference(&s));
         }
 
         #[test]

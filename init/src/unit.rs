@@ -503,8 +503,11 @@ fn read_unit_file(path: &Path) -> Result<String, String> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| format!("cannot open: {e}"))?;
-    check_metadata(&file.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
-    let mut bytes = Vec::new();
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    check_metadata(&meta)?;
+    // Room for the whole file and one byte more: one read(2) fills it and
+    // the next finds the end (without it, std starts with a small probe).
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_SIZE) as usize + 1);
     file.take(MAX_FILE_SIZE + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
@@ -617,7 +620,9 @@ struct Parser<'a> {
 /// line ending in an odd number of backslashes continues on the next one
 /// (that backslash becomes a space), and a leading UTF-8 byte order mark is
 /// skipped. Yields the 1-based number of each logical line's first line.
-fn logical_lines(text: &str) -> Vec<(usize, String)> {
+/// A line that continues none borrows the text (no allocation per line).
+fn logical_lines(text: &str) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
+    use std::borrow::Cow;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
@@ -634,16 +639,20 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         } else {
             raw
         };
+        if !continues && pending.is_none() {
+            out.push((number, Cow::Borrowed(body)));
+            continue;
+        }
         let (first, mut buf) = pending.take().unwrap_or((number, String::new()));
         buf.push_str(body);
         if continues {
             buf.push(' ');
             pending = Some((first, buf));
         } else {
-            out.push((first, buf));
+            out.push((first, Cow::Owned(buf)));
         }
     }
-    out.extend(pending);
+    out.extend(pending.map(|(n, b)| (n, Cow::Owned(b))));
     out
 }
 
