@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use log::LevelFilter;
 
 use crate::cmdline::{self, BootConfig};
-use crate::supervisor::{self, PowerKind, Settings, ShutdownRequest, Supervisor, Urgency};
+use crate::supervisor::{
+    self, LateSetup, PowerKind, Settings, ShutdownRequest, Supervisor, Urgency,
+};
 use crate::timeline::{self, Event, Timeline};
 use crate::unit::{self, LimitResource, Severity, Unit};
-use crate::{
-    control, logger, mounts, spawn, sys, Mode, CONTROL_SOCKET, NOTIFY_SOCKET, RUN_DIR, UNITS_DIR,
-};
+use crate::{logger, mounts, spawn, sys, Mode, CONTROL_SOCKET, NOTIFY_SOCKET, RUN_DIR, UNITS_DIR};
 
 /// Runs PID 1; never returns.
 pub fn run(args: &[String]) -> ! {
@@ -79,12 +79,6 @@ pub fn run(args: &[String]) -> ! {
     for e in &errors {
         log::error!("{}", crate::error_chain(e));
     }
-    if let Err(e) = std::fs::create_dir_all(RUN_DIR) {
-        log::error!("create {RUN_DIR}: {e}");
-    }
-    if let Err(e) = timeline.open_file(&Path::new(RUN_DIR).join("timeline")) {
-        log::warn!("open {RUN_DIR}/timeline: {e}");
-    }
     timeline.mark(Event::MountsDone, None);
 
     system_setup(mode);
@@ -105,18 +99,6 @@ pub fn run(args: &[String]) -> ! {
             );
         }
     };
-    let notify = control::notify_socket(Path::new(NOTIFY_SOCKET))
-        .map_err(|e| {
-            log::error!(
-                "create notify socket {NOTIFY_SOCKET}: {e}; Type=notify units cannot report ready"
-            )
-        })
-        .ok();
-    let control = control::control_socket(Path::new(CONTROL_SOCKET))
-        .map_err(|e| {
-            log::error!("create control socket {CONTROL_SOCKET}: {e}; use signals to power off")
-        })
-        .ok();
     let settings = Settings {
         mode,
         base_env: base_env(&cfg, mode),
@@ -124,7 +106,14 @@ pub fn run(args: &[String]) -> ! {
         status_on_console: cfg.status_on_console(),
         kill_timeout: cfg.kill_timeout,
     };
-    let mut sup = Supervisor::new(units, settings, signals, notify, control, timeline);
+    let mut sup = Supervisor::new(units, settings, signals, timeline);
+    // init's own directory, timeline file and sockets: in a VM once the
+    // first unit (the agent) is forked, nothing of them being the agent's.
+    sup.defer_setup(LateSetup {
+        run_dir: PathBuf::from(RUN_DIR),
+        timeline: Path::new(RUN_DIR).join("timeline"),
+        control_socket: PathBuf::from(CONTROL_SOCKET),
+    });
     let req = sup.run();
     finish(req, mode);
 }

@@ -29,6 +29,14 @@ pub const DEFER_MAX: Duration = Duration::from_millis(100);
 /// ones it started have stopped running.
 pub const HOLD_POLL: Duration = Duration::from_micros(250);
 
+/// What [`Supervisor::defer_setup`] leaves for later: paths.
+#[derive(Debug, Clone)]
+pub struct LateSetup {
+    pub run_dir: PathBuf,
+    pub timeline: PathBuf,
+    pub control_socket: PathBuf,
+}
+
 /// How the machine (or container) ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerKind {
@@ -397,6 +405,9 @@ pub struct Supervisor {
     hold: Option<std::fs::File>,
     /// Deferring has ended; it does not start again.
     deferred: bool,
+    /// init's own run directory, timeline file and sockets, not yet made
+    /// (see [`Self::set_up_late`]).
+    late: Option<LateSetup>,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
 }
@@ -406,22 +417,21 @@ impl Supervisor {
         units: Vec<Unit>,
         settings: Settings,
         signals: SignalFd,
-        notify: Option<OwnedFd>,
-        control: Option<OwnedFd>,
         timeline: Timeline,
     ) -> Self {
         Self {
             units: units.into_iter().map(UnitRt::new).collect(),
             settings,
             signals,
-            notify,
-            control,
+            notify: None,
+            control: None,
             timeline,
             shutdown: None,
             all_started: false,
             deferring: None,
             hold: None,
             deferred: false,
+            late: None,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -429,8 +439,17 @@ impl Supervisor {
 
     /// Runs until shutdown has stopped everything; returns what to do then.
     pub fn run(&mut self) -> ShutdownRequest {
+        if self.settings.mode != Mode::Vm {
+            self.set_up_late();
+        }
         self.schedule();
         loop {
+            // In a VM, init's own directory, timeline file and sockets wait
+            // like the next unit does: until the unit just forked (the
+            // agent) has run, so that they do not delay its exec.
+            if self.hold.is_none() {
+                self.set_up_late();
+            }
             if let Some((req, ShutdownPhase::Done)) = &self.shutdown {
                 return *req;
             }
@@ -697,7 +716,15 @@ impl Supervisor {
             u.release_runtime_directories(false);
             return;
         }
-        let sock = (u.unit.service.kind == ServiceType::Notify).then_some(notify.as_path());
+        let notify_unit = u.unit.service.kind == ServiceType::Notify;
+        if notify_unit && self.late.is_some() {
+            // Its READY=1 needs the socket before it starts.
+            self.set_up_late();
+        }
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        let sock = notify_unit.then_some(notify.as_path());
         let ctx = match spawn::context(&u.unit, &base_env, sock) {
             Ok(ctx) => ctx,
             Err(e) => {
@@ -1191,6 +1218,45 @@ impl Supervisor {
             return false;
         }
         true
+    }
+
+    /// Leaves init's run directory, timeline file and sockets until
+    /// [`Self::set_up_late`].
+    pub fn defer_setup(&mut self, late: LateSetup) {
+        self.late = Some(late);
+    }
+
+    /// Creates what [`Self::defer_setup`] left: the run directory, the
+    /// timeline file (it gets the lines marked so far), the notify and
+    /// control sockets. None of it is the agent's: in a VM it is made once
+    /// the first unit is forked, before a notify unit is, and otherwise
+    /// before any unit; each failure is logged and init goes on.
+    fn set_up_late(&mut self) {
+        let Some(late) = self.late.take() else {
+            return;
+        };
+        if let Err(e) = std::fs::create_dir_all(&late.run_dir) {
+            log::error!("create {}: {e}", late.run_dir.display());
+        }
+        if let Err(e) = self.timeline.open_file(&late.timeline) {
+            log::warn!("open {}: {e}", late.timeline.display());
+        }
+        self.notify = control::notify_socket(&self.settings.notify_socket)
+            .map_err(|e| {
+                log::error!(
+                    "create notify socket {}: {e}; Type=notify units cannot report ready",
+                    self.settings.notify_socket.display()
+                )
+            })
+            .ok();
+        self.control = control::control_socket(&late.control_socket)
+            .map_err(|e| {
+                log::error!(
+                    "create control socket {}: {e}; use signals to power off",
+                    late.control_socket.display()
+                )
+            })
+            .ok();
     }
 
     /// Back to init's normal priority (nice 0): when no unit is left
