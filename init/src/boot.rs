@@ -62,8 +62,9 @@ pub fn run(args: &[String]) -> ! {
     }
     if mode == Mode::Vm && !text.contains("printk.devkmsg") {
         // User-space kmsg writes are rate-limited to 10 per 5 s by default,
-        // which would drop timeline lines.
-        write_proc("/proc/sys/kernel/printk_devkmsg", "on");
+        // which would drop timeline lines: unlimited once the agent runs
+        // (the supervisor's late set-up), or before the logger's 8th line.
+        logger::unlimit_kmsg_later();
     }
     timeline.set_marker(cfg.boot_marker);
     if cfg.timeline_console && mode == Mode::Vm {

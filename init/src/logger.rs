@@ -32,7 +32,17 @@ struct State {
     sink: Sink,
     early: heapless::Vec<(Level, Line), EARLY_LINES>,
     dropped: usize,
+    /// User-space kmsg lines are still rate-limited (`printk_devkmsg` not
+    /// yet `on`, see [`unlimit_kmsg_later`]).
+    kmsg_limited: bool,
+    /// Lines written to the kmsg sink so far.
+    kmsg_lines: u32,
 }
+
+/// The kernel lets 10 lines through one /dev/kmsg descriptor in 5 s while
+/// `printk_devkmsg` is `ratelimit` (its default); the rest are dropped.
+/// Lines are unlimited from this many on, at the latest.
+const KMSG_FREE_LINES: u32 = 8;
 
 /// The process-wide logger (`log` facade).
 #[derive(Debug)]
@@ -45,6 +55,8 @@ static LOGGER: Logger = Logger {
         sink: Sink::Pending,
         early: heapless::Vec::new(),
         dropped: 0,
+        kmsg_limited: false,
+        kmsg_lines: 0,
     }),
 };
 
@@ -70,6 +82,39 @@ pub fn use_kmsg() {
         Err(_) => Sink::Stderr,
     };
     LOGGER.set_sink(sink);
+}
+
+/// Leaves `printk_devkmsg` as the kernel set it for now: it becomes `on`
+/// (user-space kmsg lines unlimited, as timeline lines need) when
+/// [`unlimit_kmsg`] is called, or before the line that would reach the
+/// kernel's limit, whichever comes first. For the boot path: the sysctl
+/// write costs about 50 µs of guest time before the agent starts.
+pub fn unlimit_kmsg_later() {
+    if let Ok(mut state) = LOGGER.state.lock() {
+        state.kmsg_limited = true;
+    }
+}
+
+/// Sets `printk_devkmsg` to `on` now if [`unlimit_kmsg_later`] left it.
+pub fn unlimit_kmsg() {
+    if let Ok(mut state) = LOGGER.state.lock() {
+        unlimit(&mut state);
+    }
+}
+
+fn unlimit(state: &mut State) {
+    if !std::mem::take(&mut state.kmsg_limited) {
+        return;
+    }
+    // The kernel takes "on" only with its newline.
+    if let Err(e) = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n") {
+        let mut line = Line::new();
+        let _ = write!(
+            line,
+            "minos-init: write /proc/sys/kernel/printk_devkmsg: {e}; the kernel drops kmsg lines beyond 10 in 5 s"
+        );
+        emit(state, Level::Warn, &line);
+    }
 }
 
 /// Uses stderr as the sink (container mode: the console is init's own stdio).
@@ -102,7 +147,7 @@ impl Logger {
         state.sink = sink;
         let early = std::mem::take(&mut state.early);
         for (level, line) in &early {
-            emit(&state.sink, *level, line);
+            emit(&mut state, *level, line);
         }
         if state.dropped > 0 {
             let mut line = Line::new();
@@ -111,7 +156,7 @@ impl Logger {
                 "minos-init: {} early log lines dropped",
                 state.dropped
             );
-            emit(&state.sink, Level::Warn, &line);
+            emit(&mut state, Level::Warn, &line);
             state.dropped = 0;
         }
     }
@@ -130,17 +175,27 @@ impl Logger {
             }
             return;
         }
-        emit(&state.sink, level, &line);
+        emit(&mut state, level, &line);
     }
 }
 
-fn emit(sink: &Sink, level: Level, line: &str) {
-    match sink {
+fn emit(state: &mut State, level: Level, line: &str) {
+    if matches!(state.sink, Sink::Kmsg(_)) {
+        state.kmsg_lines = state.kmsg_lines.saturating_add(1);
+        if state.kmsg_lines >= KMSG_FREE_LINES {
+            unlimit(state);
+        }
+    }
+    match &state.sink {
         Sink::Pending => {}
         Sink::Kmsg(fd) => {
             let mut rec = heapless::Vec::<u8, { LINE_MAX + 8 }>::new();
             let _ = rec.extend_from_slice(&[b'<', kmsg_prefix(level), b'>']);
             let _ = rec.extend_from_slice(line.as_bytes());
+            // The newline ends the record: without it the kernel keeps the
+            // record open for a continuation, and no reader (dmesg, a
+            // journal) sees it until the next record is written.
+            let _ = rec.push(b'\n');
             let _ = rustix::io::write(fd, &rec);
         }
         Sink::Stderr => {
@@ -186,6 +241,26 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kmsg_record_is_one_line_with_its_level_and_newline() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let mut state = State {
+            sink: Sink::Kmsg(w),
+            early: heapless::Vec::new(),
+            dropped: 0,
+            kmsg_limited: false,
+            kmsg_lines: 0,
+        };
+        emit(&mut state, Level::Warn, "minos-init: a");
+        emit(&mut state, Level::Info, "minos-init: b");
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(&r, &mut buf).unwrap();
+        // A record without its newline stays open for a continuation and
+        // readers of the kernel log do not see it until the next one.
+        assert_eq!(&buf[..n], b"<4>minos-init: a\n<6>minos-init: b\n");
+        assert_eq!(state.kmsg_lines, 2);
+    }
 
     #[test]
     fn level_names() {

@@ -272,7 +272,6 @@ pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec
         ));
     }
     errors.extend(results.into_iter().filter_map(Result::err));
-    errors.extend(dev_links());
     errors
 }
 
@@ -337,8 +336,10 @@ fn mount_cgroup_v1(table: &mut MountTable) -> Vec<MountError> {
     errors
 }
 
-/// /dev/fd, /dev/stdin, /dev/stdout, /dev/stderr and /dev/ptmx links.
-fn dev_links() -> Vec<MountError> {
+/// The links systemd makes in /dev (/dev/fd, stdin, stdout, stderr, ptmx).
+/// Not needed to start the agent: made by the supervisor's late set-up, once
+/// the first unit runs (VM) or before any unit (container).
+pub fn dev_links() -> Vec<MountError> {
     let links = [
         ("/proc/self/fd", "/dev/fd"),
         ("/proc/self/fd/0", "/dev/stdin"),

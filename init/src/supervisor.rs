@@ -1105,6 +1105,11 @@ impl Supervisor {
                     self.terminated(i, Outcome::DependencyFailed);
                     progressed = true;
                 } else if ready {
+                    // The first unit (the agent) starts before init's late
+                    // set-up; every later one after it, /dev links included.
+                    if self.late.is_some() && self.units.iter().any(|u| u.state != State::Waiting) {
+                        self.set_up_late();
+                    }
                     self.start_unit(i);
                     progressed = true;
                     if self.hold.is_some() {
@@ -1162,7 +1167,10 @@ impl Supervisor {
             self.all_started = true;
             self.stop_deferring();
             self.timeline.mark(Event::AllStarted, None);
-            crate::sys::trim_text_mapping();
+            let huge = crate::sys::trim_text_mapping();
+            if huge > 0 {
+                log::info!("boot ran on {huge} KiB of code mapped with 2 MiB pages (DAX)");
+            }
         }
     }
 
@@ -1228,13 +1236,19 @@ impl Supervisor {
 
     /// Creates what [`Self::defer_setup`] left: the run directory, the
     /// timeline file (it gets the lines marked so far), the notify and
-    /// control sockets. None of it is the agent's: in a VM it is made once
-    /// the first unit is forked, before a notify unit is, and otherwise
-    /// before any unit; each failure is logged and init goes on.
+    /// control sockets; and sets up what the agent does not need to start:
+    /// unlimited kmsg lines, the /dev links. In a VM it is done once the
+    /// first unit is forked and has run, or before a second unit or a
+    /// notify unit starts, whichever comes first; in a container before
+    /// any unit. Each failure is logged and init goes on.
     fn set_up_late(&mut self) {
         let Some(late) = self.late.take() else {
             return;
         };
+        crate::logger::unlimit_kmsg();
+        for e in crate::mounts::dev_links() {
+            log::error!("{}", crate::error_chain(&e));
+        }
         if let Err(e) = std::fs::create_dir_all(&late.run_dir) {
             log::error!("create {}: {e}", late.run_dir.display());
         }

@@ -188,33 +188,99 @@ pub fn own_text_mappings(maps: &str, exe: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+const PAGES_PER_HUGE_PAGE: usize = HUGE_PAGE / 4096;
+
+/// Whether 512 /proc/self/pagemap entries (one 2 MiB-aligned range) are
+/// one 2 MiB page: every page present, at consecutive frames from a
+/// 2 MiB-aligned one. (smaps cannot tell: DAX mappings count in neither
+/// its Rss nor its FilePmdMapped.) Without CAP_SYS_ADMIN the frames read
+/// as 0, and the answer is no.
+pub fn is_huge_page(entries: &[u64]) -> bool {
+    const PRESENT: u64 = 1 << 63;
+    const PFN: u64 = (1 << 55) - 1;
+    let Some(first) = entries.first().map(|e| e & PFN) else {
+        return false;
+    };
+    entries.len() == PAGES_PER_HUGE_PAGE
+        && first != 0
+        && first % PAGES_PER_HUGE_PAGE as u64 == 0
+        && entries
+            .iter()
+            .zip(first..)
+            .all(|(e, pfn)| e & PRESENT != 0 && e & PFN == pfn)
+}
+
+/// KiB of `[start, start + len)` mapped with 2 MiB pages, from pagemap.
+fn huge_mapped_kib(pagemap: &std::fs::File, start: usize, len: usize) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut kib = 0;
+    let mut at = start.next_multiple_of(HUGE_PAGE);
+    while at + HUGE_PAGE <= start + len {
+        let mut buf = vec![0u8; PAGES_PER_HUGE_PAGE * 8];
+        if pagemap
+            .read_exact_at(&mut buf, (at / 4096 * 8) as u64)
+            .is_ok()
+        {
+            let entries: Vec<u64> = buf
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect();
+            if is_huge_page(&entries) {
+                kib += (HUGE_PAGE / 1024) as u64;
+            }
+        }
+        at += HUGE_PAGE;
+    }
+    kib
+}
+
 /// Once boot has settled, trims init's resident code to its working set:
 /// MADV_RANDOM turns off the kernel's 64 KiB fault-around for the mapping,
-/// and MADV_DONTNEED drops the pages mapped so far (they are clean file
-/// pages; the ones the supervision loop uses fault back in). Done after
-/// boot, not before, so that boot-time faults still get read-ahead.
-pub fn trim_text_mapping() {
+/// MADV_NOHUGEPAGE keeps later faults to 4 KiB pages, and MADV_DONTNEED
+/// drops the pages mapped so far (they are clean file pages; the ones the
+/// supervision loop uses fault back in). Done after boot, not before, so
+/// that boot-time faults still get read-ahead — and, on a DAX root whose
+/// image builder put init's file on a 2 MiB boundary (`cargo xtask image`
+/// does), one 2 MiB page for all of init's code instead of a fault per
+/// 4 KiB page. Returns the KiB of code that boot had on 2 MiB pages.
+pub fn trim_text_mapping() -> u64 {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
+        return 0;
     };
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
+        return 0;
     };
+    let pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+    let mut huge_kib = 0;
     for (start, len) in own_text_mappings(&maps, &exe.to_string_lossy()) {
+        if let Some(p) = &pagemap {
+            huge_kib += huge_mapped_kib(p, start, len);
+        }
         let addr = start as *mut std::ffi::c_void;
         // SAFETY: the range is a private, read-only file mapping of our own
-        // executable (from /proc/self/maps). MADV_RANDOM only changes
-        // read-ahead; MADV_DONTNEED on clean, never-written private file
-        // pages only unmaps them, and the next access maps the same file
-        // contents again, so no memory the program relies on changes.
+        // executable (from /proc/self/maps). MADV_RANDOM and
+        // MADV_NOHUGEPAGE only change how later faults map it;
+        // MADV_DONTNEED on clean, never-written private file pages only
+        // unmaps them, and the next access maps the same file contents
+        // again, so no memory the program relies on changes.
         let r = unsafe {
             rustix::mm::madvise(addr, len, rustix::mm::Advice::Random)
+                .and_then(|()| {
+                    // Without CONFIG_TRANSPARENT_HUGEPAGE there are no 2 MiB
+                    // pages to keep away: EINVAL is fine.
+                    match rustix::mm::madvise(addr, len, rustix::mm::Advice::LinuxNoHugepage) {
+                        Err(rustix::io::Errno::INVAL) => Ok(()),
+                        r => r,
+                    }
+                })
                 .and_then(|()| rustix::mm::madvise(addr, len, rustix::mm::Advice::LinuxDontNeed))
         };
         if let Err(e) = r {
             log::debug!("madvise own text {start:#x}+{len:#x}: {e}");
         }
     }
+    huge_kib
 }
 
 /// Clears O_NONBLOCK on a descriptor init opened without blocking.
@@ -284,5 +350,23 @@ garbage
             own_text_mappings(maps, "/sbin/init"),
             vec![(0x401000, 0x11f000)]
         );
+    }
+
+    #[test]
+    fn a_huge_page_is_512_present_consecutive_frames_from_an_aligned_one() {
+        let present = 1u64 << 63;
+        let run = |first: u64| -> Vec<u64> { (first..first + 512).map(|p| present | p).collect() };
+        assert!(is_huge_page(&run(0x10_0000)));
+        // Not 2 MiB-aligned physically: 4 KiB pages that happen to follow.
+        assert!(!is_huge_page(&run(0x10_0001)));
+        let mut gap = run(0x10_0000);
+        gap[300] = 0;
+        assert!(!is_huge_page(&gap));
+        let mut moved = run(0x10_0000);
+        moved[7] = present | 0x20_0000;
+        assert!(!is_huge_page(&moved));
+        // Frames hidden (no CAP_SYS_ADMIN): no answer but no.
+        assert!(!is_huge_page(&vec![present; 512]));
+        assert!(!is_huge_page(&run(0x10_0000)[..511]));
     }
 }

@@ -613,6 +613,30 @@ fn start_failures_name_the_step_and_the_others_still_start() {
 }
 
 #[test]
+fn init_started_with_stdin_and_stdout_closed_keeps_its_own_descriptors_off_them() {
+    // The kernel starts init with descriptors 0-2 closed when it cannot
+    // open /dev/console. init fills them before opening anything, so no
+    // descriptor of its own (signalfd, sockets) becomes a unit's stdio.
+    let fs = Rootfs::new("closedstdio");
+    fs.unit(
+        "report.service",
+        "[Service]\nType=oneshot\nStandardOutput=inherit\nExecStart=/bin/probe report /data/report\n",
+    );
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=report.service\n[Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start_after("exec 0<&- 1>&-", &[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let report = fs.read("data/report");
+    assert!(report.contains("\nstdin=/dev/null\n"), "{report}");
+    // /dev is still empty here (init mounts the container's /dev later): the
+    // fallback, "/", holds the place; never a descriptor of init's own.
+    assert!(report.contains("\nstdout=/\n"), "{report}");
+    end.assert_log("shutdown: poweroff now");
+}
+
+#[test]
 fn notify_units_are_ready_on_ready_1_and_order_their_dependents() {
     let fs = Rootfs::new("notify");
     fs.unit(

@@ -11,6 +11,8 @@
 //! - disk: Kata osbuilder's layout — msdos label, one partition from 1 MiB,
 //!   ext4 with 4 KiB blocks, the whole image a multiple of 128 MiB — made
 //!   without mounts or loop devices (`mkfs.ext4 -d`, `sfdisk` on the file).
+//!   init's file starts on a 2 MiB boundary of the DAX device (`align_init`),
+//!   so that the kernel can map its code with one 2 MiB page.
 //! - dax: the disk image behind Kata's 2 MiB DAX header (an MBR whose
 //!   partition starts at 3 MiB, and the NVDIMM PFN info block at 4 KiB), for
 //!   QEMU's nvdimm device, so the root is /dev/pmem0p1 with `rootflags=dax`.
@@ -434,6 +436,7 @@ pub fn disk_fs(stage_dir: &Path, out: &Path, fs: Fs) -> Result<()> {
             .arg(&part)
             .arg(format!("{}k", part_size / 1024))
             .stdout(std::process::Stdio::null()))?;
+        align_init(&part, stage_dir)?;
     }
     let mut img =
         std::fs::File::create(out).map_err(|e| format!("create {}: {e}", out.display()))?;
@@ -447,6 +450,153 @@ pub fn disk_fs(stage_dir: &Path, out: &Path, fs: Fs) -> Result<()> {
     drop(img);
     let _ = std::fs::remove_file(&part);
     sfdisk(out, &sfdisk_script(PART_START, part_size))
+}
+
+/// 4 KiB file-system blocks in a 2 MiB page.
+const BLOCKS_PER_HUGE_PAGE: u64 = DAX_ALIGN as u64 / 4096;
+
+/// The regular file that is /sbin/init in `stage_dir` (`usr/sbin/init` on a
+/// merged-/usr base), as a path inside the image, when it is at least
+/// 2 MiB: only then can a 2 MiB page map it.
+fn init_to_align(stage_dir: &Path) -> Option<(String, u64)> {
+    ["sbin/init", "usr/sbin/init"].into_iter().find_map(|rel| {
+        let path = stage_dir.join(rel);
+        let dir_is_real = path
+            .parent()
+            .and_then(|d| std::fs::symlink_metadata(d).ok())
+            .is_some_and(|m| m.is_dir());
+        let md = std::fs::symlink_metadata(&path).ok()?;
+        (dir_is_real && md.is_file() && md.len() >= u64::from(DAX_ALIGN))
+            .then(|| (format!("/{rel}"), md.len()))
+    })
+}
+
+/// The free block ranges (first, last) in `dumpe2fs` output.
+pub fn free_block_ranges(dumpe2fs: &str) -> Vec<(u64, u64)> {
+    dumpe2fs
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("Free blocks:"))
+        .flat_map(|list| list.split(','))
+        .filter_map(|r| {
+            let r = r.trim();
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The first block `t` with `[t, t + count)` free whose device offset
+/// (`offset_blocks + t`) is a multiple of 2 MiB.
+pub fn huge_aligned_run(free: &[(u64, u64)], count: u64, offset_blocks: u64) -> Option<u64> {
+    free.iter().find_map(|&(first, last)| {
+        let t = first
+            + (BLOCKS_PER_HUGE_PAGE - (offset_blocks + first) % BLOCKS_PER_HUGE_PAGE)
+                % BLOCKS_PER_HUGE_PAGE;
+        (t.checked_add(count)? <= last + 1).then_some(t)
+    })
+}
+
+fn debugfs(part: &Path, write: bool, commands: &str) -> Result<String> {
+    let mut cmd = std::process::Command::new("debugfs");
+    if write {
+        cmd.arg("-w");
+    }
+    let mut child = cmd
+        .args(["-f", "-"])
+        .arg(part)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("debugfs: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("debugfs: no stdin")?
+        .write_all(commands.as_bytes())
+        .map_err(|e| format!("debugfs: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("debugfs: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "debugfs {}: {}",
+            part.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The file system block holding byte 0 of `fs_path`.
+fn first_block(part: &Path, fs_path: &str) -> Result<u64> {
+    let out = debugfs(part, false, &format!("bmap {fs_path} 0\n"))?;
+    out.lines()
+        .filter(|l| !l.starts_with("debugfs"))
+        .find_map(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("debugfs bmap {fs_path}: no block in {out:?}"))
+}
+
+/// Moves init's data (ext4 partition `part`, files from `stage_dir`) to a
+/// run of blocks that starts on a 2 MiB boundary of the DAX device (the
+/// partition starts `PART_START` into its data area, which is itself 2 MiB
+/// aligned), so that the kernel can map init's first 2 MiB — its code,
+/// padded to that size by init/build.rs — with one page-table entry: on a
+/// DAX root every 4 KiB page is otherwise a page fault of its own.
+///
+/// libext2fs allocates a new file's blocks from the first free block up, so
+/// the free blocks before the chosen run are marked in use while debugfs
+/// writes the file again, and released after. Nothing else moves. The
+/// result is checked: the first block must be the chosen one.
+fn align_init(part: &Path, stage_dir: &Path) -> Result<()> {
+    let Some((fs_path, len)) = init_to_align(stage_dir) else {
+        return Ok(());
+    };
+    let host = stage_dir.join(fs_path.trim_start_matches('/'));
+    let offset_blocks = PART_START / 4096;
+    if (offset_blocks + first_block(part, &fs_path)?) % BLOCKS_PER_HUGE_PAGE == 0 {
+        return Ok(());
+    }
+    debugfs(part, true, &format!("rm {fs_path}\n"))?;
+    let out = std::process::Command::new("dumpe2fs")
+        .arg(part)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("dumpe2fs: {e}"))?;
+    let free = free_block_ranges(&String::from_utf8_lossy(&out.stdout));
+    let count = len.div_ceil(4096);
+    let target = huge_aligned_run(&free, count, offset_blocks)
+        .ok_or_else(|| format!("no free 2 MiB-aligned run of {count} blocks for {fs_path}"))?;
+    let before: Vec<(u64, u64)> = free
+        .iter()
+        .filter(|(first, _)| *first < target)
+        .map(|&(first, last)| (first, last.min(target - 1) - first + 1))
+        .collect();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&host)
+            .map_err(|e| format!("{}: {e}", host.display()))?
+            .permissions(),
+    );
+    let mut script = String::new();
+    for (first, n) in &before {
+        script.push_str(&format!("setb {first} {n}\n"));
+    }
+    script.push_str(&format!("write {} {fs_path}\n", host.display()));
+    for (first, n) in &before {
+        script.push_str(&format!("freeb {first} {n}\n"));
+    }
+    script.push_str(&format!(
+        "sif {fs_path} mode 0{:o}\nsif {fs_path} uid 0\nsif {fs_path} gid 0\n",
+        0o100000 | (mode & 0o7777)
+    ));
+    debugfs(part, true, &script)?;
+    let got = first_block(part, &fs_path)?;
+    if got != target {
+        return Err(format!(
+            "{fs_path} landed at block {got}, not the 2 MiB-aligned block {target}"
+        ));
+    }
+    Ok(())
 }
 
 /// Fletcher-64 over 32-bit little-endian words, as the kernel's nd_fletcher64.
@@ -895,6 +1045,105 @@ mod tests {
             assert!(back.iter().any(|e| matches!(e, Entry::Symlink { path, target } if path == "sbin" && target == "usr/sbin")));
             assert!(back.iter().any(|e| matches!(e, Entry::File { path, data, .. } if path == "usr/sbin/init" && data == b"minos-init")));
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn free_block_ranges_read_dumpe2fs_lists() {
+        let text = "Group 0: (Blocks 0-32767)\n  Free blocks: 1035-1055, 1100, 2000-32767\n  Free inodes: 12-8192\nGroup 1: (Blocks 32768-65535)\n  Free blocks: \n";
+        assert_eq!(
+            free_block_ranges(text),
+            vec![(1035, 1055), (1100, 1100), (2000, 32767)]
+        );
+    }
+
+    #[test]
+    fn huge_aligned_run_starts_on_a_2mib_device_offset() {
+        // The partition starts 256 blocks (1 MiB) into the device: block
+        // 256 of the file system is at 2 MiB.
+        let free = [(10, 300), (400, 5000)];
+        assert_eq!(huge_aligned_run(&free, 40, 256), Some(256));
+        // 46 blocks from 256 do not fit before 300: the next aligned block
+        // of the second run.
+        assert_eq!(huge_aligned_run(&free, 46, 256), Some(768));
+        assert_eq!(huge_aligned_run(&free, 45, 256), Some(256));
+        assert_eq!(huge_aligned_run(&free, 4300, 256), None);
+        assert_eq!(huge_aligned_run(&free, 10, 0), Some(512));
+    }
+
+    /// A real ext4 file system made by mkfs.ext4 -d: init is moved to a
+    /// 2 MiB-aligned run, with its contents and mode, the other files where
+    /// they were, and e2fsck finds nothing wrong.
+    #[test]
+    fn init_is_moved_to_a_2mib_aligned_run_and_the_file_system_is_clean() {
+        let dir = std::env::temp_dir().join(format!("minos-align-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let stage = dir.join("stage");
+        std::fs::create_dir_all(stage.join("sbin")).unwrap();
+        std::fs::create_dir_all(stage.join("etc")).unwrap();
+        // A small file first, so that init does not start aligned by luck.
+        std::fs::write(stage.join("etc/a"), vec![7u8; 5 * 4096 + 3]).unwrap();
+        let init: Vec<u8> = (0..2 * 1024 * 1024 + 12345u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(stage.join("sbin/init"), &init).unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(stage.join("sbin/init"))
+                .unwrap()
+                .permissions(),
+            0o755,
+        );
+        std::fs::set_permissions(
+            stage.join("sbin/init"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let part = dir.join("part");
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d"])
+            .arg(&stage)
+            .arg(&part)
+            .arg("32768k")
+            .stdout(std::process::Stdio::null()))
+        .unwrap();
+        let a_before = first_block(&part, "/etc/a").unwrap();
+        align_init(&part, &stage).unwrap();
+        let block = first_block(&part, "/sbin/init").unwrap();
+        assert_eq!(
+            (PART_START / 4096 + block) % BLOCKS_PER_HUGE_PAGE,
+            0,
+            "{block}"
+        );
+        assert_eq!(first_block(&part, "/etc/a").unwrap(), a_before);
+        // One extent: contiguous from the aligned block.
+        let last = (init.len() as u64).div_ceil(4096) - 1;
+        let out = debugfs(&part, false, &format!("bmap /sbin/init {last}\n")).unwrap();
+        assert!(
+            out.lines().any(|l| l.trim() == (block + last).to_string()),
+            "{out}"
+        );
+        let back = dir.join("back");
+        debugfs(
+            &part,
+            false,
+            &format!("dump /sbin/init {}\n", back.display()),
+        )
+        .unwrap();
+        assert!(std::fs::read(&back).unwrap() == init, "contents differ");
+        let stat = debugfs(&part, false, "stat /sbin/init\n").unwrap();
+        assert!(stat.contains("Mode:  0755"), "{stat}");
+        assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+        let fsck = std::process::Command::new("e2fsck")
+            .args(["-f", "-n"])
+            .arg(&part)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -138,7 +138,13 @@ fn scenarios() -> Vec<Scenario> {
             kind: Kind::Dax,
             fs: Fs::Ext4,
             machine: "q35",
-            extra: vec![],
+            // A simple unit, so that all_started (and init's log line about
+            // its 2 MiB page, written then) does not wait for it; it looks
+            // for the line in the kernel log for up to 0.9 s.
+            extra: vec![unit(
+                "test-kmsg.service",
+                "[Service]\nExecStart=/usr/bin/probe kmsg \"KiB of code mapped with 2 MiB pages\" 900\n",
+            )],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
             vsock: false,
@@ -177,7 +183,9 @@ fn scenarios() -> Vec<Scenario> {
                 unit(
                     "test-report.service",
                     "[Service]\nType=oneshot\nLimitNOFILE=1073741824\nOOMScoreAdjust=-997\n\
-                     ExecStart=/usr/bin/probe report /dev/console\n",
+                     ExecStart=/usr/bin/probe report /dev/console\n\
+                     ExecStart=/usr/bin/probe ls /dev /dev/console\n\
+                     ExecStart=/usr/bin/probe cat /proc/sys/kernel/printk_devkmsg\n",
                 ),
             ],
             cmdline: "agent.exit_after=1h",
@@ -865,11 +873,27 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
                     &r,
                 )?;
             }
+            if s.name == "dax-q35" {
+                // The image builder put init on a 2 MiB boundary of the
+                // NVDIMM: the kernel mapped its code with one 2 MiB page.
+                check(
+                    s.name,
+                    r.console
+                        .contains("KiB of code mapped with 2 MiB pages (DAX)"),
+                    "init's code was not mapped with a 2 MiB page",
+                    &r,
+                )?;
+            }
             if s.name == "dax-q35-poweroff" {
                 for needle in [
                     "nofile=1073741824/1073741824",
                     "oom_score_adj=-997",
                     "stdin=/dev/null",
+                    // Made by init once the agent runs (its late set-up).
+                    "fd link /proc/self/fd",
+                    "stdin link /proc/self/fd/0",
+                    "stderr link /proc/self/fd/2",
+                    "probe cat /proc/sys/kernel/printk_devkmsg: on",
                 ] {
                     check(
                         s.name,

@@ -57,6 +57,10 @@ fn main() {
             Err(e) => fail(&format!("read {path}: {e}")),
         },
         ["pidof", comm] => pidof(comm),
+        ["kmsg", needle, within_ms] => kmsg(
+            needle,
+            Duration::from_millis(within_ms.parse().unwrap_or(0)),
+        ),
         ["soakwrite", dir] => soakwrite(dir),
         ["sockets"] => sockets(),
         ["detach", path] => detach(path),
@@ -416,6 +420,51 @@ fn append(path: &str, text: &str) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => fail(&format!("append {path}: {e}")),
+    }
+}
+
+/// Waits up to `within` for a kernel log record whose message contains
+/// `needle` (the console may not show it: `quiet`), and prints it as
+/// `probe kmsg: MESSAGE`.
+fn kmsg(needle: &str, within: Duration) -> i32 {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("open /dev/kmsg: {e}")),
+    };
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // One record per read; EAGAIN once all are read, EPIPE for one
+        // overwritten meanwhile.
+        match f.read(&mut buf) {
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                let msg = rec
+                    .split_once(';')
+                    .map_or("", |(_, m)| m)
+                    .lines()
+                    .next()
+                    .unwrap_or("");
+                if msg.contains(needle) {
+                    println!("probe kmsg: {msg}");
+                    return 0;
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return fail(&format!("no kernel log record contains {needle:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return fail(&format!("read /dev/kmsg: {e}")),
+        }
     }
 }
 
