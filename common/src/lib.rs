@@ -1,7 +1,8 @@
-//! What agent-shim and timesync share: the stderr logger, waiting for
-//! SIGTERM/SIGINT without handlers, the pieces of a command-line parser that
-//! do not depend on the program's options, sd_notify, and printing an error
-//! chain.
+//! What agent-shim and timesync (and init, for its start-up) share: the
+//! stderr logger, waiting for SIGTERM/SIGINT without handlers, the pieces of
+//! a command-line parser that do not depend on the program's options,
+//! sd_notify, printing an error chain, and what a `#![no_main]` program does
+//! in place of Rust's start-up code.
 //!
 //! Each program keeps what is its own: its options, its argument errors
 //! (their variants are the program's vocabulary), its program name.
@@ -14,6 +15,8 @@ pub mod notify;
 mod report;
 #[allow(unsafe_code)]
 pub mod signals;
+#[allow(unsafe_code)]
+pub mod startup;
 pub mod users;
 
 pub use report::Report;

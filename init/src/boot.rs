@@ -69,6 +69,8 @@ pub fn run(args: &[String]) -> ! {
     timeline.set_marker(cfg.boot_marker);
     if cfg.timeline_console && mode == Mode::Vm {
         timeline.copy_to_console(Path::new("/dev/console"));
+        // Written with init's own files, once the agent has run.
+        timeline.hold_console();
     }
     timeline.mark_at(Event::InitStart, None, t0);
     log::info!(
@@ -221,10 +223,12 @@ fn install_panic_hook() {
     }));
 }
 
-fn write_proc(path: &str, value: &str) {
+fn write_proc(path: &str, value: &str) -> bool {
     if let Err(e) = std::fs::write(path, value) {
         log::warn!("write {value} to {path}: {e}");
+        return false;
     }
+    true
 }
 
 /// Hostname, loopback, Ctrl-Alt-Del, init's own OOM score.
@@ -251,7 +255,11 @@ fn system_setup(mode: Mode) {
             log::warn!("disable Ctrl-Alt-Del (RB_DISABLE_CAD): {e}");
         }
     }
-    write_proc("/proc/self/oom_score_adj", "-1000");
+    // The kernel never picks the global init (PID 1 of a VM) for the OOM
+    // killer, whatever its score: only PID 1 of a container needs it.
+    if mode == Mode::Container && write_proc("/proc/self/oom_score_adj", "-1000") {
+        spawn::note_own_oom_score_adj(-1000);
+    }
 }
 
 pub fn valid_hostname(n: &str) -> bool {
@@ -300,8 +308,12 @@ pub fn target_deps(text: &str) -> Vec<String> {
 pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
     let mut services: Vec<Unit> = Vec::new();
     let mut targets: HashMap<String, Vec<String>> = HashMap::new();
-    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
+    // With whether the listing says regular file (d_type: no stat).
+    let mut names: Vec<(PathBuf, bool)> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_file())))
+            .collect(),
         Err(e) => {
             log::warn!(
                 "read units directory {}: {e}; no units to start",
@@ -312,7 +324,7 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
     };
     names.sort();
     let mut broken: Vec<String> = Vec::new();
-    for path in names {
+    for (path, listed_regular) in names {
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -326,7 +338,7 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
         if !file_name.ends_with(".service") {
             continue;
         }
-        let parsed = unit::load(&path);
+        let parsed = unit::load_listed(&path, listed_regular);
         for d in &parsed.diagnostics {
             match d.severity {
                 Severity::Warning => log::warn!("{d}"),

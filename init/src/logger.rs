@@ -145,10 +145,14 @@ impl Logger {
             return;
         };
         state.sink = sink;
-        let early = std::mem::take(&mut state.early);
-        for (level, line) in &early {
-            emit(&mut state, *level, line);
+        // Emitted in place and cleared: taken out, the 31 KiB buffer would
+        // be copied to the stack, a dozen page faults at boot.
+        for i in 0..state.early.len() {
+            if let Some((level, line)) = state.early.get(i).cloned() {
+                emit(&mut state, level, &line);
+            }
         }
+        state.early.clear();
         if state.dropped > 0 {
             let mut line = Line::new();
             let _ = write!(

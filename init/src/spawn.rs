@@ -520,11 +520,27 @@ pub fn has_capability(cap: CapabilitySet) -> bool {
     rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(cap))
 }
 
+/// init's own oom_score_adj, which fork copies into every unit; read once
+/// (or set by [`note_own_oom_score_adj`]).
+static OWN_OOM_SCORE_ADJ: std::sync::atomic::AtomicI32 =
+    std::sync::atomic::AtomicI32::new(i32::MIN);
+
+/// Records init's own oom_score_adj after init set it.
+pub fn note_own_oom_score_adj(value: i32) {
+    OWN_OOM_SCORE_ADJ.store(value, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn own_oom_score_adj() -> i32 {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
+    let known = OWN_OOM_SCORE_ADJ.load(std::sync::atomic::Ordering::Relaxed);
+    if known != i32::MIN {
+        return known;
+    }
+    let value = std::fs::read_to_string("/proc/self/oom_score_adj")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    note_own_oom_score_adj(value);
+    value
 }
 
 /// Lowering oom_score_adj below init's own needs CAP_SYS_RESOURCE, which a

@@ -80,6 +80,9 @@ pub struct Timeline {
     /// `init.timeline=console`: the lines also go to /dev/console, where a
     /// benchmark reads them even under `quiet`.
     console: Option<std::fs::File>,
+    /// Console lines held back (see [`Timeline::hold_console`]); `None`
+    /// when lines go out at once.
+    console_held: Option<Vec<String>>,
     /// Where hypervisor markers are written (/dev/mem, /dev/port); tests use files.
     pub mem_path: PathBuf,
     pub port_path: PathBuf,
@@ -92,6 +95,7 @@ impl Timeline {
             pending: Vec::new(),
             file: None,
             console: None,
+            console_held: None,
             mem_path: PathBuf::from("/dev/mem"),
             port_path: PathBuf::from("/dev/port"),
         }
@@ -114,12 +118,36 @@ impl Timeline {
         }
     }
 
+    /// Holds the console copies of the lines back until
+    /// [`Timeline::release_console`]: a console line costs the boot path
+    /// tens of µs of serial output (the kmsg copy, with the kernel's own
+    /// timestamp, is written at once; every line keeps its time).
+    pub fn hold_console(&mut self) {
+        self.console_held.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes the console lines held back, and from now on each at once.
+    pub fn release_console(&mut self) {
+        let Some(held) = self.console_held.take() else {
+            return;
+        };
+        if let Some(c) = &mut self.console {
+            for line in held {
+                let _ = writeln!(c, "minos-init: {line}");
+            }
+        }
+    }
+
     /// Records `event` at `us` (CLOCK_BOOTTIME).
     pub fn mark_at(&mut self, event: Event, unit: Option<&str>, us: u64) {
         let line = format_line(event, unit, us);
         crate::logger::marker(format_args!("{line}"));
-        if let Some(c) = &mut self.console {
-            let _ = writeln!(c, "minos-init: {line}");
+        match (&mut self.console, &mut self.console_held) {
+            (Some(_), Some(held)) => held.push(line.clone()),
+            (Some(c), None) => {
+                let _ = writeln!(c, "minos-init: {line}");
+            }
+            (None, _) => {}
         }
         match &mut self.file {
             Some(f) => {

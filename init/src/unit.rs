@@ -468,12 +468,20 @@ impl Parsed {
 /// following symlinks), is larger than [`MAX_FILE_SIZE`] or is not UTF-8 gives
 /// no unit and one error naming the problem. The unit's name is the file name.
 pub fn load(path: &Path) -> Parsed {
+    load_listed(path, false)
+}
+
+/// [`load`] for a path a directory listing gave as a regular file
+/// (`listed_regular`): the stat before opening, which keeps init from ever
+/// opening a device or FIFO by name, is then already done by the listing
+/// (the opened file is checked again either way).
+pub fn load_listed(path: &Path, listed_regular: bool) -> Parsed {
     let file = path.display().to_string();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    match read_unit_file(path) {
+    match read_unit_file(path, listed_regular) {
         Ok(text) => parse(&name, &file, &text),
         Err(message) => Parsed {
             unit: None,
@@ -488,7 +496,7 @@ pub fn load(path: &Path) -> Parsed {
     }
 }
 
-fn read_unit_file(path: &Path) -> Result<String, String> {
+fn read_unit_file(path: &Path, listed_regular: bool) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
 
@@ -496,8 +504,10 @@ fn read_unit_file(path: &Path) -> Result<String, String> {
     // opened file in case the path was swapped in between. O_NONBLOCK keeps a
     // FIFO from blocking PID 1, O_NOCTTY keeps a tty from becoming its
     // controlling terminal.
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    check_metadata(&meta)?;
+    if !listed_regular {
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+        check_metadata(&meta)?;
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -4450,5 +4460,20 @@ mod tests {
                     (u, text)
                 })
         }
+    }
+}
+#[cfg(test)]
+mod tmp_cg {
+    #[test]
+    fn tmp_cg_units() {
+        let a = include_str!("../../tests/fixtures/kata/kata-agent.service");
+        let t = include_str!("../../rootfs-skel/overlay/etc/minos/units/timesync.service");
+        let p = super::parse(
+            "kata-agent.service",
+            "/etc/minos/units/kata-agent.service",
+            a,
+        );
+        let q = super::parse("timesync.service", "/etc/minos/units/timesync.service", t);
+        assert!(p.unit.is_some() && q.unit.is_some());
     }
 }
