@@ -1,7 +1,8 @@
 //! PID 1: early boot, loading units, supervising, and the last steps of
 //! shutdown. Every step logs what failed and carries on with a safe default.
 
-use std::collections::HashMap;
+// BTreeMap: no random hash keys to fetch (a getrandom call) at boot.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
@@ -43,13 +44,16 @@ pub fn run(args: &[String]) -> ! {
     mounts::mount_dev(&mut table, mode, &mut errors);
     if mode == Mode::Vm {
         sys::console_on_stdio();
+        // Info lines wait until the agent has run (the supervisor's late
+        // set-up); warnings and errors go out at once.
+        logger::hold_info_lines();
         logger::use_kmsg();
     }
 
     // In a VM the options come from the kernel; in a container, as for
     // systemd, from init's own arguments.
     let text = match mode {
-        Mode::Vm => std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
+        Mode::Vm => sys::read_small("/proc/cmdline").unwrap_or_else(|e| {
             log::error!("read /proc/cmdline: {e}; using defaults");
             String::new()
         }),
@@ -207,6 +211,7 @@ pub fn shutdown_fs(unmount: bool) {
 
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
+        logger::release_held_lines();
         let msg = format!("<2>minos-init: panic: {info}; syncing and powering off\n");
         let wrote = std::fs::OpenOptions::new()
             .write(true)
@@ -233,7 +238,7 @@ fn write_proc(path: &str, value: &str) -> bool {
 
 /// Hostname, loopback, Ctrl-Alt-Del, init's own OOM score.
 fn system_setup(mode: Mode) {
-    let name = std::fs::read_to_string("/etc/hostname")
+    let name = sys::read_small("/etc/hostname")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -304,16 +309,40 @@ pub fn target_deps(text: &str) -> Vec<String> {
     deps
 }
 
+/// The entries of `dir` but `.` and `..`, each with whether the listing
+/// says regular file (d_type: no stat). One getdents64 buffer on the stack:
+/// std's `read_dir` adds an fstat and a 32 KiB heap buffer, page faults at
+/// boot.
+fn list_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push((
+            dir.join(std::ffi::OsStr::from_bytes(name)),
+            entry.file_type() == rustix::fs::FileType::RegularFile,
+        ));
+    }
+    Ok(names)
+}
+
 /// Loads the units to start from `dir`, honouring systemd.unit=, masks and wants.
 pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
     let mut services: Vec<Unit> = Vec::new();
-    let mut targets: HashMap<String, Vec<String>> = HashMap::new();
-    // With whether the listing says regular file (d_type: no stat).
-    let mut names: Vec<(PathBuf, bool)> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_file())))
-            .collect(),
+    let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut names = match list_dir(dir) {
+        Ok(names) => names,
         Err(e) => {
             log::warn!(
                 "read units directory {}: {e}; no units to start",
@@ -363,7 +392,7 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
 /// `systemd.wants=`, plus what they require or want, minus masked ones.
 pub fn select(
     all: Vec<Unit>,
-    targets: &HashMap<String, Vec<String>>,
+    targets: &BTreeMap<String, Vec<String>>,
     cfg: &BootConfig,
     broken: &[String],
 ) -> Vec<Unit> {
@@ -447,7 +476,7 @@ fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
     if all.is_empty() {
         return;
     }
-    let current: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+    let current: u64 = sys::read_small("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1_048_576);
@@ -513,7 +542,7 @@ mod tests {
     #[test]
     fn kata_target_selects_agent_and_ignores_missing_chronyd() {
         let target = include_str!("../../tests/fixtures/kata/kata-containers.target");
-        let mut targets = HashMap::new();
+        let mut targets = BTreeMap::new();
         targets.insert("kata-containers.target".to_string(), target_deps(target));
         assert_eq!(
             targets["kata-containers.target"],
@@ -550,7 +579,7 @@ mod tests {
             masked: vec!["b.service".into()],
             ..Default::default()
         };
-        let sel = select(vec![a, b, c], &HashMap::new(), &cfg, &[]);
+        let sel = select(vec![a, b, c], &BTreeMap::new(), &cfg, &[]);
         assert_eq!(names(&sel), vec!["a.service"], "c requires masked b");
     }
 
@@ -567,7 +596,7 @@ mod tests {
             wants: vec!["c.service".into()],
             ..Default::default()
         };
-        let sel = select(vec![a, b, c], &HashMap::new(), &cfg, &[]);
+        let sel = select(vec![a, b, c], &BTreeMap::new(), &cfg, &[]);
         assert_eq!(names(&sel), vec!["a.service", "b.service", "c.service"]);
     }
 

@@ -37,6 +37,8 @@ struct State {
     kmsg_limited: bool,
     /// Lines written to the kmsg sink so far.
     kmsg_lines: u32,
+    /// Info and debug lines wait in `early` (see [`hold_info_lines`]).
+    hold: bool,
 }
 
 /// The kernel lets 10 lines through one /dev/kmsg descriptor in 5 s while
@@ -57,6 +59,7 @@ static LOGGER: Logger = Logger {
         dropped: 0,
         kmsg_limited: false,
         kmsg_lines: 0,
+        hold: false,
     }),
 };
 
@@ -92,6 +95,26 @@ pub fn use_kmsg() {
 pub fn unlimit_kmsg_later() {
     if let Ok(mut state) = LOGGER.state.lock() {
         state.kmsg_limited = true;
+    }
+}
+
+/// Keeps info and debug lines (the timeline's among them) in memory until
+/// [`release_held_lines`]: each kmsg record costs the boot path several µs
+/// of printk before the agent has started. Warnings and errors go out at
+/// once, after the lines held so far; each line keeps the time it carries.
+pub fn hold_info_lines() {
+    if let Ok(mut state) = LOGGER.state.lock() {
+        state.hold = true;
+    }
+}
+
+/// Writes the lines [`hold_info_lines`] kept, and from now on each at once.
+/// Also from the panic hook (never blocking: a panic may come from inside
+/// the logger).
+pub fn release_held_lines() {
+    if let Ok(mut state) = LOGGER.state.try_lock() {
+        state.hold = false;
+        flush_early(&mut state);
     }
 }
 
@@ -145,23 +168,8 @@ impl Logger {
             return;
         };
         state.sink = sink;
-        // Emitted in place and cleared: taken out, the 31 KiB buffer would
-        // be copied to the stack, a dozen page faults at boot.
-        for i in 0..state.early.len() {
-            if let Some((level, line)) = state.early.get(i).cloned() {
-                emit(&mut state, level, &line);
-            }
-        }
-        state.early.clear();
-        if state.dropped > 0 {
-            let mut line = Line::new();
-            let _ = write!(
-                line,
-                "minos-init: {} early log lines dropped",
-                state.dropped
-            );
-            emit(&mut state, Level::Warn, &line);
-            state.dropped = 0;
+        if !state.hold {
+            flush_early(&mut state);
         }
     }
 
@@ -173,13 +181,48 @@ impl Logger {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        if matches!(state.sink, Sink::Pending) {
-            if state.early.push((level, line)).is_err() {
+        let held = state.hold && level >= Level::Info;
+        if matches!(state.sink, Sink::Pending) || held {
+            let Err(line) = state.early.push((level, line)) else {
+                return;
+            };
+            if matches!(state.sink, Sink::Pending) {
                 state.dropped += 1;
+                return;
             }
+            // Full: out with the held lines, then this one.
+            flush_early(&mut state);
+            emit(&mut state, level, &line.1);
             return;
         }
+        // A warning or an error goes out at once, after what was held.
+        flush_early(&mut state);
         emit(&mut state, level, &line);
+    }
+}
+
+/// Writes the lines kept in `early`, in order.
+fn flush_early(state: &mut State) {
+    if matches!(state.sink, Sink::Pending) {
+        return;
+    }
+    // Emitted in place and cleared: taken out, the 31 KiB buffer would be
+    // copied to the stack, a dozen page faults at boot.
+    for i in 0..state.early.len() {
+        if let Some((level, line)) = state.early.get(i).cloned() {
+            emit(state, level, &line);
+        }
+    }
+    state.early.clear();
+    if state.dropped > 0 {
+        let mut line = Line::new();
+        let _ = write!(
+            line,
+            "minos-init: {} early log lines dropped",
+            state.dropped
+        );
+        emit(state, Level::Warn, &line);
+        state.dropped = 0;
     }
 }
 
@@ -255,6 +298,7 @@ mod tests {
             dropped: 0,
             kmsg_limited: false,
             kmsg_lines: 0,
+            hold: false,
         };
         emit(&mut state, Level::Warn, "minos-init: a");
         emit(&mut state, Level::Info, "minos-init: b");
@@ -264,6 +308,60 @@ mod tests {
         // readers of the kernel log do not see it until the next one.
         assert_eq!(&buf[..n], b"<4>minos-init: a\n<6>minos-init: b\n");
         assert_eq!(state.kmsg_lines, 2);
+    }
+
+    #[test]
+    fn held_info_lines_go_out_in_order_before_a_warning_or_at_release() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let logger = Logger {
+            state: Mutex::new(State {
+                sink: Sink::Kmsg(w),
+                early: heapless::Vec::new(),
+                dropped: 0,
+                kmsg_limited: false,
+                kmsg_lines: 0,
+                hold: true,
+            }),
+        };
+        let read = || {
+            let mut buf = [0u8; 256];
+            rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK).unwrap();
+            let n = rustix::io::read(&r, &mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        logger.write_line(Level::Info, format_args!("one"));
+        logger.write_line(Level::Debug, format_args!("two"));
+        assert_eq!(read(), "");
+        logger.write_line(Level::Warn, format_args!("three"));
+        assert_eq!(
+            read(),
+            "<6>minos-init: one\n<7>minos-init: two\n<4>minos-init: three\n"
+        );
+        logger.write_line(Level::Info, format_args!("four"));
+        assert_eq!(read(), "");
+        {
+            let mut state = logger.state.lock().unwrap();
+            state.hold = false;
+            flush_early(&mut state);
+        }
+        assert_eq!(read(), "<6>minos-init: four\n");
+        // Held lines beyond the buffer are not lost: out in order.
+        logger.state.lock().unwrap().hold = true;
+        for i in 0..EARLY_LINES + 3 {
+            logger.write_line(Level::Info, format_args!("{i}"));
+        }
+        let mut all = String::new();
+        loop {
+            let chunk = read();
+            if chunk.is_empty() {
+                break;
+            }
+            all.push_str(&chunk);
+        }
+        let want: String = (0..=EARLY_LINES)
+            .map(|i| format!("<6>minos-init: {i}\n"))
+            .collect();
+        assert_eq!(all, want);
     }
 
     #[test]

@@ -81,10 +81,55 @@ pub enum MountError {
     ReadMountinfo(#[source] io::Error),
 }
 
-/// The mount points currently mounted, kept up to date as init mounts.
+/// What init knows of the mount points: asked of the kernel one path at a
+/// time (statx's mount-root attribute, Linux 5.8+: one call per mount point
+/// that also tells whether it exists), or, on a kernel that cannot tell,
+/// read from /proc/self/mountinfo once and kept up to date as init mounts.
 #[derive(Debug, Default)]
 pub struct MountTable {
-    points: Vec<String>,
+    /// `None`: ask statx.
+    points: Option<Vec<String>>,
+}
+
+/// A mount point as statx sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Something is mounted there.
+    Mounted,
+    /// A directory, nothing mounted on it.
+    Dir,
+    /// Nothing at that path.
+    Missing,
+    /// Not a directory, or statx failed: creating it reports why.
+    Other,
+}
+
+/// `target` as statx sees it; `None` when the kernel cannot tell mount
+/// roots (before 5.8).
+pub fn probe(target: &str) -> Option<Target> {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags, CWD};
+    match rustix::fs::statx(
+        CWD,
+        target,
+        AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::TYPE,
+    ) {
+        Ok(st) => {
+            if !st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+                return None;
+            }
+            Some(if st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT) {
+                Target::Mounted
+            } else if FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory {
+                Target::Dir
+            } else {
+                Target::Other
+            })
+        }
+        Err(rustix::io::Errno::NOENT) => Some(Target::Missing),
+        Err(rustix::io::Errno::NOSYS) => None,
+        Err(_) => Some(Target::Other),
+    }
 }
 
 impl MountTable {
@@ -92,15 +137,27 @@ impl MountTable {
         let text =
             std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::ReadMountinfo)?;
         Ok(Self {
-            points: parse_mountinfo(&text)
-                .into_iter()
-                .map(|m| m.mount_point)
-                .collect(),
+            points: Some(
+                parse_mountinfo(&text)
+                    .into_iter()
+                    .map(|m| m.mount_point)
+                    .collect(),
+            ),
         })
     }
 
+    /// Whether something is mounted on `target`.
     pub fn contains(&self, target: &str) -> bool {
-        self.points.iter().any(|p| p == target)
+        self.target(target) == Target::Mounted
+    }
+
+    fn target(&self, target: &str) -> Target {
+        match &self.points {
+            Some(points) if points.iter().any(|p| p == target) => Target::Mounted,
+            Some(_) if Path::new(target).is_dir() => Target::Dir,
+            Some(_) => Target::Other,
+            None => probe(target).unwrap_or(Target::Other),
+        }
     }
 
     /// Mounts `fstype` on `target` unless something is mounted there already.
@@ -113,10 +170,16 @@ impl MountTable {
         flags: MountFlags,
         data: &str,
     ) -> Result<bool, MountError> {
-        if self.contains(target) {
-            return Ok(false);
+        match self.target(target) {
+            Target::Mounted => return Ok(false),
+            Target::Dir => {}
+            Target::Missing | Target::Other => {
+                std::fs::create_dir_all(target).map_err(|source| MountError::Create {
+                    path: target.into(),
+                    source,
+                })?
+            }
         }
-        mkdir_p(target)?;
         let data = CString::new(data).unwrap_or_default();
         let data = (!data.as_bytes().is_empty()).then_some(data.as_c_str());
         rustix::mount::mount(source, target, fstype, flags, data).map_err(|e| {
@@ -126,29 +189,29 @@ impl MountTable {
                 source: e.into(),
             }
         })?;
-        self.points.push(target.to_string());
+        if let Some(points) = &mut self.points {
+            points.push(target.to_string());
+        }
         Ok(true)
     }
-}
-
-fn mkdir_p(path: &str) -> Result<(), MountError> {
-    if Path::new(path).is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(path).map_err(|source| MountError::Create {
-        path: path.into(),
-        source,
-    })
 }
 
 const NOSUID_NODEV: MountFlags = MountFlags::NOSUID.union(MountFlags::NODEV);
 const NOSUID_NODEV_NOEXEC: MountFlags = NOSUID_NODEV.union(MountFlags::NOEXEC);
 
-/// Mounts /proc first: everything else needs mountinfo.
+/// Mounts /proc first. Returns the table the other mounts use: statx
+/// where the kernel tells mount roots, else /proc/self/mountinfo.
 pub fn mount_proc() -> Result<MountTable, MountError> {
     let mut table = MountTable::default();
-    if !Path::new("/proc/self").exists() {
+    if probe("/proc").is_some() {
         table.mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, "")?;
+        return Ok(table);
+    }
+    if !Path::new("/proc/self").exists() {
+        MountTable {
+            points: Some(Vec::new()),
+        }
+        .mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, "")?;
     }
     MountTable::read()
 }
@@ -427,6 +490,34 @@ mod tests {
 30 22 0:40 / /mnt/with\\040space rw - tmpfs tmp\\134x rw
 garbage line
 ";
+
+    #[test]
+    fn probe_tells_mount_points_directories_and_missing_paths() {
+        // This machine's /proc is a mount point; a fresh directory is not.
+        assert_eq!(probe("/proc"), Some(Target::Mounted));
+        let dir = std::env::temp_dir().join(format!("minos-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        assert_eq!(probe(d), Some(Target::Dir));
+        assert_eq!(probe(&format!("{d}/missing")), Some(Target::Missing));
+        std::fs::write(dir.join("file"), "x").unwrap();
+        assert_eq!(probe(&format!("{d}/file")), Some(Target::Other));
+        // A table asking statx: mounting where something is mounted is a
+        // no-op; a missing mount point is created (then refused: no
+        // file system "minos-none").
+        let mut table = MountTable::default();
+        assert!(table.contains("/proc"));
+        assert!(!table
+            .mount("x", "/proc", "proc", MountFlags::empty(), "")
+            .unwrap());
+        let missing = format!("{d}/a/b");
+        let err = table
+            .mount("x", &missing, "minos-none", MountFlags::empty(), "")
+            .unwrap_err();
+        assert!(matches!(err, MountError::Mount { .. }), "{err}");
+        assert!(std::path::Path::new(&missing).is_dir());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn mountinfo_fields_and_escapes() {

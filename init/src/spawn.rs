@@ -646,10 +646,15 @@ pub fn spawn(
     };
     let stdin = open_stdio(&svc.stdin, "stdin", &svc.tty_path, mode)?;
     let stdout = open_stdio(&svc.stdout, "stdout", &svc.tty_path, mode)?;
-    // StandardError=inherit means "the same as stdout", as in systemd.
+    // StandardError=inherit means "the same as stdout", as in systemd: the
+    // same open file (one open of a tty less on the boot path).
     let stderr = match &svc.stderr {
-        Stdio::Inherit => open_stdio(&svc.stdout, "stderr", &svc.tty_path, mode)?,
+        Stdio::Inherit => None,
         other => open_stdio(other, "stderr", &svc.tty_path, mode)?,
+    };
+    let stderr_fd = match (&svc.stderr, &stdout) {
+        (Stdio::Inherit, Some(out)) => Some(out.as_raw_fd()),
+        _ => stderr.as_ref().map(AsRawFd::as_raw_fd),
     };
     let limits: Vec<(Resource, Rlimit)> = svc
         .limits
@@ -784,7 +789,7 @@ pub fn spawn(
         stdio: [
             stdin.as_ref().map(AsRawFd::as_raw_fd),
             stdout.as_ref().map(AsRawFd::as_raw_fd),
-            stderr.as_ref().map(AsRawFd::as_raw_fd),
+            stderr_fd,
         ],
         cwd: cwd.as_deref(),
         steps: &steps,

@@ -1246,6 +1246,7 @@ impl Supervisor {
             return;
         };
         crate::logger::unlimit_kmsg();
+        crate::logger::release_held_lines();
         self.timeline.release_console();
         for e in crate::mounts::dev_links() {
             log::error!("{}", crate::error_chain(&e));

@@ -283,6 +283,21 @@ pub fn trim_text_mapping() -> u64 {
     huge_kib
 }
 
+/// Reads a small text file (/proc/cmdline, /etc/hostname) with one read(2)
+/// when it fits in 4 KiB — std's `read_to_string` adds a statx and a
+/// second read to find the end: system calls the boot path counts.
+pub fn read_small(path: &str) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = [0u8; 4096];
+    let n = f.read(&mut buf)?;
+    let mut bytes = buf.get(..n).unwrap_or_default().to_vec();
+    if n == buf.len() {
+        f.read_to_end(&mut bytes)?;
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Clears O_NONBLOCK on a descriptor init opened without blocking.
 pub fn set_blocking(f: &std::fs::File) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(f)?;
@@ -335,6 +350,23 @@ pub fn peer_uid(sock: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_small_reads_short_and_long_files_whole() {
+        let dir = std::env::temp_dir().join(format!("minos-small-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for len in [0usize, 10, 4095, 4096, 4097, 10000] {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let p = dir.join(format!("f{len}"));
+            std::fs::write(&p, &text).unwrap();
+            assert_eq!(read_small(p.to_str().unwrap()).unwrap(), text, "{len}");
+        }
+        std::fs::write(dir.join("bad"), [0xffu8, 0xfe]).unwrap();
+        assert!(read_small(dir.join("bad").to_str().unwrap()).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn finds_only_own_executable_text() {

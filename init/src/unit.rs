@@ -515,12 +515,24 @@ fn read_unit_file(path: &Path, listed_regular: bool) -> Result<String, String> {
         .map_err(|e| format!("cannot open: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     check_metadata(&meta)?;
-    // Room for the whole file and one byte more: one read(2) fills it and
-    // the next finds the end (without it, std starts with a small probe).
-    let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_SIZE) as usize + 1);
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    // Room for the whole file and one byte more: a regular file's read(2)
+    // returns less than asked only at its end, so one read of less than
+    // the room is the whole file; a file grown since the fstat reads on.
+    let room = meta.len().min(MAX_FILE_SIZE) as usize + 1;
+    let mut bytes = vec![0u8; room];
+    let mut file = file;
+    let n = loop {
+        match file.read(&mut bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.map_err(|e| format!("cannot read: {e}"))?,
+        }
+    };
+    bytes.truncate(n);
+    if n == room {
+        file.take(MAX_FILE_SIZE + 1 - n as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read: {e}"))?;
+    }
     if bytes.len() as u64 > MAX_FILE_SIZE {
         return Err("larger than 1 MiB".to_owned());
     }
@@ -2018,11 +2030,13 @@ pub fn capability_number(s: &str) -> Option<u32> {
     if all_digits(s) {
         return s.parse::<u32>().ok().filter(|n| *n <= CAP_LAST);
     }
-    let upper = s.to_ascii_uppercase();
-    let name = upper.strip_prefix("CAP_")?;
+    let name = s
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("CAP_"))
+        .and_then(|_| s.get(4..))?;
     CAPABILITIES
         .iter()
-        .position(|&c| c == name)
+        .position(|&c| c.eq_ignore_ascii_case(name))
         .and_then(|i| u32::try_from(i).ok())
 }
 
@@ -4460,20 +4474,5 @@ mod tests {
                     (u, text)
                 })
         }
-    }
-}
-#[cfg(test)]
-mod tmp_cg {
-    #[test]
-    fn tmp_cg_units() {
-        let a = include_str!("../../tests/fixtures/kata/kata-agent.service");
-        let t = include_str!("../../rootfs-skel/overlay/etc/minos/units/timesync.service");
-        let p = super::parse(
-            "kata-agent.service",
-            "/etc/minos/units/kata-agent.service",
-            a,
-        );
-        let q = super::parse("timesync.service", "/etc/minos/units/timesync.service", t);
-        assert!(p.unit.is_some() && q.unit.is_some());
     }
 }
