@@ -355,28 +355,42 @@ pub fn sfdisk_script(start: u64, size: u64) -> String {
     )
 }
 
-fn sfdisk(image: &Path, script: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(image)
+/// Runs `cmd` with `input` on its standard input; its output on success.
+fn run_with_input(cmd: &mut std::process::Command, input: &str) -> Result<Vec<u8>> {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("sfdisk: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     child
         .stdin
         .take()
-        .ok_or("sfdisk: no stdin")?
-        .write_all(script.as_bytes())
-        .map_err(|e| format!("sfdisk: {e}"))?;
-    let st = child.wait().map_err(|e| format!("sfdisk: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("sfdisk {} failed: {st}", image.display()))
+        .ok_or_else(|| format!("{shown}: no stdin"))?
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{shown} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
+    Ok(out.stdout)
+}
+
+fn sfdisk(image: &Path, script: &str) -> Result<()> {
+    run_with_input(
+        std::process::Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(image),
+        script,
+    )
+    .map(drop)
 }
 
 /// Builds the disk image at `out` from `stage_dir`.
@@ -501,31 +515,8 @@ fn debugfs(part: &Path, write: bool, commands: &str) -> Result<String> {
     if write {
         cmd.arg("-w");
     }
-    let mut child = cmd
-        .args(["-f", "-"])
-        .arg(part)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("debugfs: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("debugfs: no stdin")?
-        .write_all(commands.as_bytes())
-        .map_err(|e| format!("debugfs: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("debugfs: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "debugfs {}: {}",
-            part.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = run_with_input(cmd.args(["-f", "-"]).arg(part), commands)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The file system block holding byte 0 of `fs_path`.
@@ -554,7 +545,7 @@ fn align_init(part: &Path, stage_dir: &Path) -> Result<()> {
     };
     let host = stage_dir.join(fs_path.trim_start_matches('/'));
     let offset_blocks = PART_START / 4096;
-    if (offset_blocks + first_block(part, &fs_path)?) % BLOCKS_PER_HUGE_PAGE == 0 {
+    if (offset_blocks + first_block(part, &fs_path)?).is_multiple_of(BLOCKS_PER_HUGE_PAGE) {
         return Ok(());
     }
     debugfs(part, true, &format!("rm {fs_path}\n"))?;
