@@ -359,11 +359,22 @@ impl SelfCheck {
             Ok(None) => "not mounted".to_owned(),
             Err(()) => "unknown".to_owned(),
         };
-        Check {
-            name,
-            gap: (!ok).then(|| format!("{point} is {found_text}, expected {expected}")),
-            value,
-        }
+        // A second mount over the first hides what the first held (an init
+        // that mounted without looking).
+        let times = self
+            .mounts
+            .as_ref()
+            .map_or(0, |m| m.iter().filter(|m| m.mount_point == point).count());
+        let gap = if !ok {
+            Some(format!("{point} is {found_text}, expected {expected}"))
+        } else if times > 1 {
+            Some(format!(
+                "{point} is mounted {times} times, one over another, expected once"
+            ))
+        } else {
+            None
+        };
+        Check { name, gap, value }
     }
 
     /// cgroup2 on /sys/fs/cgroup, or the v1 layout: a tmpfs there with at
@@ -1122,6 +1133,20 @@ mod tests {
         };
         assert_eq!(check.strict_violations(), ["/run is ramfs, expected tmpfs"]);
         assert!(check.to_string().contains(" run=ramfs "));
+    }
+
+    #[test]
+    fn a_mount_stacked_on_another_of_its_kind_is_a_gap() {
+        let check = SelfCheck {
+            mounts: mounts(&format!(
+                "{VM_MOUNTINFO}90 28 0:90 / /run rw - tmpfs tmpfs rw\n"
+            )),
+            ..kata_like()
+        };
+        assert_eq!(
+            check.strict_violations(),
+            ["/run is mounted 2 times, one over another, expected once"]
+        );
     }
 
     #[test]

@@ -85,10 +85,33 @@ pub enum MountError {
 /// time (statx's mount-root attribute, Linux 5.8+: one call per mount point
 /// that also tells whether it exists), or, on a kernel that cannot tell,
 /// read from /proc/self/mountinfo once and kept up to date as init mounts.
+///
+/// Below a file system init mounted itself where nothing was mounted before
+/// (a fresh sysfs, devtmpfs or tmpfs), nothing can be mounted yet but by
+/// init: there it mounts at once, without asking (one call instead of two,
+/// the agent's start time).
 #[derive(Debug, Default)]
 pub struct MountTable {
     /// `None`: ask statx.
     points: Option<Vec<String>>,
+    /// The mount points init mounted on, in order.
+    own: Vec<String>,
+}
+
+/// What a mount point normally is, which tells the cheapest way to learn
+/// whether something is mounted there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Point {
+    /// A directory that normally exists (on the root file system, or one
+    /// the kernel made): probed, created when missing.
+    Existing,
+    /// A directory that normally does not exist yet (/dev/pts and /dev/shm
+    /// on the kernel's devtmpfs): created first — when that works nothing
+    /// can be mounted there — and probed only when it exists already.
+    New,
+    /// A directory only the kernel provides (/sys/kernel/security): when it
+    /// is missing the file system is not available, and nothing is mounted.
+    KernelProvided,
 }
 
 /// A mount point as statx sees it.
@@ -143,6 +166,7 @@ impl MountTable {
                     .map(|m| m.mount_point)
                     .collect(),
             ),
+            own: Vec::new(),
         })
     }
 
@@ -160,6 +184,17 @@ impl MountTable {
         }
     }
 
+    /// Whether `target` lies below a file system init mounted itself (and
+    /// is none of init's own mount points): nothing is mounted there.
+    fn below_own(&self, target: &str) -> bool {
+        let below = |own: &String| {
+            target
+                .strip_prefix(own.as_str())
+                .is_some_and(|rest| rest.starts_with('/') || own == "/")
+        };
+        !self.own.iter().any(|o| o == target) && self.own.iter().any(below)
+    }
+
     /// Mounts `fstype` on `target` unless something is mounted there already.
     /// Creates `target` when missing. Returns whether it mounted.
     pub fn mount(
@@ -170,28 +205,66 @@ impl MountTable {
         flags: MountFlags,
         data: &str,
     ) -> Result<bool, MountError> {
-        match self.target(target) {
-            Target::Mounted => return Ok(false),
-            Target::Dir => {}
-            Target::Missing | Target::Other => {
-                std::fs::create_dir_all(target).map_err(|source| MountError::Create {
-                    path: target.into(),
-                    source,
-                })?
+        self.mount_at(Point::Existing, source, target, fstype, flags, data)
+    }
+
+    fn mount_at(
+        &mut self,
+        point: Point,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: MountFlags,
+        data: &str,
+    ) -> Result<bool, MountError> {
+        let create = |target: &str| {
+            std::fs::create_dir_all(target).map_err(|source| MountError::Create {
+                path: target.into(),
+                source,
+            })
+        };
+        let below_own = self.below_own(target);
+        // Whether nothing is known to be mounted on `target`, and the
+        // directory to exist.
+        let mut unmounted = false;
+        if point == Point::New {
+            match rustix::fs::mkdir(target, Mode::from_raw_mode(0o755)) {
+                Ok(()) => unmounted = true,
+                Err(rustix::io::Errno::EXIST) => unmounted = below_own,
+                Err(_) => {
+                    create(target)?;
+                    unmounted = true;
+                }
+            }
+        }
+        if !unmounted && !below_own {
+            match (self.target(target), point) {
+                (Target::Mounted, _) => return Ok(false),
+                (Target::Dir, _) => {}
+                (Target::Missing | Target::Other, Point::KernelProvided) => return Ok(false),
+                (Target::Missing | Target::Other, _) => create(target)?,
             }
         }
         let data = CString::new(data).unwrap_or_default();
         let data = (!data.as_bytes().is_empty()).then_some(data.as_c_str());
-        rustix::mount::mount(source, target, fstype, flags, data).map_err(|e| {
-            MountError::Mount {
-                target: target.into(),
-                fstype: fstype.into(),
-                source: e.into(),
+        let mut result = rustix::mount::mount(source, target, fstype, flags, data);
+        if result == Err(rustix::io::Errno::NOENT) && below_own {
+            // Not probed: the directory was missing.
+            if point == Point::KernelProvided {
+                return Ok(false);
             }
+            create(target)?;
+            result = rustix::mount::mount(source, target, fstype, flags, data);
+        }
+        result.map_err(|e| MountError::Mount {
+            target: target.into(),
+            fstype: fstype.into(),
+            source: e.into(),
         })?;
         if let Some(points) = &mut self.points {
             points.push(target.to_string());
         }
+        self.own.push(target.to_string());
         Ok(true)
     }
 }
@@ -210,6 +283,7 @@ pub fn mount_proc() -> Result<MountTable, MountError> {
     if !Path::new("/proc/self").exists() {
         MountTable {
             points: Some(Vec::new()),
+            own: Vec::new(),
         }
         .mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, "")?;
     }
@@ -286,14 +360,22 @@ fn make_dev_nodes(errors: &mut Vec<MountError>) {
 pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec<MountError> {
     let mut results = vec![
         table.mount("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
-        table.mount(
+        table.mount_at(
+            Point::New,
             "devpts",
             "/dev/pts",
             "devpts",
             MountFlags::NOSUID | MountFlags::NOEXEC,
             "gid=5,mode=620,ptmxmode=666",
         ),
-        table.mount("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
+        table.mount_at(
+            Point::New,
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            NOSUID_NODEV,
+            "mode=1777",
+        ),
         // systemd's sizes (mount-setup.c, tmp.mount): /run at most 20 % of
         // memory, /tmp 50 % (/dev/shm has the kernel's 50 %, as under
         // systemd); tmpfs pages are not reclaimable, so these bound what a
@@ -325,8 +407,9 @@ pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec
             "nsdelegate",
         ));
     }
-    if mode == RunMode::Vm && Path::new("/sys/kernel/security").is_dir() {
-        results.push(table.mount(
+    if mode == RunMode::Vm {
+        results.push(table.mount_at(
+            Point::KernelProvided,
             "securityfs",
             "/sys/kernel/security",
             "securityfs",
@@ -517,6 +600,91 @@ garbage line
         assert!(matches!(err, MountError::Mount { .. }), "{err}");
         assert!(std::path::Path::new(&missing).is_dir());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Runs `f` on a thread of its own in a private mount namespace (the
+    /// host's mounts are never touched); `None` when not root.
+    fn in_private_mount_namespace<T: Send + 'static>(f: fn(&str) -> T) -> Option<T> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("minos-mounts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.to_str().unwrap().to_owned();
+        let handle = std::thread::spawn(move || {
+            // SAFETY: only the mount namespace (and with it this thread's
+            // root and working directory) is unshared, never the file table.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.unwrap();
+            rustix::mount::mount_change(
+                "/",
+                rustix::mount::MountPropagationFlags::PRIVATE
+                    | rustix::mount::MountPropagationFlags::REC,
+            )
+            .unwrap();
+            f(&path)
+        });
+        let out = handle.join().unwrap();
+        // The namespace, and every mount in it, went with the thread.
+        std::fs::remove_dir_all(&dir).unwrap();
+        Some(out)
+    }
+
+    /// How many times something is mounted on `target` (this thread's
+    /// namespace).
+    fn mounted_times(target: &str) -> usize {
+        let text = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        parse_mountinfo(&text)
+            .iter()
+            .filter(|m| m.mount_point == target)
+            .count()
+    }
+
+    #[test]
+    fn below_its_own_mounts_init_mounts_without_probing_and_never_stacks() {
+        let times = in_private_mount_namespace(|d| {
+            let own = format!("{d}/own");
+            let other = format!("{d}/other");
+            std::fs::create_dir_all(&own).unwrap();
+            std::fs::create_dir_all(&other).unwrap();
+            // Mounted by someone else before init.
+            rustix::mount::mount("tmpfs", other.as_str(), "tmpfs", MountFlags::empty(), None)
+                .unwrap();
+            let mut table = MountTable::default();
+            let tmpfs = |table: &mut MountTable, point, target: &str| {
+                table.mount_at(point, "tmpfs", target, "tmpfs", MountFlags::empty(), "")
+            };
+            assert!(tmpfs(&mut table, Point::Existing, &own).unwrap());
+            // Again on init's own mount point: probed, left alone.
+            assert!(!tmpfs(&mut table, Point::Existing, &own).unwrap());
+            // Below it: the missing directory is made after the mount says so.
+            let deep = format!("{own}/a/b");
+            assert!(tmpfs(&mut table, Point::Existing, &deep).unwrap());
+            assert!(!tmpfs(&mut table, Point::New, &deep).unwrap());
+            let new = format!("{own}/pts");
+            assert!(tmpfs(&mut table, Point::New, &new).unwrap());
+            // Not provided by the kernel: nothing made, nothing mounted.
+            let absent = format!("{own}/security");
+            assert!(!tmpfs(&mut table, Point::KernelProvided, &absent).unwrap());
+            assert!(!Path::new(&absent).exists());
+            let absent_elsewhere = format!("{d}/security");
+            assert!(!tmpfs(&mut table, Point::KernelProvided, &absent_elsewhere).unwrap());
+            assert!(!Path::new(&absent_elsewhere).exists());
+            // Someone else's mount is probed whatever the kind of point.
+            for point in [Point::Existing, Point::New, Point::KernelProvided] {
+                assert!(!tmpfs(&mut table, point, &other).unwrap(), "{point:?}");
+            }
+            // A new directory beside someone else's mount: created, mounted.
+            let beside = format!("{d}/shm");
+            assert!(tmpfs(&mut table, Point::New, &beside).unwrap());
+            [&own, &deep, &new, &other, &beside]
+                .iter()
+                .map(|t| mounted_times(t))
+                .collect::<Vec<_>>()
+        });
+        if let Some(times) = times {
+            assert_eq!(times, [1; 5], "own, deep, new, other, beside");
+        }
     }
 
     #[test]
