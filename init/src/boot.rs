@@ -320,7 +320,8 @@ fn list_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )?;
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    // Room for some 50 entries a call: a units directory in one.
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
     let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
     let mut names = Vec::new();
     while let Some(entry) = entries.next() {
@@ -356,11 +357,11 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
     for (path, listed_regular) in names {
         let file_name = path
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| n.to_string_lossy())
             .unwrap_or_default();
         if file_name.ends_with(".target") {
             if let Ok(text) = std::fs::read_to_string(&path) {
-                targets.insert(file_name, target_deps(&text));
+                targets.insert(file_name.into_owned(), target_deps(&text));
             }
             continue;
         }
@@ -381,7 +382,7 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
                     "{}: not loaded; the other units still start",
                     path.display()
                 );
-                broken.push(file_name);
+                broken.push(file_name.into_owned());
             }
         }
     }

@@ -12,6 +12,7 @@
     )
 )]
 
+pub mod arena;
 pub mod boot;
 pub mod cgroup;
 pub mod cli;

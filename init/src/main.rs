@@ -11,6 +11,10 @@
 // Unit-test builds keep the test harness's own `main`.
 #![cfg_attr(not(test), no_main)]
 
+/// Boot's allocations from a bump arena (see `minos_init::arena`).
+#[global_allocator]
+static ALLOCATOR: minos_init::arena::BootAlloc = minos_init::arena::BootAlloc;
+
 /// init's entry, called by the C runtime without Rust's start-up code (8
 /// page faults and about 40 µs of guest time before boot's first step):
 /// see `minos_common::startup`.

@@ -1245,6 +1245,8 @@ impl Supervisor {
         let Some(late) = self.late.take() else {
             return;
         };
+        // Boot is over: glibc's malloc from now on (it reuses what is freed).
+        crate::arena::close();
         crate::logger::unlimit_kmsg();
         crate::logger::release_held_lines();
         self.timeline.release_console();

@@ -284,12 +284,13 @@ pub fn trim_text_mapping() -> u64 {
 }
 
 /// Reads a small text file (/proc/cmdline, /etc/hostname) with one read(2)
-/// when it fits in 4 KiB — std's `read_to_string` adds a statx and a
-/// second read to find the end: system calls the boot path counts.
+/// when it fits in 2 KiB (x86's longest command line) — std's
+/// `read_to_string` adds a statx and a second read to find the end: system
+/// calls the boot path counts.
 pub fn read_small(path: &str) -> io::Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 2048];
     let n = f.read(&mut buf)?;
     let mut bytes = buf.get(..n).unwrap_or_default().to_vec();
     if n == buf.len() {
@@ -355,7 +356,7 @@ mod tests {
     fn read_small_reads_short_and_long_files_whole() {
         let dir = std::env::temp_dir().join(format!("minos-small-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for len in [0usize, 10, 4095, 4096, 4097, 10000] {
+        for len in [0usize, 10, 2047, 2048, 2049, 4096, 10000] {
             let text: String = (0..len)
                 .map(|i| char::from(b'a' + (i % 26) as u8))
                 .collect();

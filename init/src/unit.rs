@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -476,17 +477,17 @@ pub fn load(path: &Path) -> Parsed {
 /// opening a device or FIFO by name, is then already done by the listing
 /// (the opened file is checked again either way).
 pub fn load_listed(path: &Path, listed_regular: bool) -> Parsed {
-    let file = path.display().to_string();
+    let file = path.to_string_lossy();
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     match read_unit_file(path, listed_regular) {
         Ok(text) => parse(&name, &file, &text),
         Err(message) => Parsed {
             unit: None,
             diagnostics: vec![Diagnostic {
-                file,
+                file: file.into_owned(),
                 line: 0,
                 key: None,
                 severity: Severity::Error,
@@ -610,9 +611,7 @@ const SERVICE_IGNORED: &[&str] = &[
 /// unit cannot run at all.
 pub fn parse(name: &str, file: &str, text: &str) -> Parsed {
     let mut parser = Parser::new(name, file);
-    for (line, content) in logical_lines(text) {
-        parser.line(line, &content);
-    }
+    logical_lines(text, |line, content| parser.line(line, content));
     parser.finish()
 }
 
@@ -641,12 +640,11 @@ struct Parser<'a> {
 /// dropped first (so they neither continue nor break a continued line), a
 /// line ending in an odd number of backslashes continues on the next one
 /// (that backslash becomes a space), and a leading UTF-8 byte order mark is
-/// skipped. Yields the 1-based number of each logical line's first line.
-/// A line that continues none borrows the text (no allocation per line).
-fn logical_lines(text: &str) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
-    use std::borrow::Cow;
+/// skipped. Gives `each` the 1-based number of each logical line's first
+/// line, and the line. A line that continues none is passed as a slice of
+/// the text (no allocation per line).
+fn logical_lines(text: &str, mut each: impl FnMut(usize, &str)) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
     for (index, raw) in text.lines().enumerate() {
         let number = index + 1;
@@ -662,7 +660,7 @@ fn logical_lines(text: &str) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
             raw
         };
         if !continues && pending.is_none() {
-            out.push((number, Cow::Borrowed(body)));
+            each(number, body);
             continue;
         }
         let (first, mut buf) = pending.take().unwrap_or((number, String::new()));
@@ -671,11 +669,12 @@ fn logical_lines(text: &str) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
             buf.push(' ');
             pending = Some((first, buf));
         } else {
-            out.push((first, Cow::Owned(buf)));
+            each(first, &buf);
         }
     }
-    out.extend(pending.map(|(n, b)| (n, Cow::Owned(b))));
-    out
+    if let Some((first, buf)) = pending {
+        each(first, &buf);
+    }
 }
 
 /// systemd's WHITESPACE set.
@@ -855,22 +854,22 @@ impl<'a> Parser<'a> {
             return Some(outcome);
         }
         let u = &mut self.unit;
-        let name = u.name.clone();
+        let name = u.name.as_str();
         Some(match key {
             "Description" => {
                 u.description = (!value.is_empty()).then(|| value.to_owned());
                 Ok(())
             }
-            "After" => unit_list(&mut u.after, value, &name),
-            "Before" => unit_list(&mut u.before, value, &name),
-            "Requires" => unit_list(&mut u.requires, value, &name),
-            "Wants" => unit_list(&mut u.wants, value, &name),
+            "After" => unit_list(&mut u.after, value, name),
+            "Before" => unit_list(&mut u.before, value, name),
+            "Requires" => unit_list(&mut u.requires, value, name),
+            "Wants" => unit_list(&mut u.wants, value, name),
             "ConditionPathExists" => {
                 if value.is_empty() {
                     u.conditions.clear();
                     Ok(())
                 } else {
-                    path_condition(value, &name).map(|c| u.conditions.push(c))
+                    path_condition(value, name).map(|c| u.conditions.push(c))
                 }
             }
             _ => return None,
@@ -884,14 +883,14 @@ impl<'a> Parser<'a> {
         if matches!(key, "ExecStart" | "ExecStartPre" | "ExecStop") {
             return Some(self.exec(line, key, value));
         }
-        let name = self.unit.name.clone();
+        let name = self.unit.name.as_str();
         let s = &mut self.unit.service;
         if let Some(resource) = LimitResource::from_key(key) {
             return Some(set_limit(&mut s.limits, resource, value));
         }
         Some(match key {
             "Type" => set(&mut s.kind, value, ServiceType::Simple, service_type),
-            "Environment" => environment(&mut s.environment, value, &name),
+            "Environment" => environment(&mut s.environment, value, name),
             "EnvironmentFile" => {
                 if value.is_empty() {
                     s.environment_files.clear();
@@ -901,7 +900,7 @@ impl<'a> Parser<'a> {
                         Some(rest) => (true, rest),
                         None => (false, value),
                     };
-                    absolute_path(path, &name).map(|p| s.environment_files.push((p, optional)))
+                    absolute_path(path, name).map(|p| s.environment_files.push((p, optional)))
                 }
             }
             "WorkingDirectory" => set(&mut s.working_directory, value, None, |v| {
@@ -909,13 +908,13 @@ impl<'a> Parser<'a> {
                 if v == "~" {
                     Ok(Some(PathBuf::from("~")))
                 } else {
-                    absolute_path(v, &name).map(Some)
+                    absolute_path(v, name).map(Some)
                 }
             }),
             "User" => set(&mut s.user, value, None, |v| user_or_group(v).map(Some)),
             "Group" => set(&mut s.group, value, None, |v| user_or_group(v).map(Some)),
             "UMask" => set(&mut s.umask, value, None, |v| octal_mode(v).map(Some)),
-            "RuntimeDirectory" => runtime_directories(&mut s.runtime_directory, value, &name),
+            "RuntimeDirectory" => runtime_directories(&mut s.runtime_directory, value, name),
             "RuntimeDirectoryMode" => set(
                 &mut s.runtime_directory_mode,
                 value,
@@ -932,13 +931,13 @@ impl<'a> Parser<'a> {
                 oom_score_adjust(v).map(Some)
             }),
             "StandardInput" => set(&mut s.stdin, value, Stdio::Null, input),
-            "StandardOutput" => set(&mut s.stdout, value, Stdio::Inherit, |v| output(v, &name)),
-            "StandardError" => set(&mut s.stderr, value, Stdio::Inherit, |v| output(v, &name)),
+            "StandardOutput" => set(&mut s.stdout, value, Stdio::Inherit, |v| output(v, name)),
+            "StandardError" => set(&mut s.stderr, value, Stdio::Inherit, |v| output(v, name)),
             "TTYPath" => set(
                 &mut s.tty_path,
                 value,
                 PathBuf::from(DEFAULT_TTY_PATH),
-                |v| absolute_path(v, &name),
+                |v| absolute_path(v, name),
             ),
             "Restart" => set(&mut s.restart, value, Restart::No, restart),
             "RestartSec" => set(&mut s.restart_sec, value, DEFAULT_RESTART_SEC, timespan),
@@ -1176,7 +1175,7 @@ fn output(v: &str, unit_name: &str) -> Result<Stdio, String> {
 fn absolute_path(v: &str, unit_name: &str) -> Result<PathBuf, String> {
     let v = specifiers(v, unit_name)?;
     if v.starts_with('/') {
-        Ok(PathBuf::from(v))
+        Ok(PathBuf::from(v.into_owned()))
     } else {
         Err(format!("{} is not an absolute path", show(&v)))
     }
@@ -1233,7 +1232,7 @@ fn unit_list(list: &mut Vec<String>, value: &str, unit_name: &str) -> Result<(),
     let mut bad = Vec::new();
     for word in value.split(is_ws).filter(|w| !w.is_empty()) {
         match specifiers(word, unit_name) {
-            Ok(n) if valid_unit_name(&n) => list.push(n),
+            Ok(n) if valid_unit_name(&n) => list.push(n.into_owned()),
             Ok(n) => bad.push(format!("invalid unit name {}", show(&n))),
             Err(e) => bad.push(e),
         }
@@ -1243,6 +1242,20 @@ fn unit_list(list: &mut Vec<String>, value: &str, unit_name: &str) -> Result<(),
 
 /// Removes repeated names, keeping the first of each (linear, whatever the size).
 fn dedup_keep_first(list: &mut Vec<String>) {
+    if list.len() < 2 {
+        return;
+    }
+    if list.len() <= 16 {
+        // Few names (nearly always): compared in place, nothing hashed or copied.
+        let mut kept: Vec<String> = Vec::with_capacity(list.len());
+        for n in list.drain(..) {
+            if !kept.contains(&n) {
+                kept.push(n);
+            }
+        }
+        *list = kept;
+        return;
+    }
     let mut seen = std::collections::HashSet::with_capacity(list.len());
     list.retain(|n| seen.insert(n.clone()));
 }
@@ -1306,7 +1319,10 @@ fn runtime_directories(list: &mut Vec<String>, value: &str, unit_name: &str) -> 
     let mut names = Vec::new();
     let mut bad = Vec::new();
     for word in value.split(is_ws).filter(|w| !w.is_empty()) {
-        match specifiers(word, unit_name).and_then(runtime_directory_name) {
+        match specifiers(word, unit_name)
+            .map(Cow::into_owned)
+            .and_then(runtime_directory_name)
+        {
             Ok(n) => names.push(n),
             Err(e) => bad.push(e),
         }
@@ -1558,9 +1574,10 @@ fn parse_size(v: &str) -> Option<u64> {
 // Exec lines
 // ---------------------------------------------------------------------------
 
-/// A word of an exec or `Environment=` line.
-struct Word {
-    text: String,
+/// A word of an exec or `Environment=` line: a slice of the line unless
+/// quotes or escapes made it differ.
+struct Word<'l> {
+    text: Cow<'l, str>,
     /// A bare `;`: separates commands.
     separator: bool,
 }
@@ -1568,7 +1585,7 @@ struct Word {
 /// systemd's word splitting (`extract_first_word` with unquoting and C
 /// escapes): whitespace separates words, `"..."` and `'...'` group (also in
 /// the middle of a word), backslash escapes everywhere.
-fn split_words(s: &str) -> Result<Vec<Word>, String> {
+fn split_words(s: &str) -> Result<Vec<Word<'_>>, String> {
     // Most lines quote and escape nothing: their words are slices.
     if !s.contains(['"', '\'', '\\']) {
         return Ok(s
@@ -1576,7 +1593,7 @@ fn split_words(s: &str) -> Result<Vec<Word>, String> {
             .filter(|w| !w.is_empty())
             .map(|w| Word {
                 separator: w == ";",
-                text: w.to_string(),
+                text: Cow::Borrowed(w),
             })
             .collect());
     }
@@ -1584,7 +1601,7 @@ fn split_words(s: &str) -> Result<Vec<Word>, String> {
 }
 
 /// [`split_words`] with quotes and escapes, char by char.
-fn split_quoted_words(s: &str) -> Result<Vec<Word>, String> {
+fn split_quoted_words(s: &str) -> Result<Vec<Word<'static>>, String> {
     let mut words = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -1614,7 +1631,10 @@ fn split_quoted_words(s: &str) -> Result<Vec<Word>, String> {
             return Err(format!("unterminated {q} quote"));
         }
         let separator = plain && text == ";";
-        words.push(Word { text, separator });
+        words.push(Word {
+            text: Cow::Owned(text),
+            separator,
+        });
     }
 }
 
@@ -1674,9 +1694,9 @@ fn digits(
 
 /// Expands `%%`, `%n` (unit name), `%N` (name without type suffix) and `%p`
 /// (prefix: the part before `@`, or `%N`).
-fn specifiers(s: &str, unit_name: &str) -> Result<String, String> {
+fn specifiers<'s>(s: &'s str, unit_name: &str) -> Result<Cow<'s, str>, String> {
     if !s.contains('%') {
-        return Ok(s.to_owned());
+        return Ok(Cow::Borrowed(s));
     }
     let without_suffix = unit_name.rsplit_once('.').map_or(unit_name, |(n, _)| n);
     let mut out = String::with_capacity(s.len());
@@ -1699,7 +1719,7 @@ fn specifiers(s: &str, unit_name: &str) -> Result<String, String> {
             None => return Err("incomplete specifier % at the end".to_owned()),
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// One exec line: commands separated by `;` words. Returns the commands and
@@ -1726,7 +1746,7 @@ fn command(words: &[Word], unit_name: &str, warnings: &mut Vec<String>) -> Resul
     let mut separate_argv0 = false;
     let mut plus = false;
     let mut bangs = 0u8;
-    let mut rest = first.text.as_str();
+    let mut rest = &*first.text;
     loop {
         let mut chars = rest.chars();
         match chars.next() {
@@ -1761,11 +1781,12 @@ fn command(words: &[Word], unit_name: &str, warnings: &mut Vec<String>) -> Resul
         let argv0 = words
             .next()
             .ok_or("prefix \"@\" needs a word for argv[0] after the path")?;
-        cmd.argv0 = Some(specifiers(&argv0.text, unit_name)?);
+        cmd.argv0 = Some(specifiers(&argv0.text, unit_name)?.into_owned());
     }
-    cmd.argv.push(path);
+    cmd.argv.push(path.into_owned());
     for word in words {
-        cmd.argv.push(specifiers(&word.text, unit_name)?);
+        cmd.argv
+            .push(specifiers(&word.text, unit_name)?.into_owned());
     }
     Ok(cmd)
 }
@@ -2073,9 +2094,9 @@ mod tests {
         #[test]
         fn plain_lines_split_as_quoted_ones(line in "([a-z/;=.%-]|[ \t\r\n]|\u{a0}|é){0,60}") {
             let fast: Vec<(String, bool)> =
-                split_words(&line).unwrap().into_iter().map(|w| (w.text, w.separator)).collect();
+                split_words(&line).unwrap().into_iter().map(|w| (w.text.into_owned(), w.separator)).collect();
             let slow: Vec<(String, bool)> =
-                split_quoted_words(&line).unwrap().into_iter().map(|w| (w.text, w.separator)).collect();
+                split_quoted_words(&line).unwrap().into_iter().map(|w| (w.text.into_owned(), w.separator)).collect();
             proptest::prop_assert_eq!(fast, slow);
         }
     }
