@@ -787,12 +787,21 @@ impl Supervisor {
             self.terminated(i, Outcome::SpawnFailed);
             return;
         };
+        if u.ctx.is_none() {
+            return;
+        }
+        // At BOOT_NICE before the clone, not after: the exec that ends the
+        // child's vfork wakes init, which at nice 0 would take the CPU back
+        // from the new process at once (the agent's exec → main).
+        self.defer_to_units();
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
         let Some(ctx) = u.ctx.as_ref() else { return };
         match spawn::spawn(&u.unit, &cmd, ctx, mode) {
             Ok(child) => {
                 let pid = child.id();
                 u.main = Some(child);
-                self.defer_to_units();
                 self.hold_next_unit();
                 let Some(u) = self.units.get_mut(i) else {
                     return;
