@@ -118,6 +118,16 @@ pub struct Budget {
     pub met: bool,
 }
 
+/// A budget's figure as the bench prints it: ms to the µs (a budget
+/// missed by 4 µs must not read "1.7 > 1.7"), KiB whole.
+fn figure(v: f64) -> String {
+    if v.abs() < 100.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Results {
     pub date: String,
@@ -782,11 +792,11 @@ pub fn main(args: &[String]) -> Result<()> {
     let missed: Vec<&Budget> = results.budgets.iter().filter(|b| !b.met).collect();
     for b in &missed {
         println!(
-            "xtask: bench: budget missed: {} on {}: {:.1} > {:.1}",
+            "xtask: bench: budget missed: {} on {}: {} > {}",
             b.what,
             b.config.name(),
-            b.measured,
-            b.limit
+            figure(b.measured),
+            figure(b.limit)
         );
     }
     println!(
@@ -957,5 +967,12 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
         let rows = [row("agent-init", 0.5, 8000), row("minos", 1.6, 8600)];
         assert!(budgets(&rows).iter().all(|b| !b.met));
         assert!(budgets(&rows[1..]).is_empty(), "no pair, no budget");
+    }
+
+    #[test]
+    fn budget_figures_show_microseconds_and_whole_kib() {
+        assert_eq!(figure(1.723), "1.723");
+        assert_eq!(figure(1.7194), "1.719");
+        assert_eq!(figure(10092.4), "10092");
     }
 }
