@@ -176,11 +176,11 @@ pub fn markdown(results: &Results) -> String {
         for b in &results.budgets {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 b.what,
                 b.config.name(),
-                b.limit,
-                b.measured,
+                super::figure(b.limit),
+                super::figure(b.measured),
                 if b.met { "met" } else { "**missed**" }
             );
         }
