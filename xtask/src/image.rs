@@ -218,6 +218,47 @@ fn write_initrd(entries: &[Entry], out: &Path) -> Result<()> {
         .map_err(|e| format!("write {}: {e}", out.display()))
 }
 
+/// Regular files and their bytes in a gzip-compressed newc cpio (an initrd):
+/// what the kernel unpacks into RAM before it runs init.
+pub fn cpio_stats(path: &Path) -> Result<(u64, u64)> {
+    use std::io::Read;
+    let what = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| what(&e))?;
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(std::io::BufReader::new(file))
+        .read_to_end(&mut data)
+        .map_err(|e| what(&e))?;
+    let (mut files, mut bytes) = (0, 0);
+    let mut at = 0usize;
+    let align = |n: usize| n.next_multiple_of(4);
+    loop {
+        let header = data
+            .get(at..at + 110)
+            .ok_or_else(|| what(&format!("cpio ends inside a header at byte {at}")))?;
+        if &header[..6] != b"070701" {
+            return Err(what(&format!("no newc cpio header at byte {at}")));
+        }
+        let field = |i: usize| {
+            std::str::from_utf8(&header[6 + 8 * i..14 + 8 * i])
+                .ok()
+                .and_then(|s| u32::from_str_radix(s, 16).ok())
+                .ok_or_else(|| what(&format!("bad cpio header field {i} at byte {at}")))
+        };
+        let (mode, size, namesize) = (field(1)?, field(6)? as usize, field(11)? as usize);
+        let name = data
+            .get(at + 110..at + 110 + namesize.saturating_sub(1))
+            .ok_or_else(|| what(&format!("cpio ends inside a name at byte {at}")))?;
+        if name == b"TRAILER!!!" {
+            return Ok((files, bytes));
+        }
+        if mode & 0o170000 == 0o100000 {
+            files += 1;
+            bytes += size as u64;
+        }
+        at = align(align(at + 110 + namesize) + size);
+    }
+}
+
 /// Kata's layout constants (osbuilder image_builder.sh).
 pub const MIB: u64 = 1024 * 1024;
 pub const PART_START: u64 = MIB;
@@ -832,6 +873,57 @@ mod tests {
             list.lines()
                 .any(|l| l.starts_with("crw-------") && l.contains("dev/console")),
             "{list}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Files and bytes of an initrd, from ours and from GNU cpio + gzip on
+    /// a real tree; a cut archive is an error, not a panic.
+    #[test]
+    fn cpio_stats_counts_regular_files_of_any_newc_initrd() {
+        let dir = std::env::temp_dir().join(format!("minos-cpio-stats-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        std::fs::write(tree.join("usr/bin/a"), vec![0xCC; 5001]).unwrap();
+        std::fs::write(tree.join("hostname"), b"minos\n").unwrap();
+        std::fs::write(tree.join("empty"), b"").unwrap();
+        std::os::unix::fs::symlink("usr/bin/a", tree.join("init")).unwrap();
+        let mut entries = Vec::new();
+        entries_from_tree(&tree, "", &mut entries).unwrap();
+        entries.push(Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        });
+        let ours = dir.join("ours.cpio.gz");
+        write_initrd(&entries, &ours).unwrap();
+        assert_eq!(cpio_stats(&ours).unwrap(), (3, 5007));
+
+        let gnu = dir.join("gnu.cpio.gz");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd '{}' && find . | cpio -H newc -o --quiet | gzip -9 > '{}'",
+                tree.display(),
+                gnu.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(cpio_stats(&gnu).unwrap(), (3, 5007));
+
+        let mut raw = Vec::new();
+        write_cpio(&entries, &mut raw).unwrap();
+        let cut = dir.join("cut.cpio.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw[..raw.len() / 2]).unwrap();
+        std::fs::write(&cut, gz.finish().unwrap()).unwrap();
+        let err = cpio_stats(&cut).unwrap_err();
+        assert!(
+            err.contains("cut.cpio.gz") && err.contains("ends inside"),
+            "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -426,10 +426,17 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
     let image_bytes = std::fs::metadata(&image)
         .map_err(|e| format!("{}: {e}", image.display()))?
         .len();
-    let stage = root().join(format!("target/images/bench-{}-rootfs", system.name()));
-    let tree = (config.kind != "initrd" || system != System::Minos)
-        .then(|| tree_stats(&stage))
-        .filter(|(files, _)| *files > 0);
+    // What the image holds: an initrd's own archive (every system's, as the
+    // kernel unpacks it), else the tree the image was made from.
+    let tree = if kind == Kind::Initrd {
+        Some(crate::image::cpio_stats(&image)?)
+    } else {
+        Some(tree_stats(&root().join(format!(
+            "target/images/bench-{}-rootfs",
+            system.name()
+        ))))
+    }
+    .filter(|(files, _)| *files > 0);
     let opts = BootOptions {
         kernel,
         kind,
