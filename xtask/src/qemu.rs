@@ -174,6 +174,20 @@ impl BootReport {
     }
 }
 
+/// A console line after which the guest never powers off: systemd's
+/// emergency status (the red `!!!!!!` it prints only on a fatal error before
+/// it freezes, CrashAction=freeze) or its "Freezing execution." Waiting for
+/// the timeout after it only costs the run minutes.
+fn frozen(line: &str) -> Option<&'static str> {
+    if line.contains("systemd[1]: Freezing execution") {
+        Some("systemd froze")
+    } else if line.contains("!!!!!!") {
+        Some("systemd's emergency status")
+    } else {
+        None
+    }
+}
+
 /// Boots and waits for QEMU to exit (the guest powers off) or the timeout.
 pub fn boot(o: &BootOptions) -> Result<BootReport> {
     ensure_packages(&[("qemu-system-x86_64", "qemu-system-x86")])?;
@@ -314,6 +328,14 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
                     println!("{line}");
                 }
                 report.observe(&line);
+                if let Some(why) = frozen(&line) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the guest's init froze ({why}): no power-off will come\n{}",
+                        report.console
+                    ));
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -413,5 +435,26 @@ mod tests {
         r.health_check_us = None;
         assert!(!r.ok(), "an answer the guest did not log");
         assert!(r.summary().contains(" health_check_ms=unknown "));
+    }
+
+    /// systemd's fatal-error lines as the minimal kernel's boot printed them
+    /// (the bench waited 240 s for each of them before).
+    #[test]
+    fn a_frozen_systemd_is_seen_at_once() {
+        assert_eq!(
+            frozen("[\u{1b}[0;1;31m!!!!!!\u{1b}[0m] Failed to allocate manager object."),
+            Some("systemd's emergency status")
+        );
+        assert_eq!(
+            frozen("systemd[1]: Freezing execution."),
+            Some("systemd froze")
+        );
+        for fine in [
+            "systemd[1]: Failed to find module 'autofs4'",
+            "[  OK  ] Reached target kata-containers.target.",
+            "minos-init: timeline event=init_start boottime_us=250000",
+        ] {
+            assert_eq!(frozen(fine), None, "{fine}");
+        }
     }
 }

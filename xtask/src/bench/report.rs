@@ -86,12 +86,12 @@ pub fn markdown(results: &Results) -> String {
     s.push_str(".\n\n");
     for config in configs(results) {
         let _ = writeln!(s, "### {}\n", config.name());
-        s.push_str("| system | power-on → agent ready | power-on → kernel clock | kernel → init exec | init exec → agent exec | init exec → agent ready | kernel → agent ready | host health check from power-on (from the kernel clock) | memory at ready | 1 s later | user processes | user RSS | image |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str("| system | power-on → agent ready | power-on → kernel clock | kernel → init exec | init exec → agent exec | init exec → agent ready | kernel → agent ready | host health check from power-on (from the kernel clock) | memory at ready | 1 s later | user processes | user RSS | user PSS | image |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in rows_of(results, &config) {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.1} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} KiB | {} KiB | {} | {} KiB | {} |",
+                "| {} | {} | {} | {:.1} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} KiB | {} KiB | {} | {} KiB | {} | {} |",
                 label(&r.system),
                 r.power_on_to_ready_ms.map_or("—".into(), |v| format!("{v:.1} ms")),
                 r.pre_kernel_ms.map_or("—".into(), |v| format!("{v:.1} ms")),
@@ -108,6 +108,7 @@ pub fn markdown(results: &Results) -> String {
                 r.mem_late_kib,
                 r.processes,
                 r.rss_kib,
+                r.pss_kib.map_or("—".into(), |v| format!("{v} KiB")),
                 match (r.rootfs_files, r.rootfs_bytes) {
                     (Some(f), Some(b)) => format!("{f} files, {:.1} MiB in files, {:.0} MiB image", b as f64 / 1048576.0, r.image_bytes as f64 / 1048576.0),
                     _ => format!("{:.1} MiB image", r.image_bytes as f64 / 1048576.0),
@@ -274,7 +275,8 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
   is approximate (about ±5 %).
 - **Memory.** MemTotal − MemFree − pages on per-CPU free lists (/proc/zoneinfo), at agent ready
   and 1 s later: steady between identical boots, where MemAvailable jumps by up to 7 MiB. User
-  processes exclude kernel threads; user RSS is the sum of their resident sets.
+  processes exclude kernel threads; user RSS and user PSS are the sums of their resident and
+  proportional set sizes (smaps_rollup; PSS splits pages shared between processes), at ready.
 ";
 
 const METHOD_TAIL: &str = "## Limits of the method
