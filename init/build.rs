@@ -17,7 +17,9 @@
 //!   then maps all of it with one 2 MiB page: one page fault instead of
 //!   about a hundred (docs/conventions.md, "One 2 MiB page for init's
 //!   code"). The padding is file size only: never read, it costs no memory
-//!   on a DAX or disk root (an initrd holds it in RAM).
+//!   on a DAX or disk root, and `cargo xtask image` cuts it out of the file
+//!   it puts in an initrd (xtask/src/elf.rs), which is why it must end the
+//!   segment: glibc's code outside `.text` goes before it.
 //! - A link map next to the binary (`init.map`) gives the address of every
 //!   function for that tracer, without keeping symbols in the binary.
 //!
@@ -62,10 +64,18 @@ fn main() {
         }
         script.push_str("  }\n}\nINSERT BEFORE .text;\n");
     }
+    // glibc's code outside `.text` (its freeres functions, and LLD's .iplt
+    // stubs through which every ifunc'd call such as memcpy goes) comes
+    // before the padding, so that the padding ends the code segment: inside
+    // the 2 MiB page on a DAX root, and cut out whole for an initrd
+    // (`cargo xtask image`, xtask/src/elf.rs).
+    script.push_str(
+        "SECTIONS\n{\n  __libc_freeres_fn : { *(__libc_freeres_fn) }\n  .iplt : { *(.iplt) }\n}\nINSERT AFTER .text;\n",
+    );
     // The code ends on a 2 MiB boundary, filled with int3 (0xCC: a block of
     // zeros would become a hole in the image, which no 2 MiB page can map).
     script.push_str(
-        "SECTIONS\n{\n  .text.dax_pad : { BYTE(0xCC) . = ALIGN(0x200000); } =0xCCCCCCCC\n}\nINSERT AFTER .text;\n",
+        "SECTIONS\n{\n  .text.dax_pad : { BYTE(0xCC) . = ALIGN(0x200000); } =0xCCCCCCCC\n}\nINSERT AFTER .iplt;\n",
     );
     let path = out_dir.join("layout.ld");
     if std::fs::write(&path, script).is_ok() {

@@ -110,10 +110,19 @@ pub fn rootfs(
         (bin.join("timesync"), "usr/bin/timesync"),
         (agent_path, "usr/bin/kata-agent"),
     ] {
+        let mut data = read(&from)?;
+        // The DAX padding is RAM on an initrd, and buys nothing there.
+        if initrd && to == "sbin/init" {
+            if let Some(cut) =
+                crate::elf::unpad(&data).map_err(|e| format!("{}: {e}", from.display()))?
+            {
+                data = cut;
+            }
+        }
         v.push(Entry::File {
             path: to.into(),
             mode: 0o755,
-            data: read(&from)?,
+            data,
         });
     }
     for (path, target) in LINKS {

@@ -11,6 +11,7 @@
 mod bench;
 mod container;
 mod demo;
+mod elf;
 mod fuzz;
 mod image;
 mod kernel;
