@@ -115,6 +115,16 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Moves init (and the children it starts from now on) into a new cgroup
+/// namespace rooted at its cgroup.
+pub fn unshare_cgroup_namespace() -> io::Result<()> {
+    // SAFETY: CLONE_NEWCGROUP only changes which cgroup is this process's
+    // namespace root; no memory, file table or thread state Rust relies on
+    // is unshared.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWCGROUP) }
+        .map_err(io::Error::from)
+}
+
 /// kill(-1, sig): every process init may signal, except itself.
 pub fn kill_all(sig: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes only integers and touches no memory of ours.

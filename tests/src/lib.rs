@@ -203,6 +203,18 @@ impl Rootfs {
         self.spawn(cmd)
     }
 
+    /// Like [`start`], but in the host's cgroup namespace (`unshare` without
+    /// `--cgroup`), as a bare namespace leaves PID 1.
+    pub fn start_in_host_cgroup_namespace(&self, args: &[&str]) -> Pid1 {
+        let mut cmd = Command::new("unshare");
+        cmd.args(UNSHARE.iter().filter(|a| **a != "--cgroup"))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("/sbin/init")
+            .args(args);
+        self.spawn(cmd)
+    }
+
     fn spawn(&self, mut cmd: Command) -> Pid1 {
         cmd.env_clear()
             .env("container", "minos-test")

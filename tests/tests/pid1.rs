@@ -760,6 +760,36 @@ fn container_mode_dev_is_a_fresh_tmpfs_with_the_standard_nodes() {
     assert!(tmp.contains("mode=1777") || !tmp.contains("mode="), "{tmp}");
 }
 
+/// Without /sys/fs/cgroup, in the host's cgroup namespace, init mounts
+/// cgroup2 in a cgroup namespace of its own: mounted in the host's, its
+/// options would apply to the host's whole hierarchy.
+#[test]
+fn container_mode_mounts_cgroups_in_a_cgroup_namespace_of_its_own() {
+    let fs = Rootfs::new("cgroupns");
+    fs.unit(
+        "ns.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe readlink /proc/self/ns/cgroup /data/cgroupns\n\
+         ExecStart=/bin/probe copy /proc/self/mountinfo /data/mountinfo\nSuccessAction=poweroff\n",
+    );
+    let end = fs.start_in_host_cgroup_namespace(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let host = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    let unit = fs.read("data/cgroupns");
+    assert!(unit.starts_with("cgroup:["), "{unit}");
+    assert_ne!(
+        unit,
+        host.to_string_lossy(),
+        "the unit is in the host's cgroup namespace"
+    );
+    let mounts = fs.read("data/mountinfo");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup")),
+        "/sys/fs/cgroup not mounted:\n{mounts}"
+    );
+}
+
 #[test]
 fn a_hanging_exec_stop_times_out_and_the_failure_action_runs() {
     let fs = Rootfs::new("stop-hang");

@@ -82,6 +82,12 @@ fn main() {
                 Err(e) => fail(&format!("mount {dev} on {dir} ({fstype}): {e}")),
             }
         }
+        ["readlink", link, path] => match std::fs::read_link(link)
+            .and_then(|target| std::fs::write(path, target.to_string_lossy().as_bytes()))
+        {
+            Ok(()) => 0,
+            Err(e) => fail(&format!("readlink {link} into {path}: {e}")),
+        },
         ["say", text] => {
             println!("{text}");
             0
