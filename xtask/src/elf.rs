@@ -53,8 +53,8 @@ struct Header {
     at: u64,
 }
 
-/// Program header fields (ELF64): type, offset, file size, memory size.
 impl Header {
+    /// Program header fields (ELF64): type, offset, file size, memory size.
     fn phdr(&self, elf: &[u8]) -> Result<(u32, u64, u64, u64)> {
         Ok((
             get(elf, self.at, 4)? as u32,
