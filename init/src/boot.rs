@@ -365,7 +365,7 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
             }
             continue;
         }
-        if !file_name.ends_with(".service") {
+        if !file_name.ends_with(".service") && !file_name.ends_with(".socket") {
             continue;
         }
         let parsed = unit::load_listed(&path, listed_regular);
@@ -390,7 +390,10 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
 }
 
 /// Picks the units to start: the named target's (or every) service, plus
-/// `systemd.wants=`, plus what they require or want, minus masked ones.
+/// `systemd.wants=`, plus every socket unit, plus what they require or
+/// want, minus masked ones. A service a socket unit starts is no boot unit
+/// of its own unless named or pulled in: it is kept, not started
+/// ([`Unit::on_demand`]).
 pub fn select(
     all: Vec<Unit>,
     targets: &BTreeMap<String, Vec<String>>,
@@ -398,12 +401,31 @@ pub fn select(
     broken: &[String],
 ) -> Vec<Unit> {
     let by_name = |n: &str| all.iter().any(|u| u.name == n);
+    // The services socket units start (a refused socket file's default one
+    // too: it is not started for want of its socket either).
+    let activated: Vec<String> = all
+        .iter()
+        .filter_map(|u| u.socket.as_ref().map(|s| s.service.clone()))
+        .chain(
+            broken
+                .iter()
+                .filter_map(|b| b.strip_suffix(".socket"))
+                .map(|stem| format!("{stem}.service")),
+        )
+        .collect();
     let mut roots: Vec<String> = match cfg.unit.as_deref() {
         Some(n) if by_name(n) => vec![n.to_string()],
         Some(n) if targets.contains_key(n) => targets.get(n).cloned().unwrap_or_default(),
-        _ => all.iter().map(|u| u.name.clone()).collect(),
+        _ => all
+            .iter()
+            .filter(|u| !activated.contains(&u.name))
+            .map(|u| u.name.clone())
+            .collect(),
     };
     roots.extend(cfg.wants.iter().cloned());
+    // Every socket unit, whatever the target: the units directory holds the
+    // enabled ones, which systemd's sockets.target starts at every boot.
+    roots.extend(all.iter().filter(|u| u.is_socket()).map(|u| u.name.clone()));
     // Closure over Requires=/Wants= (through targets too).
     let mut chosen: Vec<String> = Vec::new();
     let mut seen_targets: Vec<String> = Vec::new();
@@ -423,8 +445,30 @@ pub fn select(
             chosen.push(n);
         }
     }
+    // A service is kept for its socket unit when that one starts.
+    let wanted_by_socket = |name: &str| {
+        all.iter().any(|s| {
+            s.socket.as_ref().is_some_and(|k| k.service == name)
+                && chosen.contains(&s.name)
+                && !cfg.masked.contains(&s.name)
+        })
+    };
+    let on_demand: Vec<String> = all
+        .iter()
+        .filter(|u| !chosen.contains(&u.name) && wanted_by_socket(&u.name))
+        .map(|u| u.name.clone())
+        .collect();
     let mut out = Vec::new();
-    for u in all {
+    for mut u in all {
+        if on_demand.contains(&u.name) {
+            if cfg.masked.contains(&u.name) {
+                log::info!("{}: masked on the kernel command line; not started", u.name);
+                continue;
+            }
+            u.on_demand = true;
+            out.push(u);
+            continue;
+        }
         if !chosen.contains(&u.name) {
             continue;
         }
@@ -599,6 +643,83 @@ mod tests {
         };
         let sel = select(vec![a, b, c], &BTreeMap::new(), &cfg, &[]);
         assert_eq!(names(&sel), vec!["a.service", "b.service", "c.service"]);
+    }
+
+    #[test]
+    fn socket_units_start_at_every_boot_and_their_services_on_demand() {
+        let agent = unit(
+            "kata-agent.service",
+            include_str!("../../tests/fixtures/kata/kata-agent.service"),
+        );
+        let sock = unit(
+            "busd.socket",
+            "[Socket]\nListenStream=/run/dbus/system_bus_socket\n",
+        );
+        let busd = unit("busd.service", "[Service]\nExecStart=/bin/busd\n");
+        let other = unit("other.service", "[Service]\nExecStart=/bin/other\n");
+        let on_demand = |sel: &[Unit]| -> Vec<String> {
+            sel.iter()
+                .filter(|u| u.on_demand)
+                .map(|u| u.name.clone())
+                .collect()
+        };
+        // Kata's target names neither the socket nor its service.
+        let mut targets = BTreeMap::new();
+        targets.insert(
+            "kata-containers.target".to_string(),
+            vec!["kata-agent.service".to_string()],
+        );
+        let cfg = BootConfig {
+            unit: Some("kata-containers.target".into()),
+            ..Default::default()
+        };
+        let all = vec![agent.clone(), sock.clone(), busd.clone(), other.clone()];
+        let sel = select(all.clone(), &targets, &cfg, &[]);
+        assert_eq!(
+            names(&sel),
+            vec!["kata-agent.service", "busd.socket", "busd.service"]
+        );
+        assert_eq!(on_demand(&sel), vec!["busd.service"]);
+        // Every service: but not the one the socket starts.
+        let sel = select(all.clone(), &BTreeMap::new(), &BootConfig::default(), &[]);
+        assert_eq!(on_demand(&sel), vec!["busd.service"]);
+        assert_eq!(sel.len(), 4);
+        // Pulled in by another unit: started at boot (it gets the socket).
+        let wants = unit(
+            "client.service",
+            "[Unit]\nWants=busd.service\n[Service]\nExecStart=/bin/c\n",
+        );
+        let sel = select(
+            vec![sock.clone(), busd.clone(), wants],
+            &BTreeMap::new(),
+            &BootConfig::default(),
+            &[],
+        );
+        assert_eq!(
+            names(&sel),
+            vec!["busd.socket", "busd.service", "client.service"]
+        );
+        assert!(on_demand(&sel).is_empty());
+        // A masked socket: nothing of it; its service is not started either.
+        let cfg = BootConfig {
+            masked: vec!["busd.socket".into()],
+            ..Default::default()
+        };
+        let sel = select(
+            vec![sock, busd.clone(), other.clone()],
+            &BTreeMap::new(),
+            &cfg,
+            &[],
+        );
+        assert_eq!(names(&sel), vec!["other.service"]);
+        // A refused socket file: its service does not start without it.
+        let sel = select(
+            vec![busd, other],
+            &BTreeMap::new(),
+            &BootConfig::default(),
+            &["busd.socket".to_string()],
+        );
+        assert_eq!(names(&sel), vec!["other.service"]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod cmdline;
 pub mod control;
 pub mod logger;
 pub mod mounts;
+pub mod socket;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;

@@ -9,7 +9,8 @@
 //! until the child has exec'd or failed. Between clone and exec the child
 //! shares init's memory: it only makes raw system calls on values prepared
 //! beforehand (stdio, working directory, the signal mask, setsid, umask,
-//! rlimits, oom_score_adj, capability sets, uid/gid, no_new_privs) and
+//! rlimits, oom_score_adj, capability sets, uid/gid, no_new_privs; then
+//! the listening sockets of socket activation and its own `LISTEN_PID`) and
 //! reports a failure — which step, which errno — in memory the parent reads
 //! once it runs again.
 
@@ -107,6 +108,11 @@ pub struct ExecContext {
     pub oom_score_adjust: Option<i32>,
     /// The unit's cgroup (`TasksMax=`), which each process joins before exec.
     pub cgroup: Option<std::rc::Rc<crate::cgroup::UnitCgroup>>,
+    /// Listening sockets of the unit's socket units, in order: its
+    /// `ExecStart=` processes get them as descriptors 3, 4, ...
+    pub listen_fds: Vec<std::rc::Rc<OwnedFd>>,
+    /// `LISTEN_FDNAMES`: one name per descriptor, colon-separated.
+    pub listen_names: String,
 }
 
 /// Resolves user, group, environment and working directory for `unit`.
@@ -200,6 +206,8 @@ pub fn context(
         cwd,
         oom_score_adjust,
         cgroup: None,
+        listen_fds: Vec::new(),
+        listen_names: String::new(),
     })
 }
 
@@ -605,11 +613,16 @@ fn c_string(s: impl Into<Vec<u8>>) -> io::Result<CString> {
 }
 
 /// Spawns one command of `unit` with the unit's settings and `ctx`.
+/// `listen`: an `ExecStart=` process, which gets the context's listening
+/// sockets as descriptors 3, 4, ... with `LISTEN_FDS`, `LISTEN_FDNAMES` and
+/// `LISTEN_PID` (its own pid, written by the child), as sd_listen_fds(3)
+/// expects.
 pub fn spawn(
     unit: &Unit,
     cmd: &unit::Command,
     ctx: &ExecContext,
     mode: Mode,
+    listen: bool,
 ) -> Result<Child, SpawnError> {
     let svc = &unit.service;
     let argv = if cmd.expand_env {
@@ -632,14 +645,50 @@ pub fn spawn(
     if let (Some(a0), Some(first)) = (&cmd.argv0, c_argv.first_mut()) {
         *first = c_string(a0.as_bytes()).map_err(exec_error)?;
     }
-    let c_env: Vec<CString> = ctx
+    let pass_fds = listen && !ctx.listen_fds.is_empty();
+    let mut c_env: Vec<CString> = ctx
         .env
         .iter()
+        // init's own values win over Environment= (as in systemd).
+        .filter(|(k, _)| {
+            !(pass_fds && matches!(k.as_str(), "LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES"))
+        })
         .map(|(k, v)| c_string(format!("{k}={v}")))
         .collect::<io::Result<_>>()
         .map_err(exec_error)?;
+    let pid_slot = PidSlot::new();
+    // Each listening socket at or above 3 + N, so that moving them to
+    // 3, 4, ... in the child overwrites none not yet moved (the copies are
+    // close-on-exec and closed here once the child has exec'd).
+    let mut moved: Vec<OwnedFd> = Vec::new();
+    let mut listen_fds: Vec<RawFd> = Vec::new();
+    if pass_fds {
+        let n = ctx.listen_fds.len();
+        c_env.push(c_string(format!("LISTEN_FDS={n}")).map_err(exec_error)?);
+        c_env.push(c_string(format!("LISTEN_FDNAMES={}", ctx.listen_names)).map_err(exec_error)?);
+        let low = RawFd::try_from(n).unwrap_or(RawFd::MAX).saturating_add(3);
+        for fd in &ctx.listen_fds {
+            if fd.as_raw_fd() >= low {
+                listen_fds.push(fd.as_raw_fd());
+                continue;
+            }
+            let copy = rustix::io::fcntl_dupfd_cloexec(fd.as_ref(), low).map_err(|e| {
+                SpawnError::Child {
+                    program: program.clone(),
+                    what: "duplicate a listening socket",
+                    source: e.into(),
+                }
+            })?;
+            listen_fds.push(copy.as_raw_fd());
+            moved.push(copy);
+        }
+    }
     let argv_ptrs = null_terminated(&c_argv);
-    let envp_ptrs = null_terminated(&c_env);
+    let mut envp_ptrs = null_terminated(&c_env);
+    if pass_fds {
+        // Before the terminating NULL.
+        envp_ptrs.insert(envp_ptrs.len().saturating_sub(1), pid_slot.as_ptr());
+    }
     let cwd = match &ctx.cwd {
         Some(dir) => Some(c_string(dir.as_os_str().as_bytes()).map_err(exec_error)?),
         None => None,
@@ -792,10 +841,14 @@ pub fn spawn(
             stderr_fd,
         ],
         cwd: cwd.as_deref(),
+        listen_fds: &listen_fds,
+        listen_pid: pass_fds.then_some(&pid_slot),
         steps: &steps,
         failure: UnsafeCell::new(None),
     };
-    match vfork_exec(&plan) {
+    let started = vfork_exec(&plan);
+    drop(moved);
+    match started {
         Ok(pid) => Ok(Child { pid }),
         Err(Started::Clone(source)) => Err(exec_error(source)),
         Err(Started::Failed(f)) => Err(SpawnError::Child {
@@ -823,10 +876,62 @@ struct Plan<'a> {
     /// The descriptors for 0, 1, 2 (`None`: init's own).
     stdio: [Option<RawFd>; 3],
     cwd: Option<&'a CStr>,
+    /// Listening sockets for descriptors 3, 4, ... (all of them at or
+    /// above 3 + their count).
+    listen_fds: &'a [RawFd],
+    /// `LISTEN_PID=`, in envp: the child writes its own pid into it.
+    listen_pid: Option<&'a PidSlot>,
     /// The unit's settings, applied in the child.
     steps: &'a dyn Fn() -> Result<(), ChildFailure>,
     /// Written by the child when it cannot exec; read by the parent after.
     failure: UnsafeCell<Option<ChildFailure>>,
+}
+
+/// The `LISTEN_PID=` entry of a child's environment: the parent writes the
+/// prefix, the child its own pid after it (its pid is known only there).
+struct PidSlot(UnsafeCell<[u8; PidSlot::LEN]>);
+
+impl PidSlot {
+    const PREFIX: &'static [u8] = b"LISTEN_PID=";
+    /// The prefix, 10 digits (u32) and the NUL.
+    const LEN: usize = 11 + 10 + 1;
+
+    fn new() -> Self {
+        let mut buf = [0u8; Self::LEN];
+        for (b, p) in buf.iter_mut().zip(Self::PREFIX) {
+            *b = *p;
+        }
+        PidSlot(UnsafeCell::new(buf))
+    }
+
+    fn as_ptr(&self) -> *const libc::c_char {
+        self.0.get().cast()
+    }
+
+    /// In the child: `LISTEN_PID=<pid>`, NUL-terminated. No allocation,
+    /// no locks: digits written into memory prepared by the parent.
+    fn fill(&self, pid: u32) {
+        let mut digits = [0u8; 10];
+        let mut n = 0;
+        let mut v = pid;
+        for d in digits.iter_mut() {
+            // `v % 10` < 10: the cast cannot truncate.
+            *d = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        // SAFETY: the parent made the slot and does not touch it until the
+        // child has exec'd or exited (CLONE_VFORK); only this child writes.
+        let buf = unsafe { &mut *self.0.get() };
+        let tail = buf.iter_mut().skip(Self::PREFIX.len());
+        let text = digits.iter().take(n).rev().chain(std::iter::once(&0u8));
+        for (b, d) in tail.zip(text) {
+            *b = *d;
+        }
+    }
 }
 
 enum Started {
@@ -937,6 +1042,23 @@ fn child_exec(plan: &Plan<'_>) -> ChildFailure {
     if let Err(f) = (plan.steps)() {
         return f;
     }
+    for (target, &fd) in (3..).zip(plan.listen_fds) {
+        // After the steps, whose descriptors (the cgroup's, close-on-exec)
+        // may sit where the sockets go.
+        // SAFETY: dup2 on descriptors the parent keeps open until the child
+        // has exec'd; every source is at or above the last target, so none
+        // is overwritten before it is moved. dup2 clears close-on-exec.
+        if unsafe { libc::dup2(fd, target) } != target {
+            return ChildFailure {
+                what: "pass the listening sockets",
+                errno: errno(),
+            };
+        }
+    }
+    if let Some(slot) = plan.listen_pid {
+        let pid = rustix::process::getpid().as_raw_nonzero().get();
+        slot.fill(pid.unsigned_abs());
+    }
     // SAFETY: NUL-terminated path, NULL-terminated arrays of NUL-terminated
     // strings, all alive until the parent runs again.
     unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
@@ -950,6 +1072,22 @@ fn child_exec(plan: &Plan<'_>) -> ChildFailure {
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_pid_slot() {
+        for (pid, want) in [
+            (1, "LISTEN_PID=1"),
+            (40, "LISTEN_PID=40"),
+            (4_194_304, "LISTEN_PID=4194304"),
+            (u32::MAX, "LISTEN_PID=4294967295"),
+        ] {
+            let slot = PidSlot::new();
+            slot.fill(pid);
+            // SAFETY: a NUL-terminated buffer of PidSlot::LEN bytes.
+            let text = unsafe { CStr::from_ptr(slot.as_ptr()) };
+            assert_eq!(text.to_str().unwrap(), want);
+        }
+    }
 
     #[test]
     fn env_file_syntax() {

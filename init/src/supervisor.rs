@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -28,6 +29,16 @@ pub const DEFER_MAX: Duration = Duration::from_millis(100);
 /// While it holds back the next unit, how often init looks whether the
 /// ones it started have stopped running.
 pub const HOLD_POLL: Duration = Duration::from_micros(250);
+
+/// The most listening sockets init watches at once (all socket units).
+pub const MAX_LISTEN_FDS: usize = 64;
+
+/// A socket unit that starts its service more often than this within
+/// [`TRIGGER_LIMIT_INTERVAL`] fails (systemd's `TriggerLimitBurst=`
+/// default), so that a service that never accepts cannot make init spin.
+pub const TRIGGER_LIMIT_BURST: usize = 20;
+/// systemd's `TriggerLimitIntervalSec=` default.
+pub const TRIGGER_LIMIT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What [`Supervisor::defer_setup`] leaves for later: paths.
 #[derive(Debug, Clone)]
@@ -141,6 +152,10 @@ pub enum Outcome {
     SpawnFailed,
     /// Type=notify process exited before READY=1.
     Protocol,
+    /// A socket unit could not make its sockets.
+    ListenFailed,
+    /// A socket unit started its service too often.
+    TriggerLimit,
 }
 
 impl Outcome {
@@ -180,6 +195,8 @@ impl Outcome {
             Outcome::DependencyFailed => "dependency failed".into(),
             Outcome::SpawnFailed => "could not be started".into(),
             Outcome::Protocol => "exited before READY=1".into(),
+            Outcome::ListenFailed => "could not listen".into(),
+            Outcome::TriggerLimit => "trigger limit hit".into(),
         }
     }
 }
@@ -224,6 +241,8 @@ pub enum State {
     Failed,
     /// A condition was false.
     Skipped,
+    /// Not started at boot: a service its socket unit starts on demand.
+    Inactive,
 }
 
 impl State {
@@ -237,11 +256,15 @@ impl State {
             State::Exited => "exited",
             State::Failed => "failed",
             State::Skipped => "skipped",
+            State::Inactive => "inactive",
         }
     }
 
     fn is_terminal(self) -> bool {
-        matches!(self, State::Exited | State::Failed | State::Skipped)
+        matches!(
+            self,
+            State::Exited | State::Failed | State::Skipped | State::Inactive
+        )
     }
 }
 
@@ -275,6 +298,20 @@ pub struct UnitRt {
     /// `RuntimeDirectory=` set up by a start and not removed yet (kept
     /// across restarts with `RuntimeDirectoryPreserve=restart`).
     runtime_dirs: bool,
+    /// A socket unit's runtime part (`None` for every other unit).
+    socket: Option<Box<SocketRt>>,
+}
+
+/// A socket unit's listening sockets and what they start.
+#[derive(Debug, Default)]
+struct SocketRt {
+    /// The index of the service it starts (`None`: that unit is not loaded).
+    service: Option<usize>,
+    /// One per `ListenStream=`, in order; empty unless listening. Shared
+    /// with the service's [`ExecContext`] while that holds them.
+    fds: Vec<Rc<OwnedFd>>,
+    /// When it last started its service (the trigger limit).
+    triggers: heapless::Deque<Instant, TRIGGER_LIMIT_BURST>,
 }
 
 impl UnitRt {
@@ -294,6 +331,7 @@ impl UnitRt {
             deadline: None,
             signalled: false,
             runtime_dirs: false,
+            socket: None,
         }
     }
 
@@ -321,6 +359,37 @@ impl UnitRt {
         if remove {
             spawn::remove_runtime_directories(&self.unit);
             self.runtime_dirs = false;
+        }
+    }
+}
+
+impl UnitRt {
+    /// The unit ended: a service lets go of its copies of its socket
+    /// units' listening sockets (a socket unit that has stopped listening
+    /// must not keep accepting connections through them); a socket unit
+    /// closes its own.
+    fn drop_listen_fds(&mut self) {
+        if let Some(ctx) = self.ctx.as_mut() {
+            ctx.listen_fds = Vec::new();
+        }
+        self.socket_close();
+    }
+
+    /// A socket unit stops listening: its sockets are closed (the service
+    /// keeps its copies while it runs) and, with `RemoveOnStop=`, their
+    /// files removed.
+    fn socket_close(&mut self) {
+        let Some(rt) = self.socket.as_mut() else {
+            return;
+        };
+        let was_open = !rt.fds.is_empty();
+        rt.fds = Vec::new();
+        if let Some(sock) = &self.unit.socket {
+            if was_open && sock.remove_on_stop {
+                for addr in &sock.listen {
+                    crate::socket::remove(addr);
+                }
+            }
         }
     }
 }
@@ -408,6 +477,9 @@ pub struct Supervisor {
     /// init's own run directory, timeline file and sockets, not yet made
     /// (see [`Self::set_up_late`]).
     late: Option<LateSetup>,
+    /// A unit other than a socket has been started (socket units wait for
+    /// it, and for the late set-up, in a VM).
+    started_any: bool,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
 }
@@ -419,8 +491,26 @@ impl Supervisor {
         signals: SignalFd,
         timeline: Timeline,
     ) -> Self {
+        let mut units: Vec<UnitRt> = units.into_iter().map(UnitRt::new).collect();
+        for i in 0..units.len() {
+            let Some(u) = units.get(i) else { continue };
+            if u.unit.on_demand {
+                if let Some(u) = units.get_mut(i) {
+                    u.state = State::Inactive;
+                }
+                continue;
+            }
+            let Some(sock) = &u.unit.socket else { continue };
+            let service = units.iter().position(|s| s.unit.name == sock.service);
+            if let Some(u) = units.get_mut(i) {
+                u.socket = Some(Box::new(SocketRt {
+                    service,
+                    ..SocketRt::default()
+                }));
+            }
+        }
         Self {
-            units: units.into_iter().map(UnitRt::new).collect(),
+            units,
             settings,
             signals,
             notify: None,
@@ -432,6 +522,7 @@ impl Supervisor {
             hold: None,
             deferred: false,
             late: None,
+            started_any: false,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -474,13 +565,31 @@ impl Supervisor {
             tv_nsec: i64::from(d.subsec_nanos()),
         });
         // Fixed capacity: the loop does not allocate per wakeup.
-        let mut fds: heapless::Vec<PollFd<'_>, 3> = heapless::Vec::new();
+        let mut fds: heapless::Vec<PollFd<'_>, { 3 + MAX_LISTEN_FDS }> = heapless::Vec::new();
         let _ = fds.push(PollFd::new(self.signals.fd(), PollFlags::IN));
         if let Some(n) = &self.notify {
             let _ = fds.push(PollFd::new(n, PollFlags::IN));
         }
         if let Some(c) = &self.control {
             let _ = fds.push(PollFd::new(c, PollFlags::IN));
+        }
+        // Listening sockets whose service is down: a pending connection
+        // starts it. The unit of each polled socket, by position.
+        let first_listen = fds.len();
+        let mut owners: heapless::Vec<usize, MAX_LISTEN_FDS> = heapless::Vec::new();
+        if self.shutdown.is_none() {
+            for (i, u) in self.units.iter().enumerate() {
+                if !self.watching(u) {
+                    continue;
+                }
+                for fd in u.socket.iter().flat_map(|s| s.fds.iter()) {
+                    if owners.push(i).is_ok()
+                        && fds.push(PollFd::new(&**fd, PollFlags::IN)).is_err()
+                    {
+                        owners.pop();
+                    }
+                }
+            }
         }
         match rustix::event::poll(&mut fds, ts.as_ref()) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -489,7 +598,27 @@ impl Supervisor {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        let mut pending: heapless::Vec<(usize, bool), MAX_LISTEN_FDS> = heapless::Vec::new();
+        for (fd, &i) in fds.iter().skip(first_listen).zip(owners.iter()) {
+            let ev = fd.revents();
+            if ev.is_empty() || pending.iter().any(|&(j, _)| j == i) {
+                continue;
+            }
+            // A listening socket in error (never seen in practice) would
+            // wake init at once, forever: that socket unit fails.
+            let _ = pending.push((i, ev.contains(PollFlags::IN)));
+        }
         drop(fds);
+        for (i, readable) in pending {
+            if readable {
+                self.trigger(i);
+            } else {
+                if let Some(u) = self.units.get(i) {
+                    log::error!("{}: listening socket reports an error", u.name());
+                }
+                self.fail_socket(i, Outcome::ListenFailed);
+            }
+        }
         // READY=1 first: a notify unit that reports and exits at once must
         // be seen as ready before its exit is reaped (as systemd orders it).
         self.read_notify();
@@ -616,7 +745,9 @@ impl Supervisor {
                 u.deadline =
                     deadline_after(u.unit.service.timeout_stop).map(|d| (d, Timer::StopTimeout));
             }
-            match spawn::spawn(&u.unit, &cmd, ctx, mode) {
+            // Oneshot ExecStart= commands get the listening sockets too.
+            let listen = u.state == State::Starting;
+            match spawn::spawn(&u.unit, &cmd, ctx, mode, listen) {
                 Ok(child) => u.control = Some((child, cmd)),
                 Err(e) => {
                     log::error!("{}: {}", u.name(), crate::error_chain(&e));
@@ -668,6 +799,7 @@ impl Supervisor {
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
+        self.started_any |= !u.unit.is_socket();
         u.deadline = None;
         u.signalled = false;
         // Start limit: at most StartLimitBurst starts per StartLimitIntervalSec.
@@ -716,6 +848,10 @@ impl Supervisor {
             u.release_runtime_directories(false);
             return;
         }
+        if u.unit.is_socket() {
+            self.start_socket(i);
+            return;
+        }
         let notify_unit = u.unit.service.kind == ServiceType::Notify;
         if notify_unit && self.late.is_some() {
             // Its READY=1 needs the socket before it starts.
@@ -726,12 +862,18 @@ impl Supervisor {
         };
         let sock = notify_unit.then_some(notify.as_path());
         let ctx = match spawn::context(&u.unit, &base_env, sock) {
-            Ok(ctx) => ctx,
+            Ok(mut ctx) => {
+                self.add_listen_fds(i, &mut ctx);
+                ctx
+            }
             Err(e) => {
                 log::error!("{}: {}", u.name(), crate::error_chain(&e));
                 self.terminated(i, Outcome::SpawnFailed);
                 return;
             }
+        };
+        let Some(u) = self.units.get_mut(i) else {
+            return;
         };
         // Created by init, as root, before the first process of this start.
         if !u.unit.service.runtime_directory.is_empty() {
@@ -798,7 +940,7 @@ impl Supervisor {
             return;
         };
         let Some(ctx) = u.ctx.as_ref() else { return };
-        match spawn::spawn(&u.unit, &cmd, ctx, mode) {
+        match spawn::spawn(&u.unit, &cmd, ctx, mode, true) {
             Ok(child) => {
                 let pid = child.id();
                 u.main = Some(child);
@@ -856,6 +998,7 @@ impl Supervisor {
             && outcome != Outcome::DependencyFailed
             && should_restart(u.unit.service.restart, outcome);
         u.release_runtime_directories(restart);
+        u.drop_listen_fds();
         if restart {
             u.restarts += 1;
             u.state = State::AutoRestart;
@@ -893,6 +1036,29 @@ impl Supervisor {
                 .unwrap_or_else(|| u.unit.name.clone());
             self.console_status("FAILED", &format!("Failed {desc}: {}.", outcome.describe()));
         }
+        if outcome == Outcome::StartLimit {
+            // As systemd: its socket units stop listening, or each new
+            // connection would try again.
+            let sockets: heapless::Vec<usize, MAX_LISTEN_FDS> = (0..self.units.len())
+                .filter(|&j| {
+                    self.units.get(j).is_some_and(|s| {
+                        s.state == State::Running
+                            && s.socket.as_ref().is_some_and(|r| r.service == Some(i))
+                    })
+                })
+                .take(MAX_LISTEN_FDS)
+                .collect();
+            for j in sockets {
+                if let Some(s) = self.units.get(j) {
+                    log::error!(
+                        "{}: its service {} hit its start limit; not listening any more",
+                        s.name(),
+                        self.units.get(i).map_or("", UnitRt::name)
+                    );
+                }
+                self.fail_socket(j, Outcome::StartLimit);
+            }
+        }
         if let Some(req) = ShutdownRequest::from_action(action) {
             if !shutting_down {
                 let which = if outcome.is_success() {
@@ -924,6 +1090,7 @@ impl Supervisor {
                     State::Failed
                 };
                 u.release_runtime_directories(false);
+                u.drop_listen_fds();
                 log::debug!("{}: stopped", u.name());
             }
         }
@@ -934,6 +1101,12 @@ impl Supervisor {
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
+        if u.unit.is_socket() && u.state == State::Running {
+            u.socket_close();
+            u.state = State::Exited;
+            log::debug!("{}: stopped listening", u.name());
+            return;
+        }
         match u.state {
             State::Waiting | State::AutoRestart => {
                 u.deadline = None;
@@ -1083,8 +1256,24 @@ impl Supervisor {
         if self.holding() {
             return;
         }
+        // Sockets before every service, as systemd orders sockets.target
+        // before the services of basic.target: a service started at boot
+        // (the agent) may connect to one at any time — kata-agent's systemd
+        // cgroup driver does at its first container — and must never find
+        // it missing. A socket unit ordered after another unit waits below.
+        for i in 0..self.units.len() {
+            let Some(u) = self.units.get(i) else { continue };
+            let ordered = self
+                .units
+                .iter()
+                .any(|d| d.unit.name != u.unit.name && self.is_after(&u.unit, &d.unit));
+            if u.state == State::Waiting && u.unit.is_socket() && !ordered {
+                self.start_unit(i);
+            }
+        }
         loop {
             let mut progressed = false;
+            let mut held_socket = false;
             let mut blocked = Vec::new();
             for i in 0..self.units.len() {
                 if self.shutdown.is_some() {
@@ -1109,14 +1298,21 @@ impl Supervisor {
                         dep_failed = Some(d.unit.name.clone());
                     }
                 }
+                // Sockets are none of the first unit's (the agent's): made
+                // with init's late set-up, once that unit has been started.
+                if ready && u.unit.is_socket() && self.late.is_some() && !self.started_any {
+                    held_socket = true;
+                    continue;
+                }
                 if let Some(dep) = dep_failed {
+                    self.started_any |= !u.unit.is_socket();
                     log::error!("{}: not started: required unit {dep} failed", u.unit.name);
                     self.terminated(i, Outcome::DependencyFailed);
                     progressed = true;
                 } else if ready {
                     // The first unit (the agent) starts before init's late
                     // set-up; every later one after it, /dev links included.
-                    if self.late.is_some() && self.units.iter().any(|u| u.state != State::Waiting) {
+                    if self.late.is_some() && self.started_any {
                         self.set_up_late();
                     }
                     self.start_unit(i);
@@ -1128,6 +1324,11 @@ impl Supervisor {
                 } else {
                     blocked.push(i);
                 }
+            }
+            if !progressed && held_socket {
+                // Every unit that could start waits for a socket: make them.
+                self.set_up_late();
+                continue;
             }
             if !progressed {
                 // Everything left waits on another waiting unit: an ordering cycle.
@@ -1179,6 +1380,163 @@ impl Supervisor {
             let huge = crate::sys::trim_text_mapping();
             if huge > 0 {
                 log::info!("boot ran on {huge} KiB of code mapped with 2 MiB pages (DAX)");
+            }
+        }
+    }
+
+    /// Whether `u` is a socket unit waiting for a connection: listening,
+    /// and its service down (never started, or ended). While the service is
+    /// starting or running init does not watch its sockets.
+    fn watching(&self, u: &UnitRt) -> bool {
+        let Some(rt) = &u.socket else {
+            return false;
+        };
+        u.state == State::Running
+            && !rt.fds.is_empty()
+            && rt
+                .service
+                .and_then(|s| self.units.get(s))
+                .is_some_and(|s| s.state.is_terminal())
+    }
+
+    /// Makes the listening sockets of socket unit `i` (docs/init.md, "Socket
+    /// activation"). A failure names the unit, the address and the cause;
+    /// the unit fails, boot goes on.
+    fn start_socket(&mut self, i: usize) {
+        let watched: usize = self
+            .units
+            .iter()
+            .filter_map(|u| u.socket.as_ref())
+            .map(|s| s.fds.len())
+            .sum();
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        let (Some(sock), Some(rt)) = (u.unit.socket.as_deref(), u.socket.as_deref_mut()) else {
+            return;
+        };
+        let failed = if rt.service.is_none() {
+            Some(format!(
+                "its service {} is not loaded (missing, malformed or masked)",
+                sock.service
+            ))
+        } else if watched + sock.listen.len() > MAX_LISTEN_FDS {
+            Some(format!(
+                "more than {MAX_LISTEN_FDS} listening sockets in all socket units"
+            ))
+        } else {
+            match crate::socket::owner(sock) {
+                Err(e) => Some(crate::error_chain(&e)),
+                Ok(owner) => {
+                    let mut fds = Vec::with_capacity(sock.listen.len());
+                    let mut error = None;
+                    for addr in &sock.listen {
+                        match crate::socket::listen(addr, sock, owner) {
+                            Ok(fd) => fds.push(Rc::new(fd)),
+                            Err(e) => {
+                                error = Some(crate::error_chain(&e));
+                                break;
+                            }
+                        }
+                    }
+                    if error.is_some() {
+                        // None of them: the service expects them all. The
+                        // files of those made before the failure go too.
+                        let made = sock.listen.iter().take(fds.len());
+                        drop(fds);
+                        for addr in made {
+                            crate::socket::remove(addr);
+                        }
+                    } else {
+                        rt.fds = fds;
+                    }
+                    error
+                }
+            }
+        };
+        if let Some(e) = failed {
+            log::error!("{}: {e}", u.name());
+            self.terminated(i, Outcome::ListenFailed);
+            return;
+        }
+        u.state = State::Running;
+        u.settled = true;
+        u.active_since = Some(Instant::now());
+        let addrs: Vec<String> = sock.listen.iter().map(ToString::to_string).collect();
+        log::info!("{}: listening on {}", u.name(), addrs.join(", "));
+        let desc = u
+            .unit
+            .description
+            .clone()
+            .unwrap_or_else(|| u.unit.name.clone());
+        self.console_status("  OK  ", &format!("Listening on {desc}."));
+    }
+
+    /// A connection is pending on socket unit `i`: start its service (its
+    /// start limits apply), unless the trigger limit is hit.
+    fn trigger(&mut self, i: usize) {
+        let now = Instant::now();
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        let Some(rt) = u.socket.as_deref_mut() else {
+            return;
+        };
+        while rt
+            .triggers
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > TRIGGER_LIMIT_INTERVAL)
+        {
+            rt.triggers.pop_front();
+        }
+        if rt.triggers.push_back(now).is_err() {
+            log::error!(
+                "{}: started its service {TRIGGER_LIMIT_BURST} times within {:?}; not listening any more",
+                u.name(),
+                TRIGGER_LIMIT_INTERVAL
+            );
+            self.fail_socket(i, Outcome::TriggerLimit);
+            return;
+        }
+        let Some(s) = rt.service else { return };
+        if let (Some(sock), Some(svc)) = (self.units.get(i), self.units.get(s)) {
+            log::info!(
+                "{}: connection pending; starting {}",
+                sock.name(),
+                svc.name()
+            );
+        }
+        self.start_unit(s);
+    }
+
+    /// Socket unit `i` fails: its sockets are closed.
+    fn fail_socket(&mut self, i: usize, outcome: Outcome) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        if u.state.is_terminal() {
+            return;
+        }
+        self.terminated(i, outcome);
+    }
+
+    /// The listening sockets of the socket units that start unit `i`, for
+    /// its `ExecStart=` processes: in unit order, each unit's in file order.
+    fn add_listen_fds(&self, i: usize, ctx: &mut ExecContext) {
+        for u in &self.units {
+            let (Some(rt), Some(sock)) = (&u.socket, &u.unit.socket) else {
+                continue;
+            };
+            if rt.service != Some(i) || rt.fds.is_empty() {
+                continue;
+            }
+            let name = sock.fd_name.as_deref().unwrap_or(&u.unit.name);
+            for fd in &rt.fds {
+                if !ctx.listen_names.is_empty() {
+                    ctx.listen_names.push(':');
+                }
+                ctx.listen_names.push_str(name);
+                ctx.listen_fds.push(Rc::clone(fd));
             }
         }
     }
@@ -1506,6 +1864,13 @@ impl Supervisor {
             };
             let state = match u.state {
                 State::Failed => format!("failed({})", short(u.result)),
+                State::Running if u.socket.is_some() => {
+                    if self.watching(u) {
+                        "listening".to_string()
+                    } else {
+                        "running".to_string()
+                    }
+                }
                 State::Running if u.main.is_none() => "active-exited".to_string(),
                 s => s.name().to_string(),
             };
@@ -1557,6 +1922,8 @@ fn short(o: Outcome) -> String {
         Outcome::SpawnFailed => "spawn".into(),
         Outcome::Timeout => "timeout".into(),
         Outcome::Protocol => "protocol".into(),
+        Outcome::ListenFailed => "listen".into(),
+        Outcome::TriggerLimit => "trigger".into(),
         Outcome::Success => "ok".into(),
     }
 }

@@ -159,6 +159,75 @@ pub struct Unit {
     pub success_action: Action,
     pub failure_action: Action,
     pub service: Service,
+    /// The `[Socket]` section: `Some` for a `.socket` unit (which has no
+    /// `[Service]`).
+    pub socket: Option<Box<Socket>>,
+    /// Loaded only to be started by its socket unit: not started at boot
+    /// (set by `boot::select`, never by the parser).
+    pub on_demand: bool,
+}
+
+/// A `ListenStream=` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A socket file: an absolute path.
+    Path(PathBuf),
+    /// A Linux abstract socket (`@name`): no file, no owner or mode.
+    Abstract(String),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Path(p) => write!(f, "{}", p.display()),
+            ListenAddress::Abstract(n) => write!(f, "@{n}"),
+        }
+    }
+}
+
+/// The `[Socket]` section of a `.socket` unit (stream sockets, `Accept=no`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    /// `ListenStream=` addresses, in file order: the service's fds 3, 4, ...
+    pub listen: Vec<ListenAddress>,
+    /// `SocketMode=`: the socket file's mode.
+    pub socket_mode: u32,
+    /// `DirectoryMode=`: the mode of parent directories init creates.
+    pub directory_mode: u32,
+    /// `SocketUser=`, `SocketGroup=`: names or numeric ids, resolved at start.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `Service=`, else the socket's own name with `.service` (set once the
+    /// file is read).
+    pub service: String,
+    /// `FileDescriptorName=` (`None`: the socket unit's name).
+    pub fd_name: Option<String>,
+    pub remove_on_stop: bool,
+    /// `Backlog=` (`None`: as many as the kernel allows, net.core.somaxconn).
+    pub backlog: Option<u32>,
+}
+
+/// `SocketMode=` default (systemd's).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+/// `DirectoryMode=` default (systemd's).
+pub const DEFAULT_DIRECTORY_MODE: u32 = 0o755;
+/// The longest socket path or abstract name (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl Default for Socket {
+    fn default() -> Self {
+        Socket {
+            listen: Vec::new(),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            directory_mode: DEFAULT_DIRECTORY_MODE,
+            user: None,
+            group: None,
+            service: String::new(),
+            fd_name: None,
+            remove_on_stop: false,
+            backlog: None,
+        }
+    }
 }
 
 /// The `[Service]` section.
@@ -306,12 +375,19 @@ impl Unit {
             success_action: Action::None,
             failure_action: Action::None,
             service: Service::default(),
+            socket: None,
+            on_demand: false,
         }
     }
 
     /// A `.target` unit: `[Unit]` only, no process.
     pub fn is_target(&self) -> bool {
         self.name.ends_with(".target")
+    }
+
+    /// A `.socket` unit (parsed with a `[Socket]` section).
+    pub fn is_socket(&self) -> bool {
+        self.socket.is_some()
     }
 }
 
@@ -603,6 +679,21 @@ const SERVICE_IGNORED: &[&str] = &[
     "SyslogIdentifier",
 ];
 
+/// Keys of `[Socket]` accepted without a diagnostic, as [`UNIT_IGNORED`].
+const SOCKET_IGNORED: &[&str] = &["PassCredentials", "PassSecurity", "ReusePort", "Symlinks"];
+
+/// `[Socket]` keys for kinds of socket init does not make: the unit is
+/// refused (its service would miss a descriptor it expects).
+const SOCKET_UNSUPPORTED: &[&str] = &[
+    "ListenDatagram",
+    "ListenSequentialPacket",
+    "ListenFIFO",
+    "ListenSpecial",
+    "ListenNetlink",
+    "ListenMessageQueue",
+    "ListenUSBFunction",
+];
+
 /// Parses a unit file's text. `name` is the unit's file name (e.g.
 /// `kata-agent.service`; a name ending in `.target` makes a target, which has
 /// no `[Service]` section and needs no `ExecStart=`), `file` the path used in
@@ -621,6 +712,7 @@ enum Section {
     None,
     Unit,
     Service,
+    Socket,
     /// `[Install]`, `X-` sections and unknown ones: keys ignored.
     Ignored,
 }
@@ -691,9 +783,13 @@ fn valid_key(key: &str) -> bool {
 
 impl<'a> Parser<'a> {
     fn new(name: &str, file: &'a str) -> Self {
+        let mut unit = Unit::new(name);
+        if name.ends_with(".socket") {
+            unit.socket = Some(Box::default());
+        }
         Parser {
             file,
-            unit: Unit::new(name),
+            unit,
             section: Section::None,
             diagnostics: Vec::new(),
             malformed: false,
@@ -755,7 +851,7 @@ impl<'a> Parser<'a> {
                 "assignment before any section header".to_owned(),
             ),
             Section::Ignored => {}
-            Section::Unit | Section::Service => self.assign(line, key, value),
+            Section::Unit | Section::Service | Section::Socket => self.assign(line, key, value),
         }
     }
 
@@ -768,7 +864,8 @@ impl<'a> Parser<'a> {
         };
         self.section = match name {
             "Unit" => Section::Unit,
-            "Service" if !self.unit.is_target() => Section::Service,
+            "Service" if !self.unit.is_target() && !self.unit.is_socket() => Section::Service,
+            "Socket" if self.unit.is_socket() => Section::Socket,
             "Install" => Section::Ignored,
             _ if name.starts_with("X-") => Section::Ignored,
             _ => {
@@ -800,6 +897,7 @@ impl<'a> Parser<'a> {
         let outcome = match self.section {
             Section::Unit => self.unit_key(key, value),
             Section::Service => self.service_key(line, key, value),
+            Section::Socket => self.socket_key(line, key, value),
             Section::None | Section::Ignored => return,
         };
         match outcome {
@@ -813,6 +911,7 @@ impl<'a> Parser<'a> {
             None => {
                 let ignored = match self.section {
                     Section::Unit => UNIT_IGNORED,
+                    Section::Socket => SOCKET_IGNORED,
                     _ => SERVICE_IGNORED,
                 };
                 if !ignored.contains(&key) && !key.starts_with("X-") {
@@ -979,6 +1078,90 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// `[Socket]` keys. A `ListenStream=` that init cannot listen on, a
+    /// bad `Service=`, `Accept=yes` and the other `Listen*=` kinds refuse
+    /// the unit; other bad values are ignored with an error.
+    fn socket_key(&mut self, line: usize, key: &str, value: &str) -> Option<Result<(), String>> {
+        if SOCKET_UNSUPPORTED.contains(&key) {
+            self.fatal(
+                line,
+                Some(key),
+                "not supported: init makes stream sockets only (ListenStream=)".to_owned(),
+            );
+            return Some(Ok(()));
+        }
+        let name = self.unit.name.as_str();
+        let sock = self.unit.socket.as_deref_mut()?;
+        let fatal = match key {
+            "ListenStream" if value.is_empty() => {
+                sock.listen.clear();
+                None
+            }
+            "ListenStream" => match listen_address(value, name) {
+                Ok(a) if sock.listen.contains(&a) => {
+                    return Some(Err(format!("{a} is already listed")))
+                }
+                Ok(a) => {
+                    sock.listen.push(a);
+                    None
+                }
+                Err(e) => Some(e),
+            },
+            "Service" if value.is_empty() => {
+                sock.service.clear();
+                None
+            }
+            "Service" => match specifiers(value, name) {
+                Ok(n) if n.ends_with(".service") && valid_unit_name(&n) => {
+                    sock.service = n.into_owned();
+                    None
+                }
+                Ok(n) => Some(format!("{} is not a service name", show(&n))),
+                Err(e) => Some(e),
+            },
+            "Accept" => match boolean(value) {
+                Ok(true) => Some(
+                    "Accept=yes (a service instance per connection) is not supported, only Accept=no"
+                        .to_owned(),
+                ),
+                _ if value.is_empty() => None,
+                Ok(false) => None,
+                Err(e) => Some(e),
+            },
+            _ => {
+                return Some(match key {
+                    "SocketMode" => {
+                        set(&mut sock.socket_mode, value, DEFAULT_SOCKET_MODE, octal_mode)
+                    }
+                    "DirectoryMode" => set(
+                        &mut sock.directory_mode,
+                        value,
+                        DEFAULT_DIRECTORY_MODE,
+                        octal_mode,
+                    ),
+                    "SocketUser" => set(&mut sock.user, value, None, |v| user_or_group(v).map(Some)),
+                    "SocketGroup" => {
+                        set(&mut sock.group, value, None, |v| user_or_group(v).map(Some))
+                    }
+                    "FileDescriptorName" => set(&mut sock.fd_name, value, None, |v| {
+                        fd_name(v).map(|n| Some(n.to_owned()))
+                    }),
+                    "RemoveOnStop" => set(&mut sock.remove_on_stop, value, false, boolean),
+                    "Backlog" => set(&mut sock.backlog, value, None, |v| {
+                        v.parse::<u32>()
+                            .map(Some)
+                            .map_err(|_| format!("invalid number {}", show(v)))
+                    }),
+                    _ => return None,
+                });
+            }
+        };
+        if let Some(message) = fatal {
+            self.fatal(line, Some(key), message);
+        }
+        Some(Ok(()))
+    }
+
     /// `ExecStart=`, `ExecStartPre=`, `ExecStop=`. An unusable `ExecStart=`
     /// makes the unit malformed; the others are ignored with an error.
     fn exec(&mut self, line: usize, key: &str, value: &str) -> Result<(), String> {
@@ -1032,7 +1215,23 @@ impl<'a> Parser<'a> {
         ] {
             dedup_keep_first(list);
         }
-        if !self.unit.is_target() {
+        if let Some(sock) = self.unit.socket.as_deref_mut() {
+            if sock.service.is_empty() {
+                let stem = self.unit.name.strip_suffix(".socket").unwrap_or_default();
+                sock.service = format!("{stem}.service");
+            }
+            // As systemd: a socket is set up before the service it starts.
+            if !self.unit.before.contains(&sock.service) {
+                self.unit.before.push(sock.service.clone());
+            }
+            if sock.listen.is_empty() && !self.malformed {
+                self.fatal(
+                    0,
+                    None,
+                    "missing ListenStream=, nothing to listen on".to_owned(),
+                );
+            }
+        } else if !self.unit.is_target() {
             let s = &self.unit.service;
             if s.exec_start.is_empty() {
                 if !self.exec_start_failed {
@@ -1220,6 +1419,60 @@ fn valid_unit_name(n: &str) -> bool {
         && prefix
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@'))
+}
+
+/// `ListenStream=`: an absolute socket path or an `@abstract` name, with
+/// specifiers expanded.
+fn listen_address(value: &str, unit_name: &str) -> Result<ListenAddress, String> {
+    let v = specifiers(value, unit_name)?;
+    let too_long = || {
+        format!(
+            "{} is longer than {MAX_SOCKET_PATH} bytes, the limit of a unix socket address",
+            show(&v)
+        )
+    };
+    if let Some(name) = v.strip_prefix('@') {
+        if name.is_empty() {
+            return Err("empty abstract socket name".to_owned());
+        }
+        if v.len() > MAX_SOCKET_PATH {
+            return Err(too_long());
+        }
+        return Ok(ListenAddress::Abstract(name.to_owned()));
+    }
+    if v.starts_with('/') {
+        if v.ends_with('/') {
+            return Err(format!("{} names a directory, not a socket", show(&v)));
+        }
+        if v.len() > MAX_SOCKET_PATH {
+            return Err(too_long());
+        }
+        return Ok(ListenAddress::Path(PathBuf::from(v.into_owned())));
+    }
+    let kind = if v.starts_with("vsock:") {
+        "a vsock address"
+    } else if v.bytes().all(|b| b.is_ascii_digit()) || v.contains(':') {
+        "a port or IP address"
+    } else {
+        "a relative path"
+    };
+    Err(format!(
+        "{} is {kind}: only absolute unix socket paths and @abstract names are supported",
+        show(&v)
+    ))
+}
+
+/// `FileDescriptorName=`: 1 to 255 printable ASCII characters, no `:`
+/// (sd_listen_fds_with_names(3) splits `LISTEN_FDNAMES` at colons).
+fn fd_name(v: &str) -> Result<&str, String> {
+    if v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        Ok(v)
+    } else {
+        Err(format!(
+            "invalid descriptor name {} (at most 255 printable ASCII characters, no ':' or space)",
+            show(v)
+        ))
+    }
 }
 
 /// `After=` and friends: whitespace-separated unit names, appended (duplicates
@@ -4495,5 +4748,319 @@ mod tests {
                     (u, text)
                 })
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod socket_tests {
+    use super::*;
+
+    fn sock(body: &str) -> Parsed {
+        parse("echo.socket", "echo.socket", body)
+    }
+
+    fn ok_sock(body: &str) -> (Unit, Socket) {
+        let p = sock(body);
+        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+        let u = p.unit.unwrap();
+        let s = (*u.socket.clone().unwrap()).clone();
+        (u, s)
+    }
+
+    /// The one diagnostic of `body`, which must still give a unit.
+    fn bad_sock(body: &str) -> (Socket, String) {
+        let p = sock(body);
+        assert_eq!(p.diagnostics.len(), 1, "{:?}", p.diagnostics);
+        let d = p.diagnostics[0].to_string();
+        (*p.unit.unwrap().socket.unwrap(), d)
+    }
+
+    /// The diagnostics of a body that gives no unit.
+    fn refused(body: &str) -> Vec<String> {
+        let p = sock(body);
+        assert!(p.unit.is_none(), "{body}");
+        p.diagnostics.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_are_systemds() {
+        let (u, s) = ok_sock("[Socket]\nListenStream=/run/dbus/system_bus_socket\n");
+        assert!(u.is_socket() && !u.is_target());
+        assert_eq!(
+            s.listen,
+            vec![ListenAddress::Path("/run/dbus/system_bus_socket".into())]
+        );
+        assert_eq!(s.socket_mode, 0o666);
+        assert_eq!(s.directory_mode, 0o755);
+        assert_eq!((s.user, s.group), (None, None));
+        assert_eq!(s.service, "echo.service");
+        assert_eq!(s.fd_name, None);
+        assert!(!s.remove_on_stop);
+        assert_eq!(s.backlog, None);
+        // Set up before the service it starts.
+        assert_eq!(u.before, vec!["echo.service".to_string()]);
+        assert!(!u.on_demand);
+    }
+
+    #[test]
+    fn dbus_socket_of_a_distribution_parses() {
+        let (u, s) = ok_sock(
+            "[Unit]\nDescription=D-Bus System Message Bus Socket\n\n\
+             [Socket]\nListenStream=/run/dbus/system_bus_socket\n",
+        );
+        assert_eq!(
+            u.description.as_deref(),
+            Some("D-Bus System Message Bus Socket")
+        );
+        assert_eq!(s.listen.len(), 1);
+    }
+
+    #[test]
+    fn every_key() {
+        let (u, s) = ok_sock(
+            "[Unit]\nDescription=d\nAfter=x.service\n[Socket]\n\
+             ListenStream=/run/a.sock\nListenStream=@abstract-%N\n\
+             SocketMode=0600\nDirectoryMode=0750\nSocketUser=busd\nSocketGroup=1234\n\
+             Service=busd.service\nFileDescriptorName=dbus\nRemoveOnStop=yes\n\
+             Backlog=16\nAccept=no\nPassCredentials=yes\n\
+             [Install]\nWantedBy=sockets.target\n",
+        );
+        assert_eq!(
+            s.listen,
+            vec![
+                ListenAddress::Path("/run/a.sock".into()),
+                ListenAddress::Abstract("abstract-echo".into()),
+            ]
+        );
+        assert_eq!(s.socket_mode, 0o600);
+        assert_eq!(s.directory_mode, 0o750);
+        assert_eq!(s.user.as_deref(), Some("busd"));
+        assert_eq!(s.group.as_deref(), Some("1234"));
+        assert_eq!(s.service, "busd.service");
+        assert_eq!(s.fd_name.as_deref(), Some("dbus"));
+        assert!(s.remove_on_stop);
+        assert_eq!(s.backlog, Some(16));
+        assert_eq!(u.after, vec!["x.service".to_string()]);
+        assert_eq!(u.before, vec!["busd.service".to_string()]);
+        assert_eq!(s.listen[1].to_string(), "@abstract-echo");
+    }
+
+    #[test]
+    fn empty_values_reset() {
+        let (_, s) = ok_sock(
+            "[Socket]\nListenStream=/a\nListenStream=\nListenStream=/b\nSocketMode=0600\n\
+             SocketMode=\nSocketUser=x\nSocketUser=\nService=a.service\nService=\n\
+             FileDescriptorName=n\nFileDescriptorName=\nBacklog=3\nBacklog=\n\
+             RemoveOnStop=yes\nRemoveOnStop=\nAccept=\n",
+        );
+        assert_eq!(s, {
+            let mut d = Socket {
+                listen: vec![ListenAddress::Path("/b".into())],
+                ..Socket::default()
+            };
+            d.service = "echo.service".into();
+            d
+        });
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key_and_keep_the_default() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "SocketMode=0999",
+                "echo.socket:3: SocketMode: invalid octal mode \"0999\", ignored",
+            ),
+            (
+                "DirectoryMode=rwx",
+                "echo.socket:3: DirectoryMode: invalid octal mode \"rwx\", ignored",
+            ),
+            (
+                "SocketUser=-bad",
+                "echo.socket:3: SocketUser: invalid user or group name \"-bad\", ignored",
+            ),
+            (
+                "SocketGroup=65535",
+                "echo.socket:3: SocketGroup: invalid user or group name \"65535\", ignored",
+            ),
+            (
+                "FileDescriptorName=a:b",
+                "echo.socket:3: FileDescriptorName: invalid descriptor name \"a:b\" (at most \
+                 255 printable ASCII characters, no ':' or space), ignored",
+            ),
+            (
+                "RemoveOnStop=maybe",
+                "echo.socket:3: RemoveOnStop: invalid boolean \"maybe\", ignored",
+            ),
+            (
+                "Backlog=-1",
+                "echo.socket:3: Backlog: invalid number \"-1\", ignored",
+            ),
+            (
+                "ListenStream=/run/a.sock",
+                "echo.socket:3: ListenStream: /run/a.sock is already listed, ignored",
+            ),
+        ];
+        for (line, want) in cases {
+            let (s, d) = bad_sock(&format!("[Socket]\nListenStream=/run/a.sock\n{line}\n"));
+            assert_eq!(&d, want);
+            let mut default = Socket {
+                listen: vec![ListenAddress::Path("/run/a.sock".into())],
+                ..Socket::default()
+            };
+            default.service = "echo.service".into();
+            assert_eq!(s, default, "{line}");
+        }
+        let long = "x".repeat(256);
+        let (s, d) = bad_sock(&format!(
+            "[Socket]\nListenStream=/a\nFileDescriptorName={long}\n"
+        ));
+        assert!(d.starts_with("echo.socket:3: FileDescriptorName: invalid descriptor name"));
+        assert_eq!(s.fd_name, None);
+    }
+
+    #[test]
+    fn what_init_cannot_listen_on_refuses_the_unit() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "ListenStream=8080",
+                "echo.socket:2: ListenStream: \"8080\" is a port or IP address: only absolute \
+                 unix socket paths and @abstract names are supported",
+            ),
+            (
+                "ListenStream=127.0.0.1:53",
+                "echo.socket:2: ListenStream: \"127.0.0.1:53\" is a port or IP address: only \
+                 absolute unix socket paths and @abstract names are supported",
+            ),
+            (
+                "ListenStream=[::1]:80",
+                "echo.socket:2: ListenStream: \"[::1]:80\" is a port or IP address: only \
+                 absolute unix socket paths and @abstract names are supported",
+            ),
+            (
+                "ListenStream=vsock:2:1024",
+                "echo.socket:2: ListenStream: \"vsock:2:1024\" is a vsock address: only \
+                 absolute unix socket paths and @abstract names are supported",
+            ),
+            (
+                "ListenStream=run/a.sock",
+                "echo.socket:2: ListenStream: \"run/a.sock\" is a relative path: only absolute \
+                 unix socket paths and @abstract names are supported",
+            ),
+            (
+                "ListenStream=/run/dir/",
+                "echo.socket:2: ListenStream: \"/run/dir/\" names a directory, not a socket",
+            ),
+            (
+                "ListenStream=@",
+                "echo.socket:2: ListenStream: empty abstract socket name",
+            ),
+            (
+                "ListenStream=/run/%z",
+                "echo.socket:2: ListenStream: unsupported specifier %z",
+            ),
+            (
+                "Accept=yes",
+                "echo.socket:2: Accept: Accept=yes (a service instance per connection) is not \
+                 supported, only Accept=no",
+            ),
+            (
+                "Accept=sometimes",
+                "echo.socket:2: Accept: invalid boolean \"sometimes\"",
+            ),
+            (
+                "Service=other.socket",
+                "echo.socket:2: Service: \"other.socket\" is not a service name",
+            ),
+            (
+                "ListenDatagram=/run/d.sock",
+                "echo.socket:2: ListenDatagram: not supported: init makes stream sockets only \
+                 (ListenStream=)",
+            ),
+            (
+                "ListenFIFO=/run/fifo",
+                "echo.socket:2: ListenFIFO: not supported: init makes stream sockets only \
+                 (ListenStream=)",
+            ),
+        ];
+        for (line, want) in cases {
+            let d = refused(&format!("[Socket]\n{line}\nListenStream=/run/ok.sock\n"));
+            assert_eq!(d, vec![want.to_string()], "{line}");
+        }
+        let long = format!("/{}", "x".repeat(107));
+        let d = refused(&format!("[Socket]\nListenStream={long}\n"));
+        assert!(d[0].contains("is longer than 107 bytes"), "{d:?}");
+        let ok = format!("/{}", "x".repeat(106));
+        ok_sock(&format!("[Socket]\nListenStream={ok}\n"));
+    }
+
+    #[test]
+    fn a_socket_without_listen_stream_is_refused() {
+        assert_eq!(
+            refused("[Unit]\nDescription=x\n"),
+            vec!["echo.socket: missing ListenStream=, nothing to listen on".to_string()]
+        );
+        assert_eq!(
+            refused("[Socket]\nListenStream=/a\nListenStream=\n"),
+            vec!["echo.socket: missing ListenStream=, nothing to listen on".to_string()]
+        );
+    }
+
+    #[test]
+    fn sections_and_unknown_keys() {
+        let p = sock(
+            "[Socket]\nListenStream=/a\nFreeBind=yes\n[Service]\nExecStart=/bin/x\n\
+             [X-Mine]\nFoo=1\n",
+        );
+        let d: Vec<String> = p.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            d,
+            vec![
+                "echo.socket:3: FreeBind: unknown key, ignored".to_string(),
+                "echo.socket:4: unknown section [Service], its keys are ignored".to_string(),
+            ]
+        );
+        let u = p.unit.unwrap();
+        assert!(u.service.exec_start.is_empty());
+        // A service has no [Socket] section.
+        let p = parse(
+            "a.service",
+            "a.service",
+            "[Service]\nExecStart=/bin/x\n[Socket]\nListenStream=/a\n",
+        );
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            "a.service:3: unknown section [Socket], its keys are ignored"
+        );
+        assert!(!p.unit.unwrap().is_socket());
+    }
+
+    proptest::proptest! {
+        /// Any mix of socket keys and values parses without a panic, and a
+        /// unit that parses listens on something.
+        #[test]
+        fn socket_parser_never_panics(
+            text in "(\\[Socket\\]\n|\\[Unit\\]\n|ListenStream=[ -~]{0,40}\n|Accept=[a-z]{0,4}\n|\
+                     (SocketMode|Backlog|Service|FileDescriptorName|SocketUser)=[ -~]{0,20}\n){0,10}"
+        ) {
+            let p = parse("p.socket", "p.socket", &text);
+            if let Some(u) = p.unit {
+                proptest::prop_assert!(u.socket.is_some_and(|s| !s.listen.is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn service_names_and_specifiers() {
+        let (u, s) = ok_sock("[Socket]\nListenStream=/run/%n\nService=%N-d.service\n");
+        assert_eq!(
+            s.listen,
+            vec![ListenAddress::Path("/run/echo.socket".into())]
+        );
+        assert_eq!(s.service, "echo-d.service");
+        assert_eq!(u.before, vec!["echo-d.service".to_string()]);
+        // An explicit Before= of the same service is not repeated.
+        let (u, _) = ok_sock("[Unit]\nBefore=echo.service\n[Socket]\nListenStream=/a\n");
+        assert_eq!(u.before, vec!["echo.service".to_string()]);
     }
 }

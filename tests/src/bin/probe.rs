@@ -63,6 +63,7 @@ fn main() {
         ),
         ["soakwrite", dir] => soakwrite(dir),
         ["sockets"] => sockets(),
+        ["serve-listen", report, count] => serve_listen(report, count.parse().unwrap_or(1)),
         ["detach", path] => detach(path),
         ["alive", pid_file, out] => alive(pid_file, out),
         ["rocheck"] => rocheck(),
@@ -405,6 +406,107 @@ fn rocheck() -> i32 {
     } else {
         println!("probe rocheck: FAIL {}", problems.join("; "));
         1
+    }
+}
+
+/// A socket-activated service as sd_listen_fds(3) sees it: appends one
+/// line to `report` (`pid= listen_pid= listen_fds= names= fd3=…`: for each
+/// passed descriptor whether it listens and its path), then answers
+/// `count` connections on fds 3 and up, one line each (`probe PID: LINE`), and
+/// exits 0. Several passed sockets are served alike.
+fn serve_listen(report: &str, count: u32) -> i32 {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::BorrowedFd;
+    let pid = std::process::id();
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| "-".to_string());
+    let fds: i32 = var("LISTEN_FDS").parse().unwrap_or(0);
+    let mut line = format!(
+        "pid={pid} listen_pid={} listen_fds={} names={}",
+        var("LISTEN_PID"),
+        var("LISTEN_FDS"),
+        var("LISTEN_FDNAMES")
+    );
+    for fd in 3..3 + fds.max(0) {
+        // SAFETY: LISTEN_FDS says init passed descriptors 3..3+N; they stay
+        // open for the whole process.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        let listening = rustix::net::sockopt::socket_acceptconn(b).unwrap_or(false);
+        let path = rustix::net::getsockname(b)
+            .ok()
+            .and_then(|a| rustix::net::SocketAddrUnix::try_from(a).ok())
+            .and_then(|u| u.path().map(|p| p.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        line.push_str(&format!(
+            " fd{fd}={}:{path}",
+            if listening { "listening" } else { "no" }
+        ));
+    }
+    // No other socket open above the passed ones: init leaks none of its
+    // own (descriptors the test harness left to init are not init's).
+    let extra: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<i32>().ok())
+                        .is_some_and(|n| n >= 3 + fds.max(0))
+                })
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .filter(|t| t.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default();
+    line.push_str(&format!(" extra_sockets={}", extra.len()));
+    let code = append_line(report, &line);
+    if code != 0 || fds < 1 {
+        return fail("no listening socket passed");
+    }
+    // SAFETY: as above.
+    let listeners: Vec<BorrowedFd<'_>> = (3..3 + fds)
+        .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+        .collect();
+    let mut served = 0;
+    while served < count {
+        // Non-blocking sockets, as systemd passes them: wait first.
+        let mut pfds: Vec<rustix::event::PollFd<'_>> = listeners
+            .iter()
+            .map(|l| rustix::event::PollFd::new(l, rustix::event::PollFlags::IN))
+            .collect();
+        if rustix::event::poll(&mut pfds, None).is_err() {
+            return fail("poll the passed sockets");
+        }
+        let ready: Vec<usize> = (0..pfds.len())
+            .filter(|&i| !pfds[i].revents().is_empty())
+            .collect();
+        drop(pfds);
+        for i in ready {
+            let conn = match rustix::net::accept(listeners[i]) {
+                Ok(c) => c,
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
+                Err(e) => return fail(&format!("accept on fd {}: {e}", i + 3)),
+            };
+            let _ = rustix::fs::fcntl_setfl(&conn, rustix::fs::OFlags::empty());
+            let stream = std::os::unix::net::UnixStream::from(conn);
+            let mut text = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut text);
+            let _ = (&stream).write_all(format!("probe {pid}: {}\n", text.trim_end()).as_bytes());
+            served += 1;
+        }
+    }
+    0
+}
+
+fn append_line(path: &str, line: &str) -> i32 {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+    {
+        Ok(()) => 0,
+        Err(e) => fail(&format!("append to {path}: {e}")),
     }
 }
 
