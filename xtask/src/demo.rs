@@ -94,6 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
         timeout: Duration::from_secs(300),
         echo: true,
         vsock: Some(bin.join("agent-shim")),
+        host: None,
     })?;
     println!("{}", report.summary());
     if let Some(Err(err)) = &report.host_check {

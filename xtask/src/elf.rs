@@ -196,6 +196,106 @@ pub fn unpad(elf: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(Some(out))
 }
 
+/// What the dynamic loader needs to run a program: its interpreter
+/// (`PT_INTERP`), the libraries it names (`DT_NEEDED`, in order) and its
+/// library search path (`DT_RUNPATH`, else `DT_RPATH`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    pub interp: Option<String>,
+    pub needed: Vec<String>,
+    pub runpath: Vec<String>,
+}
+
+const PT_INTERP: u32 = 3;
+const PT_DYNAMIC: u32 = 2;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+
+/// A NUL-terminated string at file offset `at`.
+fn cstr(elf: &[u8], at: u64) -> Result<String> {
+    let start = usize::try_from(at).map_err(|_| format!("offset {at} out of range"))?;
+    let rest = elf
+        .get(start..)
+        .ok_or_else(|| format!("string at byte {at} is past the end of the file"))?;
+    let len = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| format!("string at byte {at} has no terminating NUL"))?;
+    String::from_utf8(rest[..len].to_vec()).map_err(|_| format!("string at byte {at} is not UTF-8"))
+}
+
+/// Reads the dynamic-linking needs of a 64-bit little-endian ELF file
+/// (a static binary has none: `Dynamic::default()`).
+pub fn dynamic(elf: &[u8]) -> Result<Dynamic> {
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let phoff = get(elf, 32, 8)?;
+    let phentsize = get(elf, 54, 2)?;
+    let phnum = get(elf, 56, 2)?;
+    if phentsize != 56 {
+        return Err(format!("unexpected program header size {phentsize}"));
+    }
+    let mut out = Dynamic::default();
+    // (vaddr, offset, filesz) of each PT_LOAD, to turn DT_STRTAB's address
+    // into a file offset.
+    let mut loads = Vec::new();
+    let mut dynamic = None;
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let (kind, offset, filesz, _) = Header { at }.phdr(elf)?;
+        match kind {
+            PT_INTERP => out.interp = Some(cstr(elf, offset)?),
+            PT_DYNAMIC => dynamic = Some((offset, filesz)),
+            PT_LOAD => loads.push((get(elf, at + 16, 8)?, offset, filesz)),
+            _ => {}
+        }
+    }
+    let Some((dyn_offset, dyn_size)) = dynamic else {
+        return Ok(out);
+    };
+    let mut entries = Vec::new();
+    for n in 0..dyn_size / 16 {
+        let tag = get(elf, dyn_offset + n * 16, 8)?;
+        if tag == DT_NULL {
+            break;
+        }
+        entries.push((tag, get(elf, dyn_offset + n * 16 + 8, 8)?));
+    }
+    let strtab_addr = entries
+        .iter()
+        .find(|(t, _)| *t == DT_STRTAB)
+        .map(|(_, v)| *v)
+        .ok_or("PT_DYNAMIC without DT_STRTAB")?;
+    let strtab = loads
+        .iter()
+        .find(|(vaddr, _, filesz)| (*vaddr..vaddr + filesz).contains(&strtab_addr))
+        .map(|(vaddr, offset, _)| strtab_addr - vaddr + offset)
+        .ok_or_else(|| format!("DT_STRTAB {strtab_addr:#x} is in no PT_LOAD segment"))?;
+    let (mut runpath, mut rpath) = (None, None);
+    for (tag, value) in entries {
+        match tag {
+            DT_NEEDED => out.needed.push(cstr(elf, strtab + value)?),
+            DT_RUNPATH => runpath = Some(cstr(elf, strtab + value)?),
+            DT_RPATH => rpath = Some(cstr(elf, strtab + value)?),
+            _ => {}
+        }
+    }
+    out.runpath = runpath
+        .or(rpath)
+        .map(|p| {
+            p.split(':')
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,7 @@ impl Entry {
 }
 
 /// The directories a read-only root needs (everything writable is tmpfs).
-const DIRS: [&str; 14] = [
+const DIRS: [&str; 15] = [
     "bin",
     "sbin",
     "usr",
@@ -73,17 +73,95 @@ const DIRS: [&str; 14] = [
     "tmp",
     "root",
     "mnt",
+    "var",
 ];
 
-/// Multi-call links to init, and to the agent.
-const LINKS: [(&str, &str); 6] = [
+/// Multi-call links to init, and to the agent; `/var/run` and `/var/tmp`
+/// onto the tmpfs mounts as in Kata's osbuilder rootfs (kata-agent makes
+/// `/var/run/sandbox-ns` and uses `/var/run/cdi`: on a read-only root
+/// without the link, CreateSandbox fails with EROFS).
+const LINKS: [(&str, &str); 8] = [
     ("usr/bin/systemctl", "/sbin/init"),
     ("sbin/poweroff", "init"),
     ("sbin/reboot", "init"),
     ("sbin/halt", "init"),
     ("bin/sync", "/sbin/init"),
     ("usr/bin/agent-shim", "kata-agent"),
+    ("var/run", "../run"),
+    ("var/tmp", "../tmp"),
 ];
+
+/// Where the build host's dynamic loader looks for libraries (Debian's
+/// multiarch directories first), after a library's own `DT_RUNPATH`.
+const LIBRARY_DIRS: [&str; 6] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+/// The interpreter and every library a dynamically linked program needs,
+/// found as the build host's loader finds them (its `PT_INTERP` path, then
+/// `DT_NEEDED` recursively through `DT_RUNPATH` and [`LIBRARY_DIRS`]), as
+/// image entries at the same paths (each file's content, symlinks
+/// followed), parent directories first. A static program needs nothing.
+pub fn runtime_libraries(program: &Path) -> Result<Vec<Entry>> {
+    let what = |e: &dyn std::fmt::Display| format!("{}: {e}", program.display());
+    let first = crate::elf::dynamic(&read(program)?).map_err(|e| what(&e))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(interp) = &first.interp {
+        files.push(PathBuf::from(interp));
+    }
+    let origin = program.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut queue = vec![(first, origin)];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((needs, origin)) = queue.pop() {
+        for name in &needs.needed {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let dirs = needs
+                .runpath
+                .iter()
+                .map(|d| PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))
+                .chain(LIBRARY_DIRS.iter().map(PathBuf::from));
+            let found = if name.contains('/') {
+                Some(PathBuf::from(name)).filter(|p| p.is_file())
+            } else {
+                dirs.map(|d| d.join(name)).find(|p| p.is_file())
+            };
+            let lib = found.ok_or_else(|| {
+                what(&format!(
+                    "needs {name}, which is in none of its run path or {}",
+                    LIBRARY_DIRS.join(" ")
+                ))
+            })?;
+            let data = read(&lib)?;
+            let deps = crate::elf::dynamic(&data).map_err(|e| format!("{}: {e}", lib.display()))?;
+            queue.push((deps, lib.parent().unwrap_or(Path::new("/")).to_path_buf()));
+            files.push(lib);
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let mut dirs: Vec<&Path> = file.ancestors().skip(1).collect();
+        dirs.reverse();
+        for dir in dirs.into_iter().filter(|d| d.parent().is_some()) {
+            out.push(Entry::Dir {
+                path: dir.to_string_lossy().trim_start_matches('/').into(),
+                mode: 0o755,
+            });
+        }
+        out.push(Entry::File {
+            path: file.to_string_lossy().trim_start_matches('/').into(),
+            mode: 0o755,
+            data: read(&file)?,
+        });
+    }
+    Ok(out)
+}
 
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))
@@ -94,6 +172,7 @@ pub fn rootfs(
     bin: &Path,
     agent: Option<&Path>,
     initrd: bool,
+    on_base: bool,
     extra: &[Entry],
 ) -> Result<Vec<Entry>> {
     let mut v: Vec<Entry> = DIRS
@@ -108,6 +187,7 @@ pub fn rootfs(
     for (from, to) in [
         (bin.join("init"), "sbin/init"),
         (bin.join("timesync"), "usr/bin/timesync"),
+        (bin.join("busd"), "usr/bin/busd"),
         (agent_path, "usr/bin/kata-agent"),
     ] {
         let mut data = read(&from)?;
@@ -150,6 +230,13 @@ pub fn rootfs(
             major: 5,
             minor: 1,
         });
+    }
+    // A dynamically linked agent (Kata's own) brings its loader and
+    // libraries from the build host — unless the image is made on a base
+    // rootfs, whose own loader and libraries then serve it (as in Kata's
+    // osbuilder, which installs the agent into the distribution's tree).
+    if let Some(agent) = agent.filter(|_| !on_base) {
+        v.extend(runtime_libraries(agent)?);
     }
     v.extend(extra.iter().cloned());
     // Later entries replace earlier ones of the same path; parents first.
@@ -211,7 +298,7 @@ fn pad(out: &mut dyn Write, len: usize) -> std::io::Result<()> {
 
 /// Builds the initrd at `out` (gzip-compressed newc cpio).
 pub fn initrd(bin: &Path, agent: Option<&Path>, extra: &[Entry], out: &Path) -> Result<PathBuf> {
-    let entries = rootfs(bin, agent, true, extra)?;
+    let entries = rootfs(bin, agent, true, false, extra)?;
     write_initrd(&entries, out)?;
     Ok(out.to_path_buf())
 }
@@ -754,7 +841,7 @@ pub fn build_on(
     match kind {
         "initrd" if base.is_some() => {
             let stage_dir = dir.join(format!("{name}-rootfs"));
-            stage(&rootfs(bin, agent, true, extra)?, &stage_dir, base)?;
+            stage(&rootfs(bin, agent, true, true, extra)?, &stage_dir, base)?;
             from_stage("initrd", &stage_dir, name, fs)
         }
         "initrd" => initrd(
@@ -765,7 +852,11 @@ pub fn build_on(
         ),
         "disk" | "dax" => {
             let stage_dir = dir.join(format!("{name}-rootfs"));
-            stage(&rootfs(bin, agent, false, extra)?, &stage_dir, base)?;
+            stage(
+                &rootfs(bin, agent, false, base.is_some(), extra)?,
+                &stage_dir,
+                base,
+            )?;
             from_stage(kind, &stage_dir, name, fs)
         }
         other => Err(format!("unknown --kind {other:?} (initrd, disk, dax)")),
@@ -1071,6 +1162,66 @@ mod tests {
 
     /// `--base`: the base rootfs's files stay, its init is replaced (not
     /// written through its link to systemd), for a directory and a tarball.
+    /// A dynamically linked C program runs chrooted in a tree holding only
+    /// itself and what `runtime_libraries` found for it (as Kata's agent
+    /// must in an image); a static one needs nothing; a cut file is an
+    /// error, not a panic.
+    #[test]
+    fn a_dynamic_program_runs_with_only_the_libraries_found_for_it() {
+        let dir = std::env::temp_dir().join(format!("minos-libs-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("p.c"),
+            "#include <stdio.h>\n#include <math.h>\nint main(int c, char **v) \
+             { printf(\"dynamic %.1f\\n\", sqrt((double)c * 4.0)); return 0; }\n",
+        )
+        .unwrap();
+        run(std::process::Command::new("cc")
+            .current_dir(&dir)
+            .args(["-O1", "-o", "p", "p.c", "-lm"]))
+        .unwrap();
+        let program = dir.join("p");
+        let needs = crate::elf::dynamic(&std::fs::read(&program).unwrap()).unwrap();
+        assert_eq!(needs.interp.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
+        assert!(needs.needed.iter().any(|n| n == "libc.so.6"), "{needs:?}");
+        assert!(needs.needed.iter().any(|n| n == "libm.so.6"), "{needs:?}");
+        let mut entries = runtime_libraries(&program).unwrap();
+        let paths: Vec<&str> = entries.iter().map(Entry::path).collect();
+        for want in [
+            "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libm.so.6",
+        ] {
+            assert!(paths.contains(&want), "{want} not in {paths:?}");
+        }
+        entries.push(Entry::File {
+            path: "p".into(),
+            mode: 0o755,
+            data: std::fs::read(&program).unwrap(),
+        });
+        let tree = dir.join("tree");
+        stage(&entries, &tree, None).unwrap();
+        let out = std::process::Command::new("chroot")
+            .arg(&tree)
+            .arg("/p")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "dynamic 2.0\n");
+        // init is static: nothing to copy.
+        let init = crate::util::release_dir().join("init");
+        if init.is_file() {
+            assert!(runtime_libraries(&init).unwrap().is_empty());
+        }
+        let data = std::fs::read(&program).unwrap();
+        for cut in [7, 64, 300, data.len() / 2] {
+            let _ = crate::elf::dynamic(&data[..cut]);
+        }
+        assert!(crate::elf::dynamic(b"#!/bin/sh\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn overlay_onto_a_base_rootfs_keeps_its_files_and_replaces_its_init() {
         let dir = std::env::temp_dir().join(format!("minos-base-test-{}", std::process::id()));

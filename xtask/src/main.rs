@@ -14,6 +14,7 @@ mod demo;
 mod elf;
 mod fuzz;
 mod image;
+mod kata;
 mod kernel;
 mod measure;
 mod order;
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
 }
 
 /// The shipped binaries.
-pub const BINARIES: [&str; 3] = ["init", "timesync", "agent-shim"];
+pub const BINARIES: [&str; 4] = ["init", "timesync", "agent-shim", "busd"];
 
 /// Builds the release binaries and checks that each is static.
 fn build() -> Result<std::path::PathBuf> {
@@ -92,6 +93,8 @@ fn test() -> Result<()> {
         ("cpio", "cpio"),
         // timesync's tests run chronyd as an NTP server on loopback.
         ("chronyd", "chrony"),
+        // busd's test with a bus daemon (an osbuilder rootfs's dbus.socket).
+        ("dbus-daemon", "dbus"),
     ])?;
     util::step("rustfmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
     util::step("clippy", || {

@@ -268,7 +268,7 @@ pub fn main(args: &[String]) -> Result<()> {
         ));
     }
     let stage = std::env::temp_dir().join(format!("minos-boot-order-{}", std::process::id()));
-    let entries = crate::image::rootfs(&bin, None, false, &[])?;
+    let entries = crate::image::rootfs(&bin, None, false, false, &[])?;
     crate::image::stage(&entries, &stage, None)?;
     // This machine may not let root raise a hard limit (no CAP_SYS_RESOURCE
     // in some sandboxes): the agent's LimitNOFILE= becomes the limit it has.

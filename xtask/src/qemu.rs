@@ -19,7 +19,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::image::Fs;
@@ -83,6 +84,76 @@ impl Kind {
     }
 }
 
+/// The guest's console as a host-side script sees it while the guest runs.
+#[derive(Debug, Default)]
+pub struct Console {
+    text: Mutex<String>,
+    gone: AtomicBool,
+}
+
+impl Console {
+    fn push(&self, line: &str) {
+        let mut text = self.text.lock().unwrap_or_else(|p| p.into_inner());
+        text.push_str(line);
+        text.push('\n');
+    }
+
+    /// Everything the guest printed so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until the console after byte `from` has a line for which
+    /// `found` holds; returns that line and the offset after it. Fails when
+    /// the guest is gone or after `timeout`.
+    pub fn wait_line(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        found: impl Fn(&str) -> bool,
+    ) -> Result<(String, usize)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let gone = self.gone.load(Ordering::Relaxed);
+            {
+                let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
+                let mut at = from.min(text.len());
+                for line in text.get(at..).unwrap_or_default().split_inclusive('\n') {
+                    at += line.len();
+                    if line.ends_with('\n') && found(line.trim_end()) {
+                        return Ok((line.trim_end().to_string(), at));
+                    }
+                }
+            }
+            if gone {
+                return Err(format!("the guest ended before the console showed {what}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the console did not show {what} within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A host-side script run while the guest boots with vsock, in place of the
+/// plain health check: it gets the hybrid-vsock socket and the console, and
+/// returns what it saw (or the first failure) as the boot's `host_check`.
+#[derive(Clone)]
+pub struct HostScript(pub Arc<ScriptFn>);
+
+/// A host script's body: given the hybrid-vsock socket and the console.
+pub type ScriptFn = dyn Fn(&std::path::Path, &Console) -> Result<String> + Send + Sync;
+
+impl std::fmt::Debug for HostScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostScript")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BootOptions {
     pub kernel: PathBuf,
@@ -99,6 +170,8 @@ pub struct BootOptions {
     /// Host↔guest vsock, with the host's health check run by this
     /// agent-shim binary (`agent-shim check hvsock://...:1024`).
     pub vsock: Option<PathBuf>,
+    /// With `vsock`: this script instead of the health check.
+    pub host: Option<HostScript>,
 }
 
 /// What a boot showed.
@@ -290,10 +363,24 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("start qemu: {e}"))?;
-    let checker = match (&backend, &o.vsock) {
-        (Some(backend), Some(shim)) => Some(crate::vsock::Checker::start(shim, &backend.uds())),
-        _ => None,
+    let console = Arc::new(Console::default());
+    let (checker, mut script) = match (&backend, &o.vsock, &o.host) {
+        (Some(backend), _, Some(host)) => {
+            let (host, uds, console) = (host.clone(), backend.uds(), console.clone());
+            (
+                None,
+                Some(std::thread::spawn(move || (host.0)(&uds, &console))),
+            )
+        }
+        (Some(backend), Some(shim), None) => (
+            Some(crate::vsock::Checker::start(shim, &backend.uds())),
+            None,
+        ),
+        _ => (None, None),
     };
+    // The script's console is only fed while it runs.
+    let feed = script.is_some();
+    let end = |console: &Console| console.gone.store(true, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<String>();
     for src in [
         child
@@ -328,7 +415,11 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
                     println!("{line}");
                 }
                 report.observe(&line);
+                if feed {
+                    console.push(&line);
+                }
                 if let Some(why) = frozen(&line) {
+                    end(&console);
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
@@ -340,18 +431,45 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
+        // A host script that failed ends the boot: nothing will power the
+        // guest off now.
+        if let Some(done) = script.take_if(|s| s.is_finished()) {
+            let result = done
+                .join()
+                .unwrap_or_else(|_| Err("the host script panicked".into()));
+            let failed = result.is_err();
+            report.host_check = Some(result);
+            if failed {
+                end(&console);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(report);
+            }
+        }
         if Instant::now() > deadline {
+            end(&console);
             let _ = child.kill();
             let _ = child.wait();
+            let script = script.map(|s| s.join());
             return Err(format!(
-                "guest did not power off within {:?}\n{}",
+                "guest did not power off within {:?} (host script: {script:?})\n{}",
                 o.timeout, report.console
             ));
         }
     }
+    end(&console);
     let status = child.wait().map_err(|e| format!("wait for qemu: {e}"))?;
     report.exited_cleanly = status.success();
-    report.host_check = checker.map(crate::vsock::Checker::finish);
+    if let Some(checker) = checker {
+        report.host_check = Some(checker.finish());
+    }
+    if let Some(script) = script {
+        report.host_check = Some(
+            script
+                .join()
+                .unwrap_or_else(|_| Err("the host script panicked".into())),
+        );
+    }
     if let (Some(Err(err)), Some(backend)) = (&mut report.host_check, &backend) {
         err.push_str(&format!("\nvhost-device-vsock's log:\n{}", backend.log()));
     }
@@ -382,6 +500,7 @@ pub fn main(args: &[String]) -> Result<()> {
         timeout: Duration::from_secs(300),
         echo: true,
         vsock: (!args.iter().any(|a| a == "--no-vsock")).then(|| bin.join("agent-shim")),
+        host: None,
     };
     let report = boot(&opts)?;
     println!("{}", report.summary());

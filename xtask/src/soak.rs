@@ -137,6 +137,7 @@ fn boot_loop(boots: u64) -> Result<BootLoop> {
             timeout: Duration::from_secs(300),
             echo: false,
             vsock: None,
+            host: None,
         };
         let r = boot(&o)?;
         let written = format!("probe soakwrite: boot {n} written");

@@ -413,44 +413,20 @@ fn chronyd_entries() -> Vec<Entry> {
     entries
 }
 
-/// Adds chronyd and its shared libraries (resolved by ldd) to `extra`.
+/// Adds chronyd and the loader and libraries it links to `extra`.
 fn add_chronyd(extra: &mut Vec<Entry>) -> Result<()> {
     crate::util::ensure_packages(&[("chronyd", "chrony")])?;
-    let out = Command::new("ldd")
-        .arg("/usr/sbin/chronyd")
-        .output()
-        .map_err(|e| format!("ldd: {e}"))?;
-    let mut files = vec![PathBuf::from("/usr/sbin/chronyd")];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x...)" or
-        // "/lib64/ld-linux-x86-64.so.2 (0x...)".
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        if let Some(path) = path {
-            files.push(PathBuf::from(path));
-        }
-    }
-    for file in files {
-        let mut dirs: Vec<&Path> = file.ancestors().skip(1).collect();
-        dirs.reverse();
-        for dir in dirs.into_iter().filter(|d| d.parent().is_some()) {
-            extra.push(Entry::Dir {
-                path: dir.to_string_lossy().trim_start_matches('/').into(),
-                mode: 0o755,
-            });
-        }
-        // Written at the path ldd names (a symlink's target's content).
-        extra.push(Entry::File {
-            path: file.to_string_lossy().trim_start_matches('/').into(),
-            mode: 0o755,
-            data: std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?,
-        });
-    }
+    let chronyd = Path::new("/usr/sbin/chronyd");
+    extra.extend(crate::image::runtime_libraries(chronyd)?);
+    extra.push(Entry::Dir {
+        path: "usr/sbin".into(),
+        mode: 0o755,
+    });
+    extra.push(Entry::File {
+        path: "usr/sbin/chronyd".into(),
+        mode: 0o755,
+        data: std::fs::read(chronyd).map_err(|e| format!("{}: {e}", chronyd.display()))?,
+    });
     Ok(())
 }
 
@@ -804,6 +780,7 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
             // MINOS_VMTEST_ECHO=1 streams every guest's console.
             echo: std::env::var_os("MINOS_VMTEST_ECHO").is_some(),
             vsock: s.vsock.then(|| bin.join("agent-shim")),
+            host: None,
         };
         let result = boot(&o).and_then(|r| {
             common_checks(
@@ -920,6 +897,7 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
             }
         }
     }
+    kata_scenarios(only, &kernel, &bin, &mut failures)?;
     if failures.is_empty() {
         Ok(passed)
     } else {
@@ -929,4 +907,105 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
             failures.join("\n\n")
         ))
     }
+}
+
+/// The real kata-agent's scenarios: each cgroupsPath form, on DAX and on
+/// an initrd (see [`crate::kata`]). Skipped, loudly, without the agent.
+const KATA_SCENARIOS: [(&str, crate::kata::Form, Kind); 4] = [
+    ("kata-cgroupfs-dax", crate::kata::Form::Cgroupfs, Kind::Dax),
+    ("kata-systemd-dax", crate::kata::Form::Systemd, Kind::Dax),
+    (
+        "kata-cgroupfs-initrd",
+        crate::kata::Form::Cgroupfs,
+        Kind::Initrd,
+    ),
+    (
+        "kata-systemd-initrd",
+        crate::kata::Form::Systemd,
+        Kind::Initrd,
+    ),
+];
+
+fn kata_scenarios(
+    only: Option<&str>,
+    kernel: &Path,
+    bin: &Path,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let wanted: Vec<_> = KATA_SCENARIOS
+        .iter()
+        .filter(|(name, _, _)| only.is_none_or(|o| o == *name))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let assets = match crate::kata::assets()? {
+        Ok(a) => a,
+        Err(why) => {
+            println!(
+                "vmtest: SKIPPED {} scenario(s) with the real kata-agent: {why}",
+                wanted.len()
+            );
+            return Ok(());
+        }
+    };
+    let extra = crate::kata::image_entries()?;
+    for &&(name, form, kind) in &wanted {
+        let image = crate::image::build_on(
+            kind.name(),
+            bin,
+            Some(&assets.agent),
+            &extra,
+            &format!("test-{name}"),
+            None,
+            Fs::Ext4,
+        )?;
+        let bundles = root().join(format!("target/kata-bundles/{name}"));
+        let o = BootOptions {
+            kernel: kernel.to_path_buf(),
+            kind,
+            fs: Fs::Ext4,
+            image,
+            data_disks: Vec::new(),
+            machine: "q35".into(),
+            extra_cmdline: String::new(),
+            memory_mib: 512,
+            timeout: Duration::from_secs(400),
+            echo: std::env::var_os("MINOS_VMTEST_ECHO").is_some(),
+            vsock: Some(bin.join("agent-shim")),
+            host: Some(crate::kata::script(&assets, form, &bundles)?),
+        };
+        let result = boot(&o).and_then(|r| {
+            let steps = match &r.host_check {
+                Some(Ok(steps)) => steps.clone(),
+                Some(Err(e)) => return Err(format!("{name}: {e}\n--- console ---\n{}", r.console)),
+                None => return Err(format!("{name}: the host script did not run")),
+            };
+            crate::kata::check_console(form, &r.console)
+                .map_err(|e| format!("{name}: {e}\n--- console ---\n{}", r.console))?;
+            check(
+                name,
+                r.shutdown_seen && r.exited_cleanly,
+                "the guest did not power off cleanly after DestroySandbox",
+                &r,
+            )?;
+            Ok(steps)
+        });
+        match result {
+            Ok(steps) => {
+                println!(
+                    "vmtest: {name:<20} ok   real kata-agent, cgroupsPath {}",
+                    form.cgroup()
+                );
+                for line in steps.lines() {
+                    println!("vmtest: {name:<20}      {line}");
+                }
+            }
+            Err(e) => {
+                println!("vmtest: {name:<20} FAILED");
+                failures.push(e);
+            }
+        }
+    }
+    Ok(())
 }

@@ -456,6 +456,7 @@ fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<
         timeout: Duration::from_secs(240),
         echo: false,
         vsock: vsock.then(|| bin.join("agent-shim")),
+        host: None,
     };
     let report = crate::qemu::boot(&opts)?;
     let what = format!("{} on {}", system.name(), config.name());
