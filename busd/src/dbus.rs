@@ -35,6 +35,9 @@ const INTROSPECT_IFACE: &str = "org.freedesktop.DBus.Introspectable";
 
 /// How long a client may take to authenticate.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// dbus-daemon's limits: a match rule's length, names one connection owns.
+const MAX_RULE_LEN: usize = 1024;
+const MAX_NAMES: usize = 512;
 /// How long `KillUnit(SIGKILL)` waits for the scope to empty before it
 /// answers (so that the unit is gone when the client next asks).
 const KILL_SETTLE: Duration = Duration::from_secs(2);
@@ -205,6 +208,35 @@ enum Mode {
     },
 }
 
+/// The most clients served at once on busd's own bus (dbus-daemon's
+/// default per-user limit): more would let one local process hold busd's
+/// descriptors until kata-agent's connection is refused.
+pub const MAX_CLIENTS: usize = 256;
+
+static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of [`MAX_CLIENTS`], given back on drop.
+#[derive(Debug)]
+struct ClientSlot;
+
+impl ClientSlot {
+    fn take() -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        CLIENTS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CLIENTS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        CLIENTS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Serves one client on busd's own bus until it hangs up.
 pub async fn serve_peer(shared: Arc<Shared>, stream: std::os::unix::net::UnixStream) {
     let (uid, pid) = match rustix::net::sockopt::socket_peercred(&stream) {
@@ -215,19 +247,26 @@ pub async fn serve_peer(shared: Arc<Shared>, stream: std::os::unix::net::UnixStr
         }
     };
     let who = format!("client pid {pid} uid {uid}");
-    let builder = match Builder::async_io_unix_stream(stream)
-        .server(shared.guid.clone())
-        .map(|b| b.p2p().internal_executor(false))
-    {
-        Ok(b) => b,
+    let Some(_slot) = ClientSlot::take() else {
+        log::warn!("{who}: more than {MAX_CLIENTS} clients connected, refused");
+        return;
+    };
+    let stream = match async_io::Async::new(stream) {
+        Ok(s) => s,
         Err(e) => {
             log::error!("{who}: cannot set up the connection: {e}");
             return;
         }
     };
-    let mut messages = match crate::rt::timeout(AUTH_TIMEOUT, builder.build_message_stream()).await
+    // busd's own SASL (see sasl.rs for why not zbus's), then zbus on an
+    // authenticated socket.
+    match crate::rt::timeout(
+        AUTH_TIMEOUT,
+        crate::sasl::handshake(&stream, uid, shared.guid.as_str()),
+    )
+    .await
     {
-        Some(Ok(s)) => s,
+        Some(Ok(())) => {}
         Some(Err(e)) => {
             log::warn!("{who}: authentication failed: {e}");
             return;
@@ -237,6 +276,22 @@ pub async fn serve_peer(shared: Arc<Shared>, stream: std::os::unix::net::UnixStr
                 "{who}: no authentication within {} s, disconnected",
                 AUTH_TIMEOUT.as_secs()
             );
+            return;
+        }
+    }
+    let built = match Builder::authenticated_socket(stream, shared.guid.clone()) {
+        Ok(b) => {
+            b.p2p()
+                .internal_executor(false)
+                .build_message_stream()
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let mut messages = match built {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{who}: cannot set up the connection: {e}");
             return;
         }
     };
@@ -668,6 +723,12 @@ async fn bus_call(
         "AddMatch" | "RemoveMatch" => {
             check_sig(msg, member, "s")?;
             let (text,): (String,) = body(msg, member)?;
+            if text.len() > MAX_RULE_LEN {
+                return Err((
+                    "org.freedesktop.DBus.Error.LimitsExceeded",
+                    format!("a match rule longer than {MAX_RULE_LEN} bytes"),
+                ));
+            }
             let rule = MatchRule::try_from(text.as_str())
                 .map(|r| r.to_owned())
                 .map_err(|e| {
@@ -754,6 +815,14 @@ async fn bus_call(
             }
             let me = caller.unique.clone().unwrap_or_default();
             let mut peers = lock(&shared.peers);
+            if !peers.names.contains_key(&name)
+                && peers.names.values().filter(|o| **o == me).count() >= MAX_NAMES
+            {
+                return Err((
+                    "org.freedesktop.DBus.Error.LimitsExceeded",
+                    format!("more than {MAX_NAMES} names owned"),
+                ));
+            }
             let code: u32 = match peers.names.get(&name) {
                 Some(o) if *o == me => 4,
                 Some(_) => 3,

@@ -13,4 +13,5 @@ pub mod dbus;
 pub mod manager;
 pub mod props;
 pub mod rt;
+pub mod sasl;
 pub mod unit;

@@ -460,8 +460,11 @@ impl Manager {
                     )));
                 }
                 if name != "-.slice" {
+                    // The slice and every unit below it, however deep
+                    // (the directory tree goes as a whole).
+                    let below = format!("{}/", u.cgroup);
                     self.units
-                        .retain(|n, v| n != name && !v.slice.starts_with(name));
+                        .retain(|n, v| n != name && !v.cgroup.starts_with(&below));
                     if let Err(e) = cgroup::remove(&self.layout, &u.cgroup) {
                         log::warn!("{name}: {}", minos_common::Report(&e));
                     }
