@@ -36,12 +36,17 @@ fn text(data: &[u8]) -> String {
     String::from_utf8_lossy(data).into_owned()
 }
 
-/// A unit file, as a service and as a target.
+/// A unit file, as a service, a socket and a target.
 pub fn unit_file(data: &[u8]) {
     let t = text(data);
-    let parsed = minos_init::unit::parse("fuzz.service", "/etc/minos/units/fuzz.service", &t);
-    for d in &parsed.diagnostics {
-        let _ = d.to_string();
+    for (name, path) in [
+        ("fuzz.service", "/etc/minos/units/fuzz.service"),
+        ("fuzz.socket", "/etc/minos/units/fuzz.socket"),
+    ] {
+        let parsed = minos_init::unit::parse(name, path, &t);
+        for d in &parsed.diagnostics {
+            let _ = d.to_string();
+        }
     }
     let _ = minos_init::unit::parse("fuzz.target", "/etc/minos/units/fuzz.target", &t);
 }
