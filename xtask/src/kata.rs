@@ -6,9 +6,10 @@
 //! which the agent calls `org.freedesktop.systemd1` over D-Bus).
 //!
 //! The agent, agent-ctl (patched to take a local bundle) and reference OCI
-//! specs come from `$MINOS_KATA_DIR` (default `../shared/kata` beside the
-//! repository); the binaries are unpacked into `~/.cache/minos/kata`. When
-//! they are absent the scenarios are skipped with one loud line.
+//! specs come from `$MINOS_KATA_DIR` (default tests/fixtures/kata/agent,
+//! whose README says what they are); the binaries are unpacked into
+//! `~/.cache/minos/kata`. When they are absent the scenarios are skipped
+//! with one loud line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,9 +63,10 @@ pub struct Assets {
     pub specs: PathBuf,
 }
 
-/// `$MINOS_KATA_DIR`, else `../shared/kata` beside the repository.
+/// `$MINOS_KATA_DIR`, else tests/fixtures/kata/agent.
 pub fn kata_dir() -> PathBuf {
-    std::env::var_os("MINOS_KATA_DIR").map_or_else(|| root().join("../shared/kata"), PathBuf::from)
+    std::env::var_os("MINOS_KATA_DIR")
+        .map_or_else(|| root().join("tests/fixtures/kata/agent"), PathBuf::from)
 }
 
 /// Unpacks `xz` to `out` unless a copy from the same file is there.
