@@ -1263,11 +1263,15 @@ impl Supervisor {
         // it missing. A socket unit ordered after another unit waits below.
         for i in 0..self.units.len() {
             let Some(u) = self.units.get(i) else { continue };
+            // Cheap tests first: this pass runs at every scheduling round.
+            if u.state != State::Waiting || !u.unit.is_socket() {
+                continue;
+            }
             let ordered = self
                 .units
                 .iter()
                 .any(|d| d.unit.name != u.unit.name && self.is_after(&u.unit, &d.unit));
-            if u.state == State::Waiting && u.unit.is_socket() && !ordered {
+            if !ordered {
                 self.start_unit(i);
             }
         }
