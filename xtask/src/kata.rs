@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::image::Entry;
 use crate::qemu::{Console, HostScript};
-use crate::util::{ensure_packages, root, Result};
+use crate::util::{ensure_packages, output_within, root, Result};
 
 /// The container's id: agent-ctl derives the container's hostname from its
 /// first 12 characters (the bundles name none).
@@ -268,6 +268,9 @@ struct Ctl<'a> {
     uds: &'a Path,
     bundles: &'a Path,
     log: Vec<String>,
+    /// How long one run may take before it is killed (agent-ctl's own
+    /// `--timeout` bounds the request, not the connection).
+    limit: Duration,
 }
 
 impl Ctl<'_> {
@@ -285,16 +288,22 @@ impl Ctl<'_> {
             cmd.args(["-n", "yes"]);
         }
         let t = Instant::now();
-        let o = cmd
-            .args(["-c", command])
-            .output()
-            .map_err(|e| format!("run {}: {e}", self.exe.display()))?;
+        let verb = command.split_whitespace().next().unwrap_or_default();
+        let Some(o) = output_within(cmd.args(["-c", command]), self.limit)? else {
+            self.log.push(format!(
+                "agent-ctl {verb} ({bundle}): no answer within {} s",
+                self.limit.as_secs()
+            ));
+            return Err(format!(
+                "agent-ctl -c {command:?}: no answer within {} s (killed)",
+                self.limit.as_secs()
+            ));
+        };
         let out = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        let verb = command.split_whitespace().next().unwrap_or_default();
         self.log.push(format!(
             "agent-ctl {verb} ({bundle}): {} in {} ms",
             if o.status.success() { "ok" } else { "failed" },
@@ -399,6 +408,9 @@ fn lifecycle(
         uds,
         bundles,
         log: Vec::new(),
+        // The runtime dials with a timeout and dials again: a connection
+        // the guest never answers must not hold the check.
+        limit: Duration::from_secs(10),
     };
     // The runtime polls the health check until the agent answers.
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -414,6 +426,10 @@ fn lifecycle(
     }
     let checks = ctl.log.len();
     ctl.log.drain(..checks - 1);
+    if let Some(last) = ctl.log.last_mut() {
+        last.push_str(&format!(" (attempt {checks})"));
+    }
+    ctl.limit = Duration::from_secs(90);
     let cid = CID;
     ctl.run(
         r#"CreateSandbox json://{"sandbox_id":"minos-sandbox"}"#,

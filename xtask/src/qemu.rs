@@ -297,6 +297,16 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
         let (memory, property) = crate::vsock::memory_args(o.memory_mib);
         cmd.args(memory).args(backend.device_args(&o.machine));
         machine.push_str(property);
+        // Entropy, as Kata's runtime gives every guest (`entropy_source`):
+        // without it the guest's CRNG is not ready for seconds under TCG,
+        // and whatever calls a blocking getrandom waits that long.
+        let rng = if o.machine == "microvm" {
+            "virtio-rng-device,rng=rng0"
+        } else {
+            "virtio-rng-pci,rng=rng0"
+        };
+        cmd.args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
+            .args(["-device", rng]);
     }
     cmd.args(["-machine", &machine, "-smp", "1"])
         .args([
@@ -451,8 +461,12 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
             let _ = child.kill();
             let _ = child.wait();
             let script = script.map(|s| s.join());
+            let backend_log = backend
+                .as_ref()
+                .map(|b| format!("\nvhost-device-vsock's log:\n{}", b.log()))
+                .unwrap_or_default();
             return Err(format!(
-                "guest did not power off within {:?} (host script: {script:?})\n{}",
+                "guest did not power off within {:?} (host script: {script:?}){backend_log}\n{}",
                 o.timeout, report.console
             ));
         }
