@@ -89,7 +89,7 @@ pub fn run(args: &[String]) -> ! {
     timeline.mark(Event::MountsDone, None);
 
     system_setup(mode);
-    let mut units = load_units(Path::new(UNITS_DIR), &cfg);
+    let (mut units, later) = load_units(Path::new(UNITS_DIR), &cfg, mode);
     apply_nofile_limits(&mut units, mode);
 
     let signals = match signals {
@@ -114,6 +114,9 @@ pub fn run(args: &[String]) -> ! {
         kill_timeout: cfg.kill_timeout,
     };
     let mut sup = Supervisor::new(units, settings, signals, timeline);
+    if let Some(later) = later {
+        sup.defer_units(Box::new(later));
+    }
     // init's own directory, timeline file and sockets: in a VM once the
     // first unit (the agent) is forked, nothing of them being the agent's.
     sup.defer_setup(LateSetup {
@@ -338,9 +341,13 @@ fn list_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     Ok(names)
 }
 
-/// Loads the units to start from `dir`, honouring systemd.unit=, masks and wants.
-pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
-    let mut services: Vec<Unit> = Vec::new();
+/// Loads the units to start from `dir`, honouring systemd.unit=, masks and
+/// wants. Socket units, and the services named like them (a socket unit's
+/// default `Service=`), are left for [`Later`] unless a unit read now
+/// refers to one of them: no service but one they activate needs them
+/// before the first service is forked, and reading them then costs that
+/// service's exec nothing.
+pub fn load_units(dir: &Path, cfg: &BootConfig, mode: Mode) -> (Vec<Unit>, Option<Later>) {
     let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut names = match list_dir(dir) {
         Ok(names) => names,
@@ -353,40 +360,113 @@ pub fn load_units(dir: &Path, cfg: &BootConfig) -> Vec<Unit> {
         }
     };
     names.sort();
+    let file_name = |path: &Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let socket_stems: Vec<String> = names
+        .iter()
+        .filter_map(|(p, _)| file_name(p).strip_suffix(".socket").map(String::from))
+        .collect();
+    let (later, now): (Vec<_>, Vec<_>) = names.into_iter().partition(|(p, _)| {
+        let name = file_name(p);
+        let stem = name
+            .strip_suffix(".socket")
+            .or_else(|| name.strip_suffix(".service"));
+        stem.is_some_and(|s| socket_stems.iter().any(|k| k == s))
+    });
     let mut broken: Vec<String> = Vec::new();
-    for (path, listed_regular) in names {
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        if file_name.ends_with(".target") {
+    let mut services = Vec::new();
+    for (path, listed_regular) in now {
+        let name = file_name(&path);
+        if name.ends_with(".target") {
             if let Ok(text) = std::fs::read_to_string(&path) {
-                targets.insert(file_name.into_owned(), target_deps(&text));
+                targets.insert(name, target_deps(&text));
             }
             continue;
         }
-        if !file_name.ends_with(".service") && !file_name.ends_with(".socket") {
-            continue;
+        load_one(&path, listed_regular, &mut services, &mut broken);
+    }
+    let named_now = later.iter().any(|(p, _)| {
+        let name = file_name(p);
+        services.iter().any(|u| {
+            u.unit_deps().contains(&name) || u.after.contains(&name) || u.before.contains(&name)
+        })
+    });
+    if named_now || later.is_empty() {
+        // A unit read now refers to one of them: all of them now.
+        for (path, listed_regular) in &later {
+            load_one(path, *listed_regular, &mut services, &mut broken);
         }
-        let parsed = unit::load_listed(&path, listed_regular);
-        for d in &parsed.diagnostics {
-            match d.severity {
-                Severity::Warning => log::warn!("{d}"),
-                Severity::Error => log::error!("{d}"),
-            }
-        }
-        match parsed.unit {
-            Some(u) => services.push(u),
-            None => {
-                log::error!(
-                    "{}: not loaded; the other units still start",
-                    path.display()
-                );
-                broken.push(file_name.into_owned());
-            }
+        return (select(services, &targets, cfg, &broken), None);
+    }
+    let units = select(services, &targets, cfg, &broken);
+    let later = Later {
+        files: later,
+        targets,
+        cfg: cfg.clone(),
+        broken,
+        mode,
+    };
+    (units, Some(later))
+}
+
+/// Reads one `.service` or `.socket` file into `units` (its diagnostics
+/// logged), or its name into `broken`.
+fn load_one(path: &Path, listed_regular: bool, units: &mut Vec<Unit>, broken: &mut Vec<String>) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.ends_with(".service") && !name.ends_with(".socket") {
+        return;
+    }
+    let parsed = unit::load_listed(path, listed_regular);
+    for d in &parsed.diagnostics {
+        match d.severity {
+            Severity::Warning => log::warn!("{d}"),
+            Severity::Error => log::error!("{d}"),
         }
     }
-    select(services, &targets, cfg, &broken)
+    match parsed.unit {
+        Some(u) => units.push(u),
+        None => {
+            log::error!(
+                "{}: not loaded; the other units still start",
+                path.display()
+            );
+            broken.push(name);
+        }
+    }
+}
+
+/// The socket units and their services [`load_units`] left: read once the
+/// first service has been forked (in a VM; before any service in a
+/// container), selected with the units read at boot.
+#[derive(Debug)]
+pub struct Later {
+    files: Vec<(PathBuf, bool)>,
+    targets: BTreeMap<String, Vec<String>>,
+    cfg: BootConfig,
+    broken: Vec<String>,
+    mode: Mode,
+}
+
+impl supervisor::LaterUnits for Later {
+    /// Reads the files and selects again over them and `loaded` (the units
+    /// read at boot): the units to start or keep, as [`select`] gives them,
+    /// their `LimitNOFILE=` applied.
+    fn load(&self, loaded: &[Unit]) -> Vec<Unit> {
+        let mut broken = self.broken.clone();
+        let mut all = loaded.to_vec();
+        for (path, listed_regular) in &self.files {
+            load_one(path, *listed_regular, &mut all, &mut broken);
+        }
+        let mut chosen = select(all, &self.targets, &self.cfg, &broken);
+        apply_nofile_limits(&mut chosen, self.mode);
+        chosen
+    }
 }
 
 /// Picks the units to start: the named target's (or every) service, plus
@@ -582,6 +662,82 @@ mod tests {
 
     fn names(v: &[Unit]) -> Vec<&str> {
         v.iter().map(|u| u.name.as_str()).collect()
+    }
+
+    fn units_dir(tag: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("minos-units-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    const AGENT: (&str, &str) = ("kata-agent.service", "[Service]\nExecStart=/bin/agent\n");
+    const BUSD_SOCKET: (&str, &str) = (
+        "busd.socket",
+        "[Socket]\nListenStream=/run/dbus/system_bus_socket\n",
+    );
+    const BUSD: (&str, &str) = ("busd.service", "[Service]\nExecStart=/usr/bin/busd\n");
+
+    #[test]
+    fn socket_units_and_their_services_are_read_after_the_first_fork() {
+        use crate::supervisor::LaterUnits;
+        let other = ("timesync.service", "[Service]\nExecStart=/bin/ts\n");
+        let dir = units_dir("later", &[AGENT, BUSD_SOCKET, BUSD, other]);
+        let (units, later) = load_units(&dir, &BootConfig::default(), Mode::Vm);
+        assert_eq!(
+            names(&units),
+            vec!["kata-agent.service", "timesync.service"]
+        );
+        let later = later.expect("the socket unit is left for later");
+        // Read then, and selected with what boot loaded: the service on
+        // demand, the others as they were.
+        let all = later.load(&units);
+        let on_demand: Vec<&str> = all
+            .iter()
+            .filter(|u| u.on_demand)
+            .map(|u| u.name.as_str())
+            .collect();
+        assert_eq!(on_demand, vec!["busd.service"]);
+        let mut got = names(&all);
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![
+                "busd.service",
+                "busd.socket",
+                "kata-agent.service",
+                "timesync.service"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_unit_ordered_after_a_socket_unit_has_it_read_at_once() {
+        let agent = (
+            "kata-agent.service",
+            "[Unit]\nAfter=busd.socket\n[Service]\nExecStart=/bin/agent\n",
+        );
+        let dir = units_dir("now", &[agent, BUSD_SOCKET, BUSD]);
+        let (units, later) = load_units(&dir, &BootConfig::default(), Mode::Vm);
+        assert!(later.is_none());
+        let mut got = names(&units);
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec!["busd.service", "busd.socket", "kata-agent.service"]
+        );
+        assert!(
+            units
+                .iter()
+                .find(|u| u.name == "busd.service")
+                .unwrap()
+                .on_demand
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -477,11 +477,48 @@ pub struct Supervisor {
     /// init's own run directory, timeline file and sockets, not yet made
     /// (see [`Self::set_up_late`]).
     late: Option<LateSetup>,
+    /// The socket units (and their services) not yet read: given the units
+    /// loaded, the units to start or keep (see [`Self::defer_units`]).
+    later_units: Option<Box<dyn LaterUnits>>,
     /// A unit other than a socket has been started (socket units wait for
     /// it, and for the late set-up, in a VM).
     started_any: bool,
     pub orphans_reaped: u64,
     pub boot_instant: Instant,
+}
+
+/// Units left to read later (boot's socket units).
+pub trait LaterUnits: std::fmt::Debug {
+    /// Reads them; given the units loaded, returns the units to start or
+    /// keep (those loaded among them).
+    fn load(&self, loaded: &[Unit]) -> Vec<Unit>;
+}
+
+/// Sets up what the supervisor keeps for each unit that lacks it: an on
+/// demand service is inactive until its socket unit starts it; a socket
+/// unit knows its service's place.
+fn adopt(units: &mut [UnitRt]) {
+    for i in 0..units.len() {
+        let Some(u) = units.get(i) else { continue };
+        if u.unit.on_demand {
+            if let Some(u) = units.get_mut(i) {
+                if u.state == State::Waiting {
+                    u.state = State::Inactive;
+                }
+            }
+            continue;
+        }
+        let Some(sock) = &u.unit.socket else { continue };
+        let service = units.iter().position(|s| s.unit.name == sock.service);
+        if let Some(u) = units.get_mut(i) {
+            if u.socket.is_none() {
+                u.socket = Some(Box::new(SocketRt {
+                    service,
+                    ..SocketRt::default()
+                }));
+            }
+        }
+    }
 }
 
 impl Supervisor {
@@ -492,23 +529,7 @@ impl Supervisor {
         timeline: Timeline,
     ) -> Self {
         let mut units: Vec<UnitRt> = units.into_iter().map(UnitRt::new).collect();
-        for i in 0..units.len() {
-            let Some(u) = units.get(i) else { continue };
-            if u.unit.on_demand {
-                if let Some(u) = units.get_mut(i) {
-                    u.state = State::Inactive;
-                }
-                continue;
-            }
-            let Some(sock) = &u.unit.socket else { continue };
-            let service = units.iter().position(|s| s.unit.name == sock.service);
-            if let Some(u) = units.get_mut(i) {
-                u.socket = Some(Box::new(SocketRt {
-                    service,
-                    ..SocketRt::default()
-                }));
-            }
-        }
+        adopt(&mut units);
         Self {
             units,
             settings,
@@ -522,6 +543,7 @@ impl Supervisor {
             hold: None,
             deferred: false,
             late: None,
+            later_units: None,
             started_any: false,
             orphans_reaped: 0,
             boot_instant: Instant::now(),
@@ -1248,19 +1270,30 @@ impl Supervisor {
         later.after.contains(&earlier.name) || earlier.before.contains(&later.name)
     }
 
-    /// Starts every waiting unit whose ordering dependencies have settled.
-    fn schedule(&mut self) {
-        if self.shutdown.is_some() {
-            return;
+    /// Starts every waiting socket unit not ordered after another unit.
+    /// Sockets come before every service, as systemd orders sockets.target
+    /// before the services of basic.target: a service may connect to one at
+    /// any time — kata-agent's systemd cgroup driver does at its first
+    /// container — and must never find it missing. The one exception is the
+    /// first service of a VM boot (the agent), forked first so that binding
+    /// costs its exec nothing; its sockets are made right after that exec,
+    /// before init waits for anything ([`Self::schedule`]). The agent
+    /// reaches a socket only on a host request, and the host sends none
+    /// before the agent has answered it and waited for the next one. A
+    /// socket unit ordered after another unit waits in [`Self::schedule`].
+    fn start_sockets(&mut self) {
+        if let Some(later) = self.later_units.take() {
+            let loaded: Vec<Unit> = self.units.iter().map(|u| u.unit.clone()).collect();
+            for u in later.load(&loaded) {
+                match self.units.iter_mut().find(|have| have.unit.name == u.name) {
+                    // Made on demand by a socket unit read now: waits for it
+                    // (unless it has already started: it then stays).
+                    Some(have) => have.unit.on_demand |= u.on_demand,
+                    None => self.units.push(UnitRt::new(u)),
+                }
+            }
+            adopt(&mut self.units);
         }
-        if self.holding() {
-            return;
-        }
-        // Sockets before every service, as systemd orders sockets.target
-        // before the services of basic.target: a service started at boot
-        // (the agent) may connect to one at any time — kata-agent's systemd
-        // cgroup driver does at its first container — and must never find
-        // it missing. A socket unit ordered after another unit waits below.
         for i in 0..self.units.len() {
             let Some(u) = self.units.get(i) else { continue };
             // Cheap tests first: this pass runs at every scheduling round.
@@ -1274,6 +1307,28 @@ impl Supervisor {
             if !ordered {
                 self.start_unit(i);
             }
+        }
+    }
+
+    /// Starts every waiting unit whose ordering dependencies have settled.
+    fn schedule(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        if self.holding() {
+            return;
+        }
+        // In a VM the first service (the agent) is forked before them, and
+        // they are made the moment its exec has happened (below); with no
+        // service to fork, now.
+        if self.started_any
+            || self.settings.mode != Mode::Vm
+            || !self
+                .units
+                .iter()
+                .any(|u| u.state == State::Waiting && !u.unit.is_socket())
+        {
+            self.start_sockets();
         }
         loop {
             let mut progressed = false;
@@ -1320,6 +1375,9 @@ impl Supervisor {
                         self.set_up_late();
                     }
                     self.start_unit(i);
+                    // Its process has exec'd (CLONE_VFORK): the sockets
+                    // held back for it are made now, before init waits.
+                    self.start_sockets();
                     progressed = true;
                     if self.hold.is_some() {
                         // Its turn first: the next one when it has run.
@@ -1597,6 +1655,13 @@ impl Supervisor {
             return false;
         }
         true
+    }
+
+    /// Leaves the socket units (and their services) unread until sockets
+    /// are made: right after the first service's exec in a VM, before any
+    /// service in a container ([`Self::start_sockets`]).
+    pub fn defer_units(&mut self, later: Box<dyn LaterUnits>) {
+        self.later_units = Some(later);
     }
 
     /// Leaves init's run directory, timeline file and sockets until
