@@ -574,9 +574,89 @@ pub fn script(a: &Assets, form: Form, bundles_dir: &Path) -> Result<HostScript> 
     let _ = std::fs::remove_dir_all(bundles_dir);
     bundles(a, form, bundles_dir)?;
     let (a, dir) = (a.clone(), bundles_dir.to_path_buf());
-    Ok(HostScript(Arc::new(move |uds, console| {
-        lifecycle(&a, form, uds, console, &dir)
-    })))
+    Ok(HostScript {
+        run: Arc::new(move |uds, console| lifecycle(&a, form, uds, console, &dir)),
+        then_stop: false,
+    })
+}
+
+/// The bench's host side with the real agent (`cargo xtask bench`): polls
+/// the health check from power-on as the runtime does, then asks the agent
+/// for its metrics at once and 1 s later, and ends with `DestroySandbox`
+/// (the host then stops the VM, as the runtime does). Its answer is one
+/// line: `health_check_host_ms=N checks=N mem_ready_kib=N mem_late_kib=N`.
+pub fn bench_script(a: &Assets, bundles_dir: &Path) -> Result<HostScript> {
+    let _ = std::fs::remove_dir_all(bundles_dir);
+    bundles(a, Form::Cgroupfs, bundles_dir)?;
+    let (a, dir) = (a.clone(), bundles_dir.to_path_buf());
+    Ok(HostScript {
+        run: Arc::new(move |uds, _console| measure(&a, uds, &dir)),
+        then_stop: true,
+    })
+}
+
+fn measure(a: &Assets, uds: &Path, bundles: &Path) -> Result<String> {
+    // The script starts as QEMU does: its clock is the VM's since power-on.
+    let start = Instant::now();
+    let mut ctl = Ctl {
+        exe: &a.ctl,
+        uds,
+        bundles,
+        log: Vec::new(),
+        limit: Duration::from_secs(10),
+    };
+    let deadline = start + Duration::from_secs(180);
+    let mut checks = 0;
+    loop {
+        checks += 1;
+        match ctl.run("Check", "good", false) {
+            Ok(out) if out.contains("SERVING") => break,
+            Ok(out) => return Err(format!("Check answered without SERVING:\n{out}")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("no health check answer within 180 s: {e}"))
+            }
+            // Not more often: vhost-device-vsock under TCG has been seen to
+            // stall every connection of a boot after a flood of early ones.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let check_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let ready = guest_mem_used(&ctl.run("GetMetrics", "good", false)?)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let late = guest_mem_used(&ctl.run("GetMetrics", "good", false)?)?;
+    // Answered or not (an agent as init may not answer before it ends),
+    // the host stops the VM next.
+    let _ = ctl.run("DestroySandbox", "good", false);
+    Ok(format!(
+        "health_check_host_ms={check_ms:.0} checks={checks} mem_ready_kib={ready} mem_late_kib={late}"
+    ))
+}
+
+/// MemTotal − MemFree (KiB) from a GetMetrics answer as agent-ctl logs it:
+/// the agent's `kata_guest_meminfo{item="mem_total"}` and `mem_free`
+/// gauges (bytes), in text quoted once or more.
+pub fn guest_mem_used(out: &str) -> Result<u64> {
+    let plain: String = out.chars().filter(|c| *c != '\\' && *c != '"').collect();
+    let gauge = |item: &str| -> Result<u64> {
+        let key = format!("kata_guest_meminfo{{item={item}}} ");
+        let at = plain.find(&key).ok_or_else(|| {
+            format!("no kata_guest_meminfo {item} in the GetMetrics answer:\n{out}")
+        })?;
+        let rest = plain.get(at + key.len()..).unwrap_or_default();
+        let digits: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+            .collect();
+        digits
+            .parse::<f64>()
+            .map(|v| v as u64)
+            .map_err(|e| format!("kata_guest_meminfo {item}: {digits:?}: {e}"))
+    };
+    let (total, free) = (gauge("mem_total")?, gauge("mem_free")?);
+    total
+        .checked_sub(free)
+        .map(|used| used / 1024)
+        .ok_or_else(|| format!("mem_free {free} above mem_total {total}"))
 }
 
 /// What the guest's console must show after the lifecycle: the container's
@@ -620,6 +700,21 @@ pub fn check_console(form: Form, console: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn guest_memory_from_a_get_metrics_answer_quoted_twice() {
+        // As agent-ctl logs it: the response's Debug form inside a JSON string.
+        let out = r##"{"msg":"response received","response":"GetMetricsResponse { metrics: \"# TYPE kata_guest_meminfo gauge\\nkata_guest_meminfo{item=\\\"mem_free\\\"} 2.04e9\\nkata_guest_meminfo{item=\\\"mem_total\\\"} 2055651328\\n\" }"}"##;
+        assert_eq!(
+            guest_mem_used(out).unwrap(),
+            (2_055_651_328 - 2_040_000_000) / 1024
+        );
+        assert!(guest_mem_used("no metrics")
+            .unwrap_err()
+            .contains("mem_total"));
+        let upside = out.replace("2.04e9", "3e9");
+        assert!(guest_mem_used(&upside).unwrap_err().contains("above"));
+    }
     use super::*;
 
     #[test]

@@ -143,7 +143,12 @@ impl Console {
 /// plain health check: it gets the hybrid-vsock socket and the console, and
 /// returns what it saw (or the first failure) as the boot's `host_check`.
 #[derive(Clone)]
-pub struct HostScript(pub Arc<ScriptFn>);
+pub struct HostScript {
+    pub run: Arc<ScriptFn>,
+    /// When it has ended, the host stops the VM (as Kata's runtime does
+    /// after `DestroySandbox`) instead of waiting for a power-off.
+    pub then_stop: bool,
+}
 
 /// A host script's body: given the hybrid-vsock socket and the console.
 pub type ScriptFn = dyn Fn(&std::path::Path, &Console) -> Result<String> + Send + Sync;
@@ -379,7 +384,7 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
             let (host, uds, console) = (host.clone(), backend.uds(), console.clone());
             (
                 None,
-                Some(std::thread::spawn(move || (host.0)(&uds, &console))),
+                Some(std::thread::spawn(move || (host.run)(&uds, &console))),
             )
         }
         (Some(backend), Some(shim), None) => (
@@ -449,10 +454,14 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
                 .unwrap_or_else(|_| Err("the host script panicked".into()));
             let failed = result.is_err();
             report.host_check = Some(result);
-            if failed {
+            if failed || o.host.as_ref().is_some_and(|h| h.then_stop) {
                 end(&console);
                 let _ = child.kill();
                 let _ = child.wait();
+                // What the guest wrote before it was stopped.
+                for line in rx.iter() {
+                    report.observe(&line);
+                }
                 return Ok(report);
             }
         }

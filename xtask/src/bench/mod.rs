@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick] [--check] [--systems a,b] [--flavours f,g]
-//! [--configs MACHINE/KIND/FORMAT,...] [--out DIR] [--no-time]`
+//! [--configs MACHINE/KIND/FORMAT,...] [--out DIR] [--no-time] [--no-real]`
 //! (`--pid1`: see [`pid1`]; `--render`: the page and charts again from
 //! docs/bench/results.json):
 //! boots every system of [`systems`] the same way — same kernel, QEMU
@@ -12,11 +12,17 @@
 //! agent-shim/src/bench.rs), except the host's health check, which needs
 //! guest time to follow real time (`sleep=on`, about ±5 %).
 //!
+//! The real kata-agent (under minos, and as init) is booted too, three
+//! times per configuration on the `kata` kernel ([`real`]; `--no-real`
+//! skips it).
+//!
 //! `--quick` (what `cargo xtask test` runs): minos and the agent as init on
 //! the cached `test` kernel, q35 + DAX, one boot each plus one health-check
-//! boot, written under target/bench; the output files are read back.
+//! boot, and the real agent's configurations once each, written under
+//! target/bench; the output files are read back.
 
 pub mod pid1;
+pub mod real;
 pub mod report;
 pub mod systems;
 
@@ -146,6 +152,9 @@ pub struct Results {
     /// full run).
     #[serde(default)]
     pub time_daemons: Vec<TimeDaemon>,
+    /// The real kata-agent under minos and as init (see [`real`]).
+    #[serde(default)]
+    pub real_agent: Vec<real::RealRow>,
 }
 
 /// One time daemon in the PHC guest of `cargo xtask vmtest dax-q35-phc`
@@ -412,6 +421,9 @@ struct Plan {
     docs: bool,
     /// Also timesync against chronyd in the PHC guest.
     time_daemons: bool,
+    /// The real kata-agent's boots: on this kernel flavour, each this many
+    /// times (host wall time varies from boot to boot).
+    real_agent: Option<(&'static str, usize)>,
 }
 
 fn boot_one(system: System, config: &Config, bin: &Path, vsock: bool) -> Result<(Row, String)> {
@@ -694,6 +706,7 @@ fn run_plan(plan: &Plan) -> Result<Results> {
         })
         .collect();
     let budgets = budgets(&rows);
+    let real_agent = real_agent_rows(plan, &bin, &mut failures)?;
     Ok(Results {
         date: command_line("date", &["-u", "+%Y-%m-%d"]),
         host: format!(
@@ -714,7 +727,60 @@ fn run_plan(plan: &Plan) -> Result<Results> {
         } else {
             Vec::new()
         },
+        real_agent,
     })
+}
+
+/// The real agent's boots ([`real`]); each that fails is recorded as a
+/// failure. Skipped, said aloud, without Kata's agent and agent-ctl.
+fn real_agent_rows(
+    plan: &Plan,
+    bin: &Path,
+    failures: &mut Vec<Failure>,
+) -> Result<Vec<real::RealRow>> {
+    let Some((flavour, runs)) = plan.real_agent else {
+        return Ok(Vec::new());
+    };
+    let assets = match crate::kata::assets()? {
+        Ok(a) => a,
+        Err(why) => {
+            println!("xtask: bench: SKIPPED the real kata-agent's rows: {why}");
+            return Ok(Vec::new());
+        }
+    };
+    let mut rows = Vec::new();
+    for (system, config) in real::configs(flavour) {
+        for run in 1..=runs {
+            println!(
+                "xtask: bench: {system} with the real kata-agent on {} ({run}/{runs})",
+                config.name()
+            );
+            match real::boot(system, &config, bin, &assets) {
+                Ok((row, console)) => {
+                    println!(
+                        "xtask: bench:   health check {:.0} ms (host, {} tries), memory {} KiB, 1 s later {} KiB",
+                        row.health_check_host_ms, row.checks, row.mem_ready_kib, row.mem_late_kib
+                    );
+                    let log = plan.out.join(format!(
+                        "consoles/real-{system}-{}-{}-{}-{run}.txt",
+                        config.flavour, config.machine, config.kind
+                    ));
+                    std::fs::write(&log, console)
+                        .map_err(|e| format!("write {}: {e}", log.display()))?;
+                    rows.push(row);
+                }
+                Err(err) => {
+                    println!("xtask: bench:   failed: {}", failure_reason(&err));
+                    failures.push(Failure {
+                        system: format!("{system} (real kata-agent)"),
+                        config: config.clone(),
+                        reason: failure_reason(&err),
+                    });
+                }
+            }
+        }
+    }
+    Ok(rows)
 }
 
 fn all_configs(flavours: &[&str]) -> Vec<Config> {
@@ -749,6 +815,7 @@ pub fn main(args: &[String]) -> Result<()> {
             out: root().join("target/bench"),
             docs: false,
             time_daemons: false,
+            real_agent: Some(("test", 1)),
         }
     } else {
         let systems = match value("--systems") {
@@ -785,6 +852,7 @@ pub fn main(args: &[String]) -> Result<()> {
                 .unwrap_or_else(|| root().join("docs/bench")),
             docs: value("--out").is_none(),
             time_daemons: !args.iter().any(|a| a == "--no-time"),
+            real_agent: (!args.iter().any(|a| a == "--no-real")).then_some(("kata", 3)),
         }
     };
     let results = run_plan(&plan)?;

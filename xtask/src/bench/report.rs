@@ -64,8 +64,10 @@ fn rows_of<'a>(results: &'a Results, config: &'a Config) -> impl Iterator<Item =
     results.rows.iter().filter(move |r| &r.config == config)
 }
 
-fn label(system: &str) -> &'static str {
-    super::systems::System::parse(system).map_or("?", super::systems::System::label)
+/// A system's label; a name of no system (the real agent's failures) as is.
+fn label(system: &str) -> String {
+    super::systems::System::parse(system)
+        .map_or_else(|_| system.to_string(), |s| s.label().to_string())
 }
 
 pub fn markdown(results: &Results) -> String {
@@ -175,6 +177,7 @@ pub fn markdown(results: &Results) -> String {
         }
         s.push('\n');
     }
+    real_agent_table(&mut s, results);
     if !results.budgets.is_empty() {
         s.push_str("### Budgets (docs/SPECIFICATION.md)\n\n| budget | configuration | limit | measured | |\n|---|---|---:|---:|---|\n");
         for b in &results.budgets {
@@ -192,6 +195,58 @@ pub fn markdown(results: &Results) -> String {
     }
     s.push_str(METHOD_TAIL);
     s
+}
+
+/// The real kata-agent's boots: per system and configuration, the median
+/// of each figure over its boots, and how many boots.
+fn real_agent_table(s: &mut String, results: &Results) {
+    if results.real_agent.is_empty() {
+        return;
+    }
+    s.push_str(
+        "### The real kata-agent
+
+         Kata's own agent (tests/fixtures/kata/agent) in minos's image as its kata-agent.service,          and as init (an initrd with the agent as `/init` and its libraries;          `systemd.unified_cgroup_hierarchy=1`), driven from the host by Kata's agent-ctl over          hybrid vsock: the health check polled from power-on, then `GetMetrics` at the first          answer and 1 s later, then `DestroySandbox`. QEMU under `-icount shift=0,sleep=on`          (the guest waits for the host). No agent-shim runs here, so these figures are not the          tables' above: *agent start → listening* is guest time on the agent's own log clock          (its first log line → `ttRPC server started`, from when it answers); *health check          (host)* is host wall time from QEMU's start, mostly TCG's own slowness and nothing          that would hold on KVM; memory is MemTotal − MemFree from the agent's `GetMetrics`.          Medians over the boots.
+
+         | system | configuration | boots | agent start → listening | health check (host) | memory at first answer | 1 s later | image |
+         |---|---|---:|---:|---:|---:|---:|---:|
+",
+    );
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let mut seen: Vec<(&str, &Config)> = Vec::new();
+    for r in &results.real_agent {
+        if seen.contains(&(r.system.as_str(), &r.config)) {
+            continue;
+        }
+        seen.push((r.system.as_str(), &r.config));
+        let boots: Vec<&super::real::RealRow> = results
+            .real_agent
+            .iter()
+            .filter(|b| b.system == r.system && b.config == r.config)
+            .collect();
+        let of =
+            |f: &dyn Fn(&super::real::RealRow) -> f64| median(boots.iter().map(|b| f(b)).collect());
+        let system = if r.system == "minos" {
+            "minos + kata-agent"
+        } else {
+            "kata-agent as init"
+        };
+        let _ = writeln!(
+            s,
+            "| {system} | {} | {} | {:.1} ms | {:.0} ms | {:.0} KiB | {:.0} KiB | {:.1} MiB |",
+            r.config.name(),
+            boots.len(),
+            of(&|b| b.agent_start_to_listen_ms),
+            of(&|b| b.health_check_host_ms),
+            of(&|b| b.mem_ready_kib as f64),
+            of(&|b| b.mem_late_kib as f64),
+            r.image_bytes as f64 / 1048576.0
+        );
+    }
+    s.push('\n');
 }
 
 /// On an initrd, what each system's files cost against the agent as init's:
@@ -384,7 +439,7 @@ fn bars(
                 "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>",
                 left - 8.0,
                 y + 12.0,
-                escape(label(&r.system))
+                escape(&label(&r.system))
             );
             let mut x = left;
             let vs = values(r);
@@ -474,6 +529,16 @@ mod tests {
                 config: Config::new("minimal", "q35", "dax", "vmlinux"),
                 reason: "no inotify".into(),
             }],
+            real_agent: vec![crate::bench::real::RealRow {
+                system: "agent-init".into(),
+                config: Config::new("kata", "q35", "initrd", "vmlinux"),
+                agent_start_to_listen_ms: 12.5,
+                health_check_host_ms: 9000.0,
+                checks: 80,
+                mem_ready_kib: 51000,
+                mem_late_kib: 51100,
+                image_bytes: 30 << 20,
+            }],
             budgets: vec![Budget {
                 what: "x <y>".into(),
                 config,
@@ -556,5 +621,25 @@ mod tests {
         );
         // Only under the initrd table, which has the agent as init.
         assert_eq!(md.matches("unpacks (inflates)").count(), 1, "{md}");
+    }
+
+    #[test]
+    fn the_real_agents_boots_are_one_row_of_medians() {
+        let mut r = results();
+        let one = r.real_agent[0].clone();
+        for (ms, host) in [(20.5, 8000.0), (11.0, 12000.0)] {
+            let mut b = one.clone();
+            b.agent_start_to_listen_ms = ms;
+            b.health_check_host_ms = host;
+            r.real_agent.push(b);
+        }
+        let md = markdown(&r);
+        assert!(md.contains("### The real kata-agent"), "{md}");
+        assert!(
+            md.contains("| kata-agent as init | kata kernel, q35, initrd | 3 | 12.5 ms | 9000 ms | 51000 KiB | 51100 KiB | 30.0 MiB |"),
+            "{md}"
+        );
+        r.real_agent.clear();
+        assert!(!markdown(&r).contains("The real kata-agent"));
     }
 }

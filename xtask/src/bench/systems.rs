@@ -67,7 +67,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))
 }
 
-fn file(path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Entry {
+pub fn file(path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Entry {
     Entry::File {
         path: path.into(),
         mode,
@@ -75,14 +75,14 @@ fn file(path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Entry {
     }
 }
 
-fn dir(path: &str) -> Entry {
+pub fn dir(path: &str) -> Entry {
     Entry::Dir {
         path: path.into(),
         mode: 0o755,
     }
 }
 
-fn link(path: &str, target: &str) -> Entry {
+pub fn link(path: &str, target: &str) -> Entry {
     Entry::Symlink {
         path: path.into(),
         target: target.into(),
@@ -90,7 +90,7 @@ fn link(path: &str, target: &str) -> Entry {
 }
 
 /// Directories every small root needs (all writable places are tmpfs).
-fn skeleton() -> Vec<Entry> {
+pub fn skeleton() -> Vec<Entry> {
     let mut v: Vec<Entry> = [
         "bin", "sbin", "usr", "usr/bin", "etc", "proc", "sys", "dev", "run", "tmp", "root",
     ]
