@@ -273,7 +273,37 @@ struct Ctl<'a> {
     limit: Duration,
 }
 
-impl Ctl<'_> {
+impl<'a> Ctl<'a> {
+    /// A client whose runs may take 10 s: the runtime dials with a timeout
+    /// and dials again, and a connection the guest never answers must not
+    /// hold the health check.
+    fn new(a: &'a Assets, uds: &'a Path, bundles: &'a Path) -> Self {
+        Self {
+            exe: &a.ctl,
+            uds,
+            bundles,
+            log: Vec::new(),
+            limit: Duration::from_secs(10),
+        }
+    }
+
+    /// Polls the health check, a new connection every `pause`, as the
+    /// runtime does, until the agent answers SERVING (at most 180 s); how
+    /// many connections it took.
+    fn wait_serving(&mut self, pause: Duration) -> Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        for attempt in 1.. {
+            match self.run("Check", "good", false) {
+                Ok(out) if out.contains("SERVING") => return Ok(attempt),
+                Ok(out) => return Err(format!("Check answered without SERVING:\n{out}")),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("no health check answer within 180 s: {e}"))
+                }
+                Err(_) => std::thread::sleep(pause),
+            }
+        }
+        Err("the health check was never tried".into())
+    }
     /// Runs `command`; its output (agent-ctl logs the response) or an
     /// error with it.
     fn run(&mut self, command: &str, bundle: &str, auto_values: bool) -> Result<String> {
@@ -403,28 +433,8 @@ fn lifecycle(
     console: &Console,
     bundles: &Path,
 ) -> Result<String> {
-    let mut ctl = Ctl {
-        exe: &a.ctl,
-        uds,
-        bundles,
-        log: Vec::new(),
-        // The runtime dials with a timeout and dials again: a connection
-        // the guest never answers must not hold the check.
-        limit: Duration::from_secs(10),
-    };
-    // The runtime polls the health check until the agent answers.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        match ctl.run("Check", "good", false) {
-            Ok(out) if out.contains("SERVING") => break,
-            Ok(out) => return Err(format!("Check answered without SERVING:\n{out}")),
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("no health check answer within 180 s: {e}"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-    let checks = ctl.log.len();
+    let mut ctl = Ctl::new(a, uds, bundles);
+    let checks = ctl.wait_serving(Duration::from_millis(200))?;
     ctl.log.drain(..checks - 1);
     if let Some(last) = ctl.log.last_mut() {
         last.push_str(&format!(" (attempt {checks})"));
@@ -598,28 +608,11 @@ pub fn bench_script(a: &Assets, bundles_dir: &Path) -> Result<HostScript> {
 fn measure(a: &Assets, uds: &Path, bundles: &Path) -> Result<String> {
     // The script starts as QEMU does: its clock is the VM's since power-on.
     let start = Instant::now();
-    let mut ctl = Ctl {
-        exe: &a.ctl,
-        uds,
-        bundles,
-        log: Vec::new(),
-        limit: Duration::from_secs(10),
-    };
-    let deadline = start + Duration::from_secs(180);
-    let mut checks = 0;
-    loop {
-        checks += 1;
-        match ctl.run("Check", "good", false) {
-            Ok(out) if out.contains("SERVING") => break,
-            Ok(out) => return Err(format!("Check answered without SERVING:\n{out}")),
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("no health check answer within 180 s: {e}"))
-            }
-            // Not more often: vhost-device-vsock under TCG has been seen to
-            // stall every connection of a boot after a flood of early ones.
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    let mut ctl = Ctl::new(a, uds, bundles);
+    // Not more often: vhost-device-vsock under TCG has been seen to stall
+    // every connection of a boot after a flood of early ones.
+    let checks = ctl.wait_serving(Duration::from_millis(100))?;
+    ctl.limit = Duration::from_secs(90);
     let check_ms = start.elapsed().as_secs_f64() * 1000.0;
     let ready = guest_mem_used(&ctl.run("GetMetrics", "good", false)?)?;
     std::thread::sleep(Duration::from_secs(1));
