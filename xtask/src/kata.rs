@@ -600,18 +600,14 @@ pub fn bench_script(a: &Assets, bundles_dir: &Path) -> Result<HostScript> {
     bundles(a, Form::Cgroupfs, bundles_dir)?;
     let (a, dir) = (a.clone(), bundles_dir.to_path_buf());
     Ok(HostScript {
-        run: Arc::new(move |uds, _console| measure(&a, uds, &dir)),
+        run: Arc::new(move |uds, console| measure(&a, uds, &dir, console.started)),
         then_stop: true,
     })
 }
 
-fn measure(a: &Assets, uds: &Path, bundles: &Path) -> Result<String> {
-    // The script starts as QEMU does: its clock is the VM's since power-on.
-    let start = Instant::now();
+fn measure(a: &Assets, uds: &Path, bundles: &Path, start: Instant) -> Result<String> {
     let mut ctl = Ctl::new(a, uds, bundles);
-    // Not more often: vhost-device-vsock under TCG has been seen to stall
-    // every connection of a boot after a flood of early ones.
-    let checks = ctl.wait_serving(Duration::from_millis(100))?;
+    let checks = ctl.wait_serving(Duration::from_millis(5))?;
     ctl.limit = Duration::from_secs(90);
     let check_ms = start.elapsed().as_secs_f64() * 1000.0;
     let ready = guest_mem_used(&ctl.run("GetMetrics", "good", false)?)?;

@@ -85,13 +85,30 @@ impl Kind {
 }
 
 /// The guest's console as a host-side script sees it while the guest runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Console {
     text: Mutex<String>,
     gone: AtomicBool,
+    /// When QEMU was started.
+    pub started: Instant,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            text: Mutex::default(),
+            gone: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Console {
+    /// Whether the guest has ended (QEMU exited or was stopped).
+    pub fn gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
     fn push(&self, line: &str) {
         let mut text = self.text.lock().unwrap_or_else(|p| p.into_inner());
         text.push_str(line);
@@ -381,16 +398,19 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
     let console = Arc::new(Console::default());
     let (checker, mut script) = match (&backend, &o.vsock, &o.host) {
         (Some(backend), _, Some(host)) => {
-            let (host, uds, console) = (host.clone(), backend.uds(), console.clone());
+            let (host, uds, qmp, console) =
+                (host.clone(), backend.uds(), backend.qmp(), console.clone());
             (
                 None,
-                Some(std::thread::spawn(move || (host.run)(&uds, &console))),
+                Some(std::thread::spawn(move || {
+                    crate::vsock::wait_driver_ready(&qmp, &|| console.gone())?;
+                    (host.run)(&uds, &console)
+                })),
             )
         }
-        (Some(backend), Some(shim), None) => (
-            Some(crate::vsock::Checker::start(shim, &backend.uds())),
-            None,
-        ),
+        (Some(backend), Some(shim), None) => {
+            (Some(crate::vsock::Checker::start(shim, backend)), None)
+        }
         _ => (None, None),
     };
     // The script's console is only fed while it runs.

@@ -129,6 +129,11 @@ impl Backend {
         self.dir.join("vm.vsock")
     }
 
+    /// QEMU's QMP socket, for [`wait_driver_ready`].
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
     /// QEMU's arguments for the device (the shared memory is the caller's:
     /// see [`memory_args`]).
     pub fn device_args(&self, machine: &str) -> Vec<String> {
@@ -138,6 +143,8 @@ impl Backend {
             "vhost-user-vsock-pci"
         };
         vec![
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp().display()),
             "-chardev".into(),
             format!("socket,id=vsock0,path={}", self.vhost_socket().display()),
             "-device".into(),
@@ -166,6 +173,93 @@ pub fn memory_args(memory_mib: u32) -> (Vec<String>, &'static str) {
     )
 }
 
+/// Waits until the guest's driver has set up the vsock device
+/// (`DRIVER_OK`, read with QEMU's `x-query-virtio-status`), or `stop`.
+///
+/// vhost-device-vsock 0.3.0 must not see a host connection before that:
+/// a connection that arrives once QEMU has given it the guest's memory but
+/// before the guest's driver has set up the queues makes its queue
+/// processing fail (the queue is not ready), and that error ends the
+/// backend's worker thread — every later connection of the boot then
+/// hangs or is reset. The Kata runtime's in-kernel vhost-vsock has no such
+/// window. The driver is up long before user space, so waiting costs the
+/// health check nothing.
+pub fn wait_driver_ready(qmp: &Path, stop: &dyn Fn() -> bool) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let give_up = |what: &str| -> Result<()> {
+        if stop() {
+            return Err(format!("the guest ended before {what}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not come within 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        Ok(())
+    };
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(qmp) {
+            Ok(s) => break s,
+            Err(_) => give_up("QEMU's QMP socket")?,
+        }
+    };
+    let mut writer = stream
+        .try_clone()
+        .map_err(|e| format!("QMP {}: {e}", qmp.display()))?;
+    let mut reader = BufReader::new(stream);
+    // One command; its answer (events in between are skipped).
+    let mut ask = |command: serde_json::Value| -> Result<serde_json::Value> {
+        writeln!(writer, "{command}").map_err(|e| format!("QMP write: {e}"))?;
+        loop {
+            let mut line = String::new();
+            if reader
+                .read_line(&mut line)
+                .map_err(|e| format!("QMP read: {e}"))?
+                == 0
+            {
+                return Err("QMP: QEMU closed the socket".into());
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| format!("QMP: {e}: {line}"))?;
+            if let Some(err) = v.get("error") {
+                return Err(format!("QMP {command}: {err}"));
+            }
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+        }
+    };
+    ask(serde_json::json!({ "execute": "qmp_capabilities" }))?;
+    let path = loop {
+        let devices = ask(serde_json::json!({ "execute": "x-query-virtio" }))?;
+        let vsock = devices.as_array().and_then(|list| {
+            list.iter()
+                .find(|d| d["name"].as_str().is_some_and(|n| n.contains("vsock")))
+                .and_then(|d| d["path"].as_str().map(String::from))
+        });
+        match vsock {
+            Some(path) => break path,
+            None => give_up("a vsock device in QEMU")?,
+        }
+    };
+    loop {
+        let status = ask(serde_json::json!({
+            "execute": "x-query-virtio-status",
+            "arguments": { "path": path },
+        }))?;
+        let ready = status["status"]["statuses"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|s| s.as_str().is_some_and(|s| s.contains("DRIVER_OK")))
+        });
+        if ready {
+            // QEMU has sent the vring set-up; let the backend take it in.
+            std::thread::sleep(Duration::from_millis(50));
+            return Ok(());
+        }
+        give_up("the guest's vsock driver")?;
+    }
+}
+
 /// The host's health checker: runs `agent-shim check hvsock://UDS:1024`
 /// until one answers SERVING (the runtime polls the same way), or until
 /// stopped.
@@ -177,16 +271,21 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn start(shim: &Path, uds: &Path) -> Self {
+    pub fn start(shim: &Path, backend: &Backend) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let result = Arc::new(Mutex::new(None));
-        let (shim, addr) = (
+        let (shim, addr, qmp) = (
             shim.to_path_buf(),
-            format!("hvsock://{}:{AGENT_PORT}", uds.display()),
+            format!("hvsock://{}:{AGENT_PORT}", backend.uds().display()),
+            backend.qmp(),
         );
         let thread = {
             let (stop, result) = (stop.clone(), result.clone());
             std::thread::spawn(move || {
+                if let Err(e) = wait_driver_ready(&qmp, &|| stop.load(Ordering::Relaxed)) {
+                    *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(e));
+                    return;
+                }
                 let mut last = String::from("no attempt");
                 while !stop.load(Ordering::Relaxed) {
                     let output = Command::new(&shim)

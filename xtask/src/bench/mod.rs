@@ -656,8 +656,10 @@ fn run_plan(plan: &Plan) -> Result<Results> {
             ));
             std::fs::write(&log, console).map_err(|e| format!("write {}: {e}", log.display()))?;
             if (plan.health_check)(config) {
-                // The vsock path (vhost-device-vsock under TCG) now and then
-                // resets every connection of a boot; one retry, said aloud.
+                // One retry, said aloud: a host connection made before the
+                // guest's driver was up once killed vhost-device-vsock's
+                // worker for the whole boot (now waited for, see
+                // crate::vsock::wait_driver_ready).
                 let checked = boot_one(system, config, &bin, true).or_else(|err| {
                     println!(
                         "xtask: bench:   health-check boot failed, once more: {}",
