@@ -170,7 +170,8 @@ pub(crate) fn notify_ready() {
 }
 
 /// The socket to accept on: fd 3 from socket activation, or a new one
-/// bound at the `--listen` path (a stale socket there is replaced; the
+/// bound at the `--listen` path (a stale socket there — nothing accepts a
+/// connection — is replaced, a live one refused; the
 /// socket is world-connectable as a system bus is, calls are checked).
 fn listener(mode: &Mode) -> Result<Listener, String> {
     let std_listener = match mode {
@@ -178,6 +179,14 @@ fn listener(mode: &Mode) -> Result<Listener, String> {
             use std::os::unix::fs::{FileTypeExt, PermissionsExt};
             if let Ok(m) = std::fs::symlink_metadata(path) {
                 if m.file_type().is_socket() {
+                    // Stale only if nothing listens: a live bus is not ours
+                    // to take over.
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(format!(
+                            "cannot listen on {}: another process listens there",
+                            path.display()
+                        ));
+                    }
                     std::fs::remove_file(path)
                         .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
                 }
@@ -252,6 +261,22 @@ mod tests {
 
     fn p(args: &[&str]) -> Result<Command<Options>, ArgsError> {
         parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn listen_replaces_a_stale_socket_and_refuses_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = listener(&Mode::Listen(path.clone())).err().unwrap();
+        assert!(err.contains("another process listens there"), "{err}");
+        // The live one still has its file.
+        assert!(path.exists());
+        drop(live);
+        // Now stale (nobody accepts): replaced.
+        let ours = listener(&Mode::Listen(path.clone())).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(ours);
     }
 
     #[test]
