@@ -136,7 +136,8 @@ impl Layout {
         self.hierarchies.iter().find(|h| h.kind == HierKind::V2)
     }
 
-    fn primary(&self) -> Option<&Hierarchy> {
+    /// The hierarchy that tracks processes (the first one found).
+    pub fn primary(&self) -> Option<&Hierarchy> {
         self.hierarchies.first()
     }
 

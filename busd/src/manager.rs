@@ -196,14 +196,85 @@ impl Manager {
         }
     }
 
-    /// A loaded unit, after [`Manager::refresh`]. The root slice always is.
+    /// A loaded unit, after [`Manager::refresh`]. The root slice always is;
+    /// one left by an earlier busd is adopted ([`Manager::adopt`]).
     pub fn unit(&mut self, name: &str) -> Result<&Unit, Error> {
-        unit::parse(name)?;
+        let kind = unit::parse(name)?;
         self.refresh();
         if name == "-.slice" && !self.units.contains_key(name) {
             self.load_slice(name);
         }
+        if !self.units.contains_key(name) {
+            self.adopt(name, kind);
+        }
         self.units.get(name).ok_or_else(|| Error::no_such(name))
+    }
+
+    /// Loads a unit an earlier busd started (busd restarted after a
+    /// failure, the containers still running): a slice whose directory
+    /// exists, a scope whose cgroup has processes under some slice, where
+    /// systemd puts them — as systemd finds its units again after a
+    /// re-exec. Its description and CPU quota state are not known again.
+    fn adopt(&mut self, name: &str, kind: Kind) {
+        let Some(root) = self.layout.primary().map(|h| h.path.clone()) else {
+            return;
+        };
+        let slice = match kind {
+            Kind::Slice => {
+                let Ok(rel) = unit::slice_path(name) else {
+                    return;
+                };
+                if !root.join(&rel).is_dir() {
+                    return;
+                }
+                name.to_string()
+            }
+            Kind::Scope => {
+                let Some(slice) = slice_of_scope(&root, "", name, 0) else {
+                    return;
+                };
+                let Ok(rel) = unit::cgroup_path(name, &slice) else {
+                    return;
+                };
+                if !cgroup::populated(&self.layout, &rel) {
+                    return;
+                }
+                if let (Some(fd), Some(events)) =
+                    (&self.watch, cgroup::events_file(&self.layout, &rel))
+                {
+                    if let Err(e) = rustix::fs::inotify::add_watch(
+                        fd,
+                        &events,
+                        rustix::fs::inotify::WatchFlags::MODIFY,
+                    ) {
+                        log::warn!("{name}: cannot watch {}: {e}", events.display());
+                    }
+                }
+                let frozen = cgroup::frozen(&self.layout, &rel, true);
+                log::info!("{name}: adopted, running in /{rel}");
+                self.units.insert(
+                    name.to_string(),
+                    Unit {
+                        name: name.to_string(),
+                        kind,
+                        cgroup: rel,
+                        slice: slice.clone(),
+                        description: name.to_string(),
+                        frozen,
+                        quota: CpuQuota::default(),
+                    },
+                );
+                slice
+            }
+        };
+        let mut s = Some(slice);
+        while let Some(sl) = s.filter(|s| !s.is_empty()) {
+            if !self.units.contains_key(&sl) {
+                log::info!("{sl}: adopted");
+                self.load_slice(&sl);
+            }
+            s = unit::parent_slice(&sl);
+        }
     }
 
     /// Every loaded unit's name.
@@ -509,6 +580,34 @@ impl Manager {
     }
 }
 
+/// The slice whose directory (`rel` below `root`, or a slice below it)
+/// holds a directory named `scope`; at most 16 slices deep.
+fn slice_of_scope(root: &std::path::Path, rel: &str, scope: &str, depth: u32) -> Option<String> {
+    let dir = root.join(rel);
+    if dir.join(scope).is_dir() {
+        return Some(match rel.rsplit('/').next() {
+            Some(last) if !last.is_empty() => last.to_string(),
+            _ => "-.slice".to_string(),
+        });
+    }
+    if depth >= 16 {
+        return None;
+    }
+    let entries = std::fs::read_dir(&dir).ok()?;
+    entries.filter_map(Result::ok).find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        if !name.ends_with(".slice") || !e.file_type().ok()?.is_dir() {
+            return None;
+        }
+        let below = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        slice_of_scope(root, &below, scope, depth + 1)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +667,39 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, Error::Failed(_)), "{e}");
         assert!(!t.path().join("system.slice/kata-x.scope").exists());
+    }
+
+    #[test]
+    fn units_of_an_earlier_busd_are_adopted_while_they_have_processes() {
+        let (t, mut m) = v2();
+        let scope = t.path().join("system.slice/kata-old.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::write(scope.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        std::fs::write(scope.join("cgroup.freeze"), "1\n").unwrap();
+        let u = m.unit("kata-old.scope").unwrap().clone();
+        assert_eq!(u.cgroup, "system.slice/kata-old.scope");
+        assert_eq!(u.slice, "system.slice");
+        assert!(u.frozen);
+        assert_eq!(m.unit("system.slice").unwrap().cgroup, "system.slice");
+        // A deeper one, under a nested slice.
+        let deep = t.path().join("kata.slice/kata-pod.slice/kata-c.scope");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        assert_eq!(m.unit("kata-c.scope").unwrap().slice, "kata-pod.slice");
+        assert_eq!(m.unit("kata.slice").unwrap().slice, "-.slice");
+        // An empty scope is not running: not adopted (and not removed).
+        let empty = t.path().join("system.slice/kata-gone.scope");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(empty.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+        assert!(matches!(
+            m.unit("kata-gone.scope"),
+            Err(Error::NoSuchUnit(_))
+        ));
+        assert!(empty.is_dir());
+        assert!(matches!(
+            m.unit("kata-none.scope"),
+            Err(Error::NoSuchUnit(_))
+        ));
     }
 
     #[test]
