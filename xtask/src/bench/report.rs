@@ -204,13 +204,21 @@ fn real_agent_table(s: &mut String, results: &Results) {
         return;
     }
     s.push_str(
-        "### The real kata-agent
-
-         Kata's own agent (tests/fixtures/kata/agent) in minos's image as its kata-agent.service,          and as init (an initrd with the agent as `/init` and its libraries;          `systemd.unified_cgroup_hierarchy=1`), driven from the host by Kata's agent-ctl over          hybrid vsock: the health check polled from power-on, then `GetMetrics` at the first          answer and 1 s later, then `DestroySandbox`. QEMU under `-icount shift=0,sleep=on`          (the guest waits for the host). No agent-shim runs here, so these figures are not the          tables' above: *agent start → listening* is guest time on the agent's own log clock          (its first log line → `ttRPC server started`, from when it answers); *health check          (host)* is host wall time from QEMU's start, mostly TCG's own slowness and nothing          that would hold on KVM; memory is MemTotal − MemFree from the agent's `GetMetrics`.          Medians over the boots.
-
-         | system | configuration | boots | agent start → listening | health check (host) | memory at first answer | 1 s later | image |
-         |---|---|---:|---:|---:|---:|---:|---:|
-",
+        "### The real kata-agent\n\n\
+         Kata's own agent (tests/fixtures/kata/agent) in minos's image as its kata-agent.service, \
+         and as init (an initrd with the agent as `/init` and its libraries; \
+         `systemd.unified_cgroup_hierarchy=1`), driven from the host by Kata's agent-ctl over \
+         hybrid vsock: the health check polled from power-on, then `GetMetrics` at the first \
+         answer and 1 s later, then `DestroySandbox`. QEMU under `-icount shift=0,sleep=on` \
+         (the guest waits for the host). No agent-shim runs here, so these figures are not the \
+         tables' above: *agent start → listening* is guest time on the agent's own log clock \
+         (its first log line → `ttRPC server started`, from when it answers; as init, the \
+         agent's first lines are its own mounts, which minos's init does before the agent \
+         starts); *health check (host)* is host wall time from QEMU's start, mostly TCG's own \
+         slowness and nothing that would hold on KVM; memory is MemTotal − MemFree from the \
+         agent's `GetMetrics`. Medians over the boots.\n\n\
+         | system | configuration | boots | agent start → listening | health check (host) | memory at first answer | 1 s later | image |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let median = |mut v: Vec<f64>| -> f64 {
         v.sort_by(f64::total_cmp);
@@ -296,8 +304,8 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
 
 ## Method
 
-- **Systems.** *minos*: the project's image (init, timesync, agent-shim under Kata's
-  kata-agent.service). *agent as init*: agent-shim as /sbin/init (Kata's `AGENT_INIT=yes`; as
+- **Systems.** *minos*: the project's image (init, timesync, busd — socket-activated, started
+  by no boot here — and agent-shim under Kata's kata-agent.service). *agent as init*: agent-shim as /sbin/init (Kata's `AGENT_INIT=yes`; as
   PID 1 it mounts what kata-agent mounts as init). *busybox init*: Debian's busybox-static with
   an inittab whose sysinit script mounts what the agent needs. *systemd + chrony*: Debian 12
   `debootstrap --variant=minbase` with systemd, systemd-sysv and chrony, configured as Kata's
@@ -614,7 +622,7 @@ mod tests {
         let md = markdown(&r);
         assert!(
             md.contains(
-                "Against the agent as init: minos (init + timesync + agent) +4.0 MiB in files, \
+                "Against the agent as init: minos (init + timesync + busd + agent) +4.0 MiB in files, \
                  +58.7 ms kernel → init exec, +3728 KiB at ready.\n"
             ),
             "{md}"

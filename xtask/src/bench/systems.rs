@@ -44,7 +44,7 @@ impl System {
 
     pub fn label(self) -> &'static str {
         match self {
-            System::Minos => "minos (init + timesync + agent)",
+            System::Minos => "minos (init + timesync + busd + agent)",
             System::AgentInit => "agent as init",
             System::Busybox => "busybox init",
             System::Systemd => "systemd + chrony",
