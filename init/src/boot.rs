@@ -26,7 +26,7 @@ pub fn run(args: &[String]) -> ! {
     } else {
         Mode::Vm
     };
-    install_panic_hook();
+    // The panic hook is in place already (cli::main, before argv is used).
     if mode == Mode::Container {
         logger::use_stderr();
     }
@@ -63,6 +63,11 @@ pub fn run(args: &[String]) -> ! {
     logger::set_level(cfg.log_level.unwrap_or(LevelFilter::Info));
     for p in &problems {
         log::warn!("{p}");
+    }
+    if text.contains('\u{FFFD}') {
+        for word in text.split_whitespace().filter(|w| w.contains('\u{FFFD}')) {
+            log::warn!("command line: {word:?} is not valid UTF-8 (bad bytes read as U+FFFD)");
+        }
     }
     if mode == Mode::Vm && !text.contains("printk.devkmsg") {
         // User-space kmsg writes are rate-limited to 10 per 5 s by default,
@@ -212,7 +217,9 @@ pub fn shutdown_fs(unmount: bool) {
     rustix::fs::sync();
 }
 
-fn install_panic_hook() {
+/// PID 1's panic hook: the message to the kernel log (and stderr in a
+/// container), sync, power off — never PID 1 ending (a kernel panic).
+pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         logger::release_held_lines();
         let msg = format!("<2>minos-init: panic: {info}; syncing and powering off\n");
@@ -381,8 +388,13 @@ pub fn load_units(dir: &Path, cfg: &BootConfig, mode: Mode) -> (Vec<Unit>, Optio
     for (path, listed_regular) in now {
         let name = file_name(&path);
         if name.ends_with(".target") {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                targets.insert(name, target_deps(&text));
+            // The same guards as a unit file: a FIFO or a huge file named
+            // `.target` must not stall or swamp PID 1.
+            match unit::read_unit_file(&path, listed_regular) {
+                Ok(text) => {
+                    targets.insert(name, target_deps(&text));
+                }
+                Err(e) => log::error!("{}: {e}; not used", path.display()),
             }
             continue;
         }

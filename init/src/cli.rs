@@ -17,6 +17,11 @@ usage: init                      run as PID 1 (of a VM, or of a container when $
 
 /// Dispatches on argv[0]; returns the exit status (PID 1 never returns).
 pub fn main(args: &[String]) -> i32 {
+    if rustix::process::getpid() == rustix::process::Pid::INIT {
+        // Before anything that could panic: as PID 1 a panic syncs and
+        // powers off instead of ending PID 1 (a kernel panic in a VM).
+        boot::install_panic_hook();
+    }
     let argv0 = args.first().map(String::as_str).unwrap_or("init");
     let name = Path::new(argv0)
         .file_name()

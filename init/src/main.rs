@@ -22,7 +22,12 @@ static ALLOCATOR: minos_init::arena::BootAlloc = minos_init::arena::BootAlloc;
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     minos_common::startup::c_main_prelude();
-    // std reads argv from glibc's init_array hook, as with `fn main`.
-    let args: Vec<String> = std::env::args().collect();
+    // std reads argv from glibc's init_array hook, as with `fn main`. A word
+    // that is not UTF-8 (the kernel hands init the words of its command
+    // line it does not know) is taken with U+FFFD in place of its bad
+    // bytes: `env::args` would panic on it.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     std::process::exit(minos_init::cli::main(&args));
 }

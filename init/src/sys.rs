@@ -306,7 +306,12 @@ pub fn read_small(path: &str) -> io::Result<String> {
     if n == buf.len() {
         f.read_to_end(&mut bytes)?;
     }
-    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    // A byte that is not UTF-8 (the kernel passes the command line as it
+    // was given) spoils that word, never the whole file.
+    Ok(match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// Clears O_NONBLOCK on a descriptor init opened without blocking.
@@ -374,8 +379,12 @@ mod tests {
             std::fs::write(&p, &text).unwrap();
             assert_eq!(read_small(p.to_str().unwrap()).unwrap(), text, "{len}");
         }
-        std::fs::write(dir.join("bad"), [0xffu8, 0xfe]).unwrap();
-        assert!(read_small(dir.join("bad").to_str().unwrap()).is_err());
+        // Bytes that are not UTF-8 spoil their word, not the file.
+        std::fs::write(dir.join("bad"), b"quiet x\xff\xfe init.log=debug").unwrap();
+        assert_eq!(
+            read_small(dir.join("bad").to_str().unwrap()).unwrap(),
+            "quiet x\u{fffd}\u{fffd} init.log=debug"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

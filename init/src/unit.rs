@@ -573,7 +573,10 @@ pub fn load_listed(path: &Path, listed_regular: bool) -> Parsed {
     }
 }
 
-fn read_unit_file(path: &Path, listed_regular: bool) -> Result<String, String> {
+/// A unit file's text, read with the guards every file in the units
+/// directory gets (`.service`, `.socket`, `.target`): never a device or a
+/// FIFO, never more than the size limit; the error says why not.
+pub fn read_unit_file(path: &Path, listed_regular: bool) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
 

@@ -146,6 +146,17 @@ impl Rootfs {
         self.spawn(cmd)
     }
 
+    /// Like [`start`], with options that need not be UTF-8.
+    pub fn start_os(&self, args: &[std::ffi::OsString]) -> Pid1 {
+        let mut cmd = Command::new("unshare");
+        cmd.args(UNSHARE)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("/sbin/init")
+            .args(args);
+        self.spawn(cmd)
+    }
+
     /// Like [`start`], but a shell first mounts `image` (ext4, loop) on /data
     /// inside the new mount namespace, then execs init chrooted.
     pub fn start_with_data_image(&self, image: &Path, args: &[&str]) -> Pid1 {

@@ -522,6 +522,35 @@ fn malformed_units_are_reported_and_the_others_still_start() {
 }
 
 #[test]
+fn odd_argv_words_and_target_files_neither_stall_nor_crash_init() {
+    use std::os::unix::ffi::OsStringExt;
+    let fs = Rootfs::new("odd-input");
+    let units = fs.root.join("etc/minos/units");
+    // A FIFO named like a target: opened for reading, it would block PID 1
+    // until a writer came.
+    let fifo =
+        std::ffi::CString::new(units.join("stall.target").into_os_string().into_vec()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // A target file of 100 MB (sparse): above the unit-file size limit.
+    let big = std::fs::File::create(units.join("big.target")).unwrap();
+    big.set_len(100_000_000).unwrap();
+    fs.unit(
+        "stop.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe write /data/ran yes\nExecStart=/sbin/poweroff\n",
+    );
+    // A word of init's arguments that is not UTF-8 (std::env::args panics
+    // on it).
+    let odd = std::ffi::OsString::from_vec(vec![b'x', 0xff, 0xfe]);
+    let end = fs.start_os(&[odd]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    assert_eq!(fs.read("data/ran"), "yes");
+    end.assert_log("\"x\u{fffd}\u{fffd}\" is not valid UTF-8");
+    end.assert_log("stall.target: not a regular file");
+    end.assert_log("big.target: larger than 1 MiB; not used");
+}
+
+#[test]
 fn file_written_by_a_unit_before_poweroff_is_intact_on_disk() {
     let fs = Rootfs::new("data-disk");
     let image = fs.top.join("data.ext4");
