@@ -321,23 +321,36 @@ pub fn set_blocking(f: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a file that must be a regular file, without ever blocking PID 1
-/// (a FIFO put in its place is refused instead of waited on).
+/// The most [`read_regular_file`] reads: 1 MiB, as for a unit file.
+pub const MAX_READ: u64 = 1 << 20;
+
+/// Reads a file that must be a regular file of at most [`MAX_READ`] bytes,
+/// without ever blocking PID 1 (a FIFO put in its place is refused instead
+/// of waited on) or letting a huge file take its memory.
 pub fn read_regular_file(path: &std::path::Path) -> io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
+    let too_big = || io::Error::new(io::ErrorKind::InvalidData, "larger than 1 MiB");
+    if meta.len() > MAX_READ {
+        return Err(too_big());
+    }
+    // A file grown since the fstat is cut off at the limit, and refused.
     let mut s = String::new();
-    f.read_to_string(&mut s)?;
+    f.take(MAX_READ + 1).read_to_string(&mut s)?;
+    if s.len() as u64 > MAX_READ {
+        return Err(too_big());
+    }
     Ok(s)
 }
 

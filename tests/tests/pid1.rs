@@ -522,7 +522,7 @@ fn malformed_units_are_reported_and_the_others_still_start() {
 }
 
 #[test]
-fn odd_argv_words_and_target_files_neither_stall_nor_crash_init() {
+fn odd_argv_words_and_huge_or_fifo_files_neither_stall_nor_crash_init() {
     use std::os::unix::ffi::OsStringExt;
     let fs = Rootfs::new("odd-input");
     let units = fs.root.join("etc/minos/units");
@@ -535,9 +535,16 @@ fn odd_argv_words_and_target_files_neither_stall_nor_crash_init() {
     // A target file of 100 MB (sparse): above the unit-file size limit.
     let big = std::fs::File::create(units.join("big.target")).unwrap();
     big.set_len(100_000_000).unwrap();
+    // An EnvironmentFile= of 100 MB (sparse): the unit fails, naming it.
+    let env = std::fs::File::create(fs.root.join("data/big.env")).unwrap();
+    env.set_len(100_000_000).unwrap();
+    fs.unit(
+        "bigenv.service",
+        "[Service]\nType=oneshot\nEnvironmentFile=/data/big.env\nExecStart=/bin/probe write /data/bigenv ran\n",
+    );
     fs.unit(
         "stop.service",
-        "[Service]\nType=oneshot\nExecStart=/bin/probe write /data/ran yes\nExecStart=/sbin/poweroff\n",
+        "[Unit]\nAfter=bigenv.service\n[Service]\nType=oneshot\nExecStart=/bin/probe write /data/ran yes\nExecStart=/sbin/poweroff\n",
     );
     // A word of init's arguments that is not UTF-8 (std::env::args panics
     // on it).
@@ -548,6 +555,8 @@ fn odd_argv_words_and_target_files_neither_stall_nor_crash_init() {
     end.assert_log("\"x\u{fffd}\u{fffd}\" is not valid UTF-8");
     end.assert_log("stall.target: not a regular file");
     end.assert_log("big.target: larger than 1 MiB; not used");
+    end.assert_log("read environment file /data/big.env: larger than 1 MiB");
+    assert!(fs.try_read("data/bigenv").is_none());
 }
 
 #[test]
