@@ -69,14 +69,16 @@ pub fn owner(sock: &Socket) -> Result<(Option<u32>, Option<u32>), SocketError> {
     let mut uid = None;
     let mut gid = None;
     if let Some(user) = &sock.user {
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let passwd =
+            crate::sys::read_regular_file(std::path::Path::new("/etc/passwd")).unwrap_or_default();
         let account = users::lookup_user(&passwd, user)
             .ok_or_else(|| SocketError::UnknownUser(user.clone()))?;
         uid = Some(account.uid);
         gid = Some(account.gid);
     }
     if let Some(group) = &sock.group {
-        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let groups =
+            crate::sys::read_regular_file(std::path::Path::new("/etc/group")).unwrap_or_default();
         gid = Some(
             users::lookup_group(&groups, group)
                 .ok_or_else(|| SocketError::UnknownGroup(group.clone()))?,

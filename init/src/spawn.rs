@@ -126,7 +126,8 @@ pub fn context(
     let mut env: Vec<(String, String)> = base_env.to_vec();
     let account = match &svc.user {
         Some(user) => {
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let passwd = crate::sys::read_regular_file(std::path::Path::new("/etc/passwd"))
+                .unwrap_or_default();
             Some(
                 users::lookup_user(&passwd, user)
                     .ok_or_else(|| SpawnError::UnknownUser(user.clone()))?,
@@ -135,7 +136,7 @@ pub fn context(
         None => None,
     };
     let group_file = if svc.group.is_some() || account.is_some() {
-        std::fs::read_to_string("/etc/group").unwrap_or_default()
+        crate::sys::read_regular_file(std::path::Path::new("/etc/group")).unwrap_or_default()
     } else {
         String::new()
     };

@@ -304,7 +304,8 @@ pub fn read_small(path: &str) -> io::Result<String> {
     let n = f.read(&mut buf)?;
     let mut bytes = buf.get(..n).unwrap_or_default().to_vec();
     if n == buf.len() {
-        f.read_to_end(&mut bytes)?;
+        // Bounded: a huge file (say /etc/hostname) must not fill PID 1.
+        f.take(MAX_READ).read_to_end(&mut bytes)?;
     }
     // A byte that is not UTF-8 (the kernel passes the command line as it
     // was given) spoils that word, never the whole file.

@@ -535,6 +535,16 @@ fn odd_argv_words_and_huge_or_fifo_files_neither_stall_nor_crash_init() {
     // A target file of 100 MB (sparse): above the unit-file size limit.
     let big = std::fs::File::create(units.join("big.target")).unwrap();
     big.set_len(100_000_000).unwrap();
+    // /etc/passwd a FIFO: a unit with User= fails, init does not wait.
+    let passwd = fs.root.join("etc/passwd");
+    std::fs::remove_file(&passwd).unwrap();
+    let pw = std::ffi::CString::new(passwd.into_os_string().into_vec()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(pw.as_ptr(), 0o644) }, 0);
+    fs.unit(
+        "someone.service",
+        "[Service]\nType=oneshot\nUser=someone\nExecStart=/bin/probe write /data/someone ran\n",
+    );
     // An EnvironmentFile= of 100 MB (sparse): the unit fails, naming it.
     let env = std::fs::File::create(fs.root.join("data/big.env")).unwrap();
     env.set_len(100_000_000).unwrap();
@@ -557,6 +567,8 @@ fn odd_argv_words_and_huge_or_fifo_files_neither_stall_nor_crash_init() {
     end.assert_log("big.target: larger than 1 MiB; not used");
     end.assert_log("read environment file /data/big.env: larger than 1 MiB");
     assert!(fs.try_read("data/bigenv").is_none());
+    end.assert_log("user \"someone\" not found in /etc/passwd");
+    assert!(fs.try_read("data/someone").is_none());
 }
 
 #[test]
