@@ -239,17 +239,7 @@ impl Manager {
                 if !cgroup::populated(&self.layout, &rel) {
                     return;
                 }
-                if let (Some(fd), Some(events)) =
-                    (&self.watch, cgroup::events_file(&self.layout, &rel))
-                {
-                    if let Err(e) = rustix::fs::inotify::add_watch(
-                        fd,
-                        &events,
-                        rustix::fs::inotify::WatchFlags::MODIFY,
-                    ) {
-                        log::warn!("{name}: cannot watch {}: {e}", events.display());
-                    }
-                }
+                self.watch_scope(name, &rel);
                 let frozen = cgroup::frozen(&self.layout, &rel, true);
                 log::info!("{name}: adopted, running in /{rel}");
                 self.units.insert(
@@ -303,6 +293,18 @@ impl Manager {
                 quota: CpuQuota::default(),
             },
         );
+    }
+
+    /// Watches the scope's `cgroup.events` so that its emptying is noticed
+    /// (cgroup v2 with an inotify descriptor set); a failure is logged.
+    fn watch_scope(&self, name: &str, rel: &str) {
+        if let (Some(fd), Some(events)) = (&self.watch, cgroup::events_file(&self.layout, rel)) {
+            if let Err(e) =
+                rustix::fs::inotify::add_watch(fd, &events, rustix::fs::inotify::WatchFlags::MODIFY)
+            {
+                log::warn!("{name}: cannot watch {}: {e}", events.display());
+            }
+        }
     }
 
     /// `StartTransientUnit(name, mode, properties, aux)`.
@@ -380,13 +382,7 @@ impl Manager {
             self.load_slice(&sl);
             s = unit::parent_slice(&sl);
         }
-        if let (Some(fd), Some(events)) = (&self.watch, cgroup::events_file(&self.layout, &rel)) {
-            if let Err(e) =
-                rustix::fs::inotify::add_watch(fd, &events, rustix::fs::inotify::WatchFlags::MODIFY)
-            {
-                log::warn!("{name}: cannot watch {}: {e}", events.display());
-            }
-        }
+        self.watch_scope(name, &rel);
         let description = t.description.unwrap_or_else(|| name.to_string());
         log::info!("{name}: started in /{rel} ({description})");
         self.units.insert(

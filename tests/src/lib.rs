@@ -137,13 +137,8 @@ impl Rootfs {
     /// Starts init as PID 1 in new namespaces; `args` are its options (as
     /// systemd in a container, init reads them from its argv).
     pub fn start(&self, args: &[&str]) -> Pid1 {
-        let mut cmd = Command::new("unshare");
-        cmd.args(UNSHARE)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("/sbin/init")
-            .args(args);
-        self.spawn(cmd)
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        self.start_os(&args)
     }
 
     /// Like [`start`], with options that need not be UTF-8.
