@@ -1,5 +1,5 @@
 //! The agent's view of what init gave it, checked against what kata-agent
-//! relies on (DESIGN.md, "The contract init takes over from systemd", and
+//! relies on (docs/init.md, "Boot, in order" — what init takes over from systemd — and
 //! kata-agent.service): the early mounts, the cgroup file system, the
 //! settings of the unit (`LimitNOFILE=1073741824`, `OOMScoreAdjust=-997`,
 //! `StandardOutput=tty`, stdin `/dev/null`), PATH, the hostname, `lo` up,

@@ -31,7 +31,132 @@ pub fn write(results: &Results, out: &Path, docs: bool) -> Result<()> {
     } else {
         out.join("BENCHMARKS.md")
     };
-    put(&page, &markdown(results))
+    put(&page, &markdown(results))?;
+    if docs {
+        // The figures README.md and SPECIFICATION.md quote, from this run.
+        splice(&root().join("README.md"), "headline", &headline(results))?;
+        splice(
+            &root().join("docs/SPECIFICATION.md"),
+            "budgets",
+            &budget_table(results),
+        )?;
+    }
+    Ok(())
+}
+
+/// Replaces what stands between `<!-- bench:NAME -->` and
+/// `<!-- /bench:NAME -->` in `path` with `text`; both marks must be there.
+fn splice(path: &Path, name: &str, text: &str) -> Result<()> {
+    let page =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let (open, close) = (
+        format!("<!-- bench:{name} -->\n"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let (Some(a), Some(b)) = (page.find(&open), page.find(&close)) else {
+        return Err(format!("{}: no {open:?} … {close:?} block", path.display()));
+    };
+    if b < a {
+        return Err(format!("{}: {close:?} before {open:?}", path.display()));
+    }
+    let out = format!("{}{open}{text}{}", &page[..a], &page[b..]);
+    std::fs::write(path, out).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// A table cell from a row.
+type RowCell = dyn Fn(&Row) -> String;
+
+/// README's headline: the four systems on the kata kernel, q35, DAX, and
+/// the initrd cost, from `results`.
+pub fn headline(results: &Results) -> String {
+    let config = Config::new("kata", "q35", "dax", "vmlinux");
+    let systems = ["minos", "agent-init", "busybox", "systemd"];
+    let row = |sys: &str, c: &Config| {
+        results
+            .rows
+            .iter()
+            .find(|r| r.system == sys && r.config == *c)
+    };
+    let cell = |sys: &str, f: &dyn Fn(&Row) -> String| row(sys, &config).map_or("—".to_string(), f);
+    let mut s = format!(
+        "Run of {} (`cargo xtask bench`), kata kernel, q35, DAX:\n\n\
+         | | minos | agent as init | busybox init | systemd + chrony |\n|---|---:|---:|---:|---:|\n",
+        results.date
+    );
+    let lines: [(&str, &RowCell); 4] = [
+        ("power-on → agent ready", &|r| {
+            r.power_on_to_ready_ms
+                .map_or("—".into(), |v| format!("{v:.1} ms"))
+        }),
+        ("init exec → agent exec", &|r| {
+            format!("{:.2} ms", r.init_to_agent_exec_ms)
+        }),
+        ("init exec → agent ready", &|r| {
+            format!("{:.2} ms", r.init_to_agent_ready_ms)
+        }),
+        ("memory used at agent ready", &|r| {
+            format!("{:.1} MiB", r.mem_ready_kib as f64 / 1024.0)
+        }),
+    ];
+    for (what, f) in lines {
+        let cells: Vec<String> = systems.iter().map(|sys| cell(sys, f)).collect();
+        let _ = writeln!(s, "| {what} | {} |", cells.join(" | "));
+    }
+    let initrd = Config::new("kata", "q35", "initrd", "vmlinux");
+    if let (Some(m), Some(a)) = (row("minos", &initrd), row("agent-init", &initrd)) {
+        if let (Some(mb), Some(ab), Some(mp), Some(ap)) = (
+            m.rootfs_bytes,
+            a.rootfs_bytes,
+            m.power_on_to_ready_ms,
+            a.power_on_to_ready_ms,
+        ) {
+            let _ = writeln!(
+                s,
+                "\nAs an initrd (kata kernel, q35) minos's image holds {:+.1} MiB of files against \
+                 the agent-as-init image, which the kernel inflates before it runs init: \
+                 power-on → agent ready {mp:.1} ms against {ap:.1} ms.",
+                (mb as f64 - ab as f64) / 1048576.0
+            );
+        }
+    }
+    let daemon = |name: &str| results.time_daemons.iter().find(|t| t.daemon == name);
+    if let (Some(t), Some(c)) = (daemon("timesync"), daemon("chronyd")) {
+        let ms = |v: Option<f64>| v.map_or("not within 60 s".to_string(), |v| format!("{v:.0} ms"));
+        let _ = writeln!(
+            s,
+            "\nThe guest clock back within 1 ms of the PHC after a +2 s / −2 s jump: timesync \
+             {} / {}, chronyd with Kata's lines {} / {}; wakeups per second once settled: \
+             {:.2} against {:.2} (same guest, same PHC).",
+            ms(t.jump_plus_ms),
+            ms(t.jump_minus_ms),
+            ms(c.jump_plus_ms),
+            ms(c.jump_minus_ms),
+            t.wakeups_per_s,
+            c.wakeups_per_s
+        );
+    }
+    s
+}
+
+/// SPECIFICATION.md's budget table, from `results`: each budget on each
+/// configuration it was checked on.
+pub fn budget_table(results: &Results) -> String {
+    let mut s = format!(
+        "Run of {} (`cargo xtask bench`):\n\n| budget | configuration | limit | minos | |\n|---|---|---:|---:|---|\n",
+        results.date
+    );
+    for b in &results.budgets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            b.what,
+            b.config.name(),
+            super::figure(b.limit),
+            super::figure(b.measured),
+            if b.met { "met" } else { "**missed**" }
+        );
+    }
+    s
 }
 
 /// A chart must be one well-formed `<svg>` element with bars in it.
@@ -649,5 +774,33 @@ mod tests {
         );
         r.real_agent.clear();
         assert!(!markdown(&r).contains("The real kata-agent"));
+    }
+
+    #[test]
+    fn readme_and_specification_blocks_come_from_the_results() {
+        let r = results();
+        let h = headline(&r);
+        assert!(
+            h.contains("| power-on → agent ready | 505.0 ms | — | — | 1210.0 ms |"),
+            "{h}"
+        );
+        assert!(
+            h.contains("| memory used at agent ready | 8.2 MiB |"),
+            "{h}"
+        );
+        let b = budget_table(&r);
+        assert!(
+            b.contains("| x <y> | kata kernel, q35, dax | 1.000 |"),
+            "{b}"
+        );
+        let page = std::env::temp_dir().join(format!("minos-splice-{}.md", std::process::id()));
+        std::fs::write(&page, "a\n<!-- bench:t -->\nold\n<!-- /bench:t -->\nb\n").unwrap();
+        splice(&page, "t", "new\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&page).unwrap(),
+            "a\n<!-- bench:t -->\nnew\n<!-- /bench:t -->\nb\n"
+        );
+        assert!(splice(&page, "u", "x").is_err());
+        let _ = std::fs::remove_file(&page);
     }
 }

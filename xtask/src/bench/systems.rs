@@ -167,7 +167,7 @@ pub fn busybox_binary() -> Result<PathBuf> {
 }
 
 /// What the busybox system runs at sysinit: the mounts and settings init
-/// gives kata-agent (DESIGN.md's contract), as a shell script.
+/// gives kata-agent (docs/init.md, "Boot, in order"), as a shell script.
 const BUSYBOX_RCS: &str = "#!/bin/sh
 # sysinit: what kata-agent needs before it starts (bench system `busybox`).
 mount -t proc -o nosuid,nodev,noexec proc /proc
