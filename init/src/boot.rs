@@ -1,8 +1,6 @@
 //! PID 1: early boot, loading units, supervising, and the last steps of
 //! shutdown. Every step logs what failed and carries on with a safe default.
 
-// BTreeMap: no random hash keys to fetch (a getrandom call) at boot.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
@@ -12,8 +10,8 @@ use crate::supervisor::{
     self, LateSetup, PowerKind, Settings, ShutdownRequest, Supervisor, Urgency,
 };
 use crate::timeline::{self, Event, Timeline};
-use crate::unit::{self, LimitResource, Severity, Unit};
-use crate::{logger, mounts, spawn, sys, Mode, CONTROL_SOCKET, NOTIFY_SOCKET, RUN_DIR, UNITS_DIR};
+use crate::unit::{LimitResource, Unit};
+use crate::{logger, mounts, spawn, sys, Mode, CONTROL_SOCKET, NOTIFY_SOCKET, RUN_DIR};
 
 /// Runs PID 1; never returns.
 pub fn run(args: &[String]) -> ! {
@@ -94,8 +92,23 @@ pub fn run(args: &[String]) -> ! {
     timeline.mark(Event::MountsDone, None);
 
     system_setup(mode);
-    let (mut units, later) = load_units(Path::new(UNITS_DIR), &cfg, mode);
-    apply_nofile_limits(&mut units, mode);
+    // /run/systemd/system is empty on the tmpfs init has just mounted on
+    // /run: not probed (a path lookup that costs the agent's exec).
+    let fresh_run = table.mounted_by_init("/run");
+    let search: Vec<PathBuf> = crate::search::SEARCH_PATH
+        .iter()
+        .filter(|d| !(fresh_run && d.starts_with("/run/")))
+        .map(PathBuf::from)
+        .collect();
+    let (mut units, later) = crate::load::load_units(&search, &cfg, mode);
+    // In a VM nothing has changed fs.nr_open before init but the kernel's
+    // own `sysctl.fs.nr_open=` (or `sysctl/fs/nr_open=`) on the command
+    // line: its value is known without a read that would cost the agent's
+    // exec.
+    let nr_open =
+        (mode == Mode::Vm && !text.contains("fs.nr_open") && !text.contains("fs/nr_open"))
+            .then_some(KERNEL_NR_OPEN);
+    apply_nofile_limits(&mut units, mode, nr_open);
 
     let signals = match signals {
         Ok(s) => s,
@@ -265,6 +278,10 @@ fn system_setup(mode: Mode) {
         log::error!("bring up interface lo: {e}");
     }
     if mode == Mode::Vm {
+        // The kernel's first task: every capability, and an oom_score_adj
+        // of 0 that nothing has changed.
+        spawn::note_all_capabilities();
+        spawn::note_own_oom_score_adj(0);
         // Ctrl-Alt-Del becomes SIGINT to init, handled as reboot.
         if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
             log::warn!("disable Ctrl-Alt-Del (RB_DISABLE_CAD): {e}");
@@ -301,306 +318,12 @@ fn base_env(cfg: &BootConfig, mode: Mode) -> Vec<(String, String)> {
     env
 }
 
-/// Reads the `Requires=`/`Wants=` of a `.target` file.
-pub fn target_deps(text: &str) -> Vec<String> {
-    let mut section = "";
-    let mut deps = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            section = line;
-        } else if section == "[Unit]" {
-            if let Some((k, v)) = line.split_once('=') {
-                if matches!(k.trim(), "Requires" | "Wants") {
-                    deps.extend(v.split_whitespace().map(String::from));
-                }
-            }
-        }
-    }
-    deps
-}
-
-/// The entries of `dir` but `.` and `..`, each with whether the listing
-/// says regular file (d_type: no stat). One getdents64 buffer on the stack:
-/// std's `read_dir` adds an fstat and a 32 KiB heap buffer, page faults at
-/// boot.
-fn list_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
-    use std::os::unix::ffi::OsStrExt;
-    let fd = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    // Room for some 50 entries a call: a units directory in one.
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-    let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
-    let mut names = Vec::new();
-    while let Some(entry) = entries.next() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        names.push((
-            dir.join(std::ffi::OsStr::from_bytes(name)),
-            entry.file_type() == rustix::fs::FileType::RegularFile,
-        ));
-    }
-    Ok(names)
-}
-
-/// Loads the units to start from `dir`, honouring systemd.unit=, masks and
-/// wants. Socket units, and the services named like them (a socket unit's
-/// default `Service=`), are left for [`Later`] unless a unit read now
-/// refers to one of them: no service but one they activate needs them
-/// before the first service is forked, and reading them then costs that
-/// service's exec nothing.
-pub fn load_units(dir: &Path, cfg: &BootConfig, mode: Mode) -> (Vec<Unit>, Option<Later>) {
-    let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut names = match list_dir(dir) {
-        Ok(names) => names,
-        Err(e) => {
-            log::warn!(
-                "read units directory {}: {e}; no units to start",
-                dir.display()
-            );
-            Vec::new()
-        }
-    };
-    names.sort();
-    let file_name = |path: &Path| {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let socket_stems: Vec<String> = names
-        .iter()
-        .filter_map(|(p, _)| file_name(p).strip_suffix(".socket").map(String::from))
-        .collect();
-    let (later, now): (Vec<_>, Vec<_>) = names.into_iter().partition(|(p, _)| {
-        let name = file_name(p);
-        let stem = name
-            .strip_suffix(".socket")
-            .or_else(|| name.strip_suffix(".service"));
-        stem.is_some_and(|s| socket_stems.iter().any(|k| k == s))
-    });
-    let mut broken: Vec<String> = Vec::new();
-    let mut services = Vec::new();
-    for (path, listed_regular) in now {
-        let name = file_name(&path);
-        if name.ends_with(".target") {
-            // The same guards as a unit file: a FIFO or a huge file named
-            // `.target` must not stall or swamp PID 1.
-            match unit::read_unit_file(&path, listed_regular) {
-                Ok(text) => {
-                    targets.insert(name, target_deps(&text));
-                }
-                Err(e) => log::error!("{}: {e}; not used", path.display()),
-            }
-            continue;
-        }
-        load_one(&path, listed_regular, &mut services, &mut broken);
-    }
-    let named_now = later.iter().any(|(p, _)| {
-        let name = file_name(p);
-        services.iter().any(|u| {
-            u.unit_deps().contains(&name) || u.after.contains(&name) || u.before.contains(&name)
-        })
-    });
-    if named_now || later.is_empty() {
-        // A unit read now refers to one of them: all of them now.
-        for (path, listed_regular) in &later {
-            load_one(path, *listed_regular, &mut services, &mut broken);
-        }
-        return (select(services, &targets, cfg, &broken), None);
-    }
-    let units = select(services, &targets, cfg, &broken);
-    let later = Later {
-        files: later,
-        targets,
-        cfg: cfg.clone(),
-        broken,
-        mode,
-    };
-    (units, Some(later))
-}
-
-/// Reads one `.service` or `.socket` file into `units` (its diagnostics
-/// logged), or its name into `broken`.
-fn load_one(path: &Path, listed_regular: bool, units: &mut Vec<Unit>, broken: &mut Vec<String>) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if !name.ends_with(".service") && !name.ends_with(".socket") {
-        return;
-    }
-    let parsed = unit::load_listed(path, listed_regular);
-    for d in &parsed.diagnostics {
-        match d.severity {
-            Severity::Warning => log::warn!("{d}"),
-            Severity::Error => log::error!("{d}"),
-        }
-    }
-    match parsed.unit {
-        Some(u) => units.push(u),
-        None => {
-            log::error!(
-                "{}: not loaded; the other units still start",
-                path.display()
-            );
-            broken.push(name);
-        }
-    }
-}
-
-/// The socket units and their services [`load_units`] left: read once the
-/// first service has been forked (in a VM; before any service in a
-/// container), selected with the units read at boot.
-#[derive(Debug)]
-pub struct Later {
-    files: Vec<(PathBuf, bool)>,
-    targets: BTreeMap<String, Vec<String>>,
-    cfg: BootConfig,
-    broken: Vec<String>,
-    mode: Mode,
-}
-
-impl supervisor::LaterUnits for Later {
-    /// Reads the files and selects again over them and `loaded` (the units
-    /// read at boot): the units to start or keep, as [`select`] gives them,
-    /// their `LimitNOFILE=` applied.
-    fn load(&self, loaded: &[Unit]) -> Vec<Unit> {
-        let mut broken = self.broken.clone();
-        let mut all = loaded.to_vec();
-        for (path, listed_regular) in &self.files {
-            load_one(path, *listed_regular, &mut all, &mut broken);
-        }
-        let mut chosen = select(all, &self.targets, &self.cfg, &broken);
-        apply_nofile_limits(&mut chosen, self.mode);
-        chosen
-    }
-}
-
-/// Picks the units to start: the named target's (or every) service, plus
-/// `systemd.wants=`, plus every socket unit, plus what they require or
-/// want, minus masked ones. A service a socket unit starts is no boot unit
-/// of its own unless named or pulled in: it is kept, not started
-/// ([`Unit::on_demand`]).
-pub fn select(
-    all: Vec<Unit>,
-    targets: &BTreeMap<String, Vec<String>>,
-    cfg: &BootConfig,
-    broken: &[String],
-) -> Vec<Unit> {
-    let by_name = |n: &str| all.iter().any(|u| u.name == n);
-    // The services socket units start (a refused socket file's default one
-    // too: it is not started for want of its socket either).
-    let activated: Vec<String> = all
-        .iter()
-        .filter_map(|u| u.socket.as_ref().map(|s| s.service.clone()))
-        .chain(
-            broken
-                .iter()
-                .filter_map(|b| b.strip_suffix(".socket"))
-                .map(|stem| format!("{stem}.service")),
-        )
-        .collect();
-    let mut roots: Vec<String> = match cfg.unit.as_deref() {
-        Some(n) if by_name(n) => vec![n.to_string()],
-        Some(n) if targets.contains_key(n) => targets.get(n).cloned().unwrap_or_default(),
-        _ => all
-            .iter()
-            .filter(|u| !activated.contains(&u.name))
-            .map(|u| u.name.clone())
-            .collect(),
-    };
-    roots.extend(cfg.wants.iter().cloned());
-    // Every socket unit, whatever the target: the units directory holds the
-    // enabled ones, which systemd's sockets.target starts at every boot.
-    roots.extend(all.iter().filter(|u| u.is_socket()).map(|u| u.name.clone()));
-    // Closure over Requires=/Wants= (through targets too).
-    let mut chosen: Vec<String> = Vec::new();
-    let mut seen_targets: Vec<String> = Vec::new();
-    while let Some(n) = roots.pop() {
-        if let Some(deps) = targets.get(&n) {
-            if !seen_targets.contains(&n) {
-                seen_targets.push(n.clone());
-                roots.extend(deps.iter().cloned());
-            }
-            continue;
-        }
-        if chosen.contains(&n) {
-            continue;
-        }
-        if let Some(u) = all.iter().find(|u| u.name == n) {
-            roots.extend(u.unit_deps());
-            chosen.push(n);
-        }
-    }
-    // A service is kept for its socket unit when that one starts.
-    let wanted_by_socket = |name: &str| {
-        all.iter().any(|s| {
-            s.socket.as_ref().is_some_and(|k| k.service == name)
-                && chosen.contains(&s.name)
-                && !cfg.masked.contains(&s.name)
-        })
-    };
-    let on_demand: Vec<String> = all
-        .iter()
-        .filter(|u| !chosen.contains(&u.name) && wanted_by_socket(&u.name))
-        .map(|u| u.name.clone())
-        .collect();
-    let mut out = Vec::new();
-    for mut u in all {
-        if on_demand.contains(&u.name) {
-            if cfg.masked.contains(&u.name) {
-                log::info!("{}: masked on the kernel command line; not started", u.name);
-                continue;
-            }
-            u.on_demand = true;
-            out.push(u);
-            continue;
-        }
-        if !chosen.contains(&u.name) {
-            continue;
-        }
-        if cfg.masked.contains(&u.name) {
-            log::info!("{}: masked on the kernel command line; not started", u.name);
-            continue;
-        }
-        let missing: Vec<&String> = u
-            .requires
-            .iter()
-            .filter(|r| {
-                r.ends_with(".service")
-                    && (cfg.masked.contains(r) || broken.contains(r) || !chosen.contains(r))
-            })
-            .collect();
-        if let Some(m) = missing.first() {
-            log::error!(
-                "{}: not started: requires {m}, which is masked, missing or malformed",
-                u.name
-            );
-            continue;
-        }
-        out.push(u);
-    }
-    out
-}
-
-trait UnitDeps {
-    fn unit_deps(&self) -> Vec<String>;
-}
-
-impl UnitDeps for Unit {
-    fn unit_deps(&self) -> Vec<String> {
-        self.requires.iter().chain(&self.wants).cloned().collect()
-    }
-}
+/// fs.nr_open as the kernel starts (fs/file.c `sysctl_nr_open`).
+const KERNEL_NR_OPEN: u64 = 1_048_576;
 
 /// Raises fs.nr_open to the largest LimitNOFILE= asked for (VM), or clamps
 /// the units' limits to it where init may not change it (container).
-fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
+pub(crate) fn apply_nofile_limits(units: &mut [Unit], mode: Mode, nr_open: Option<u64>) {
     let nofile = |u: &Unit| -> Vec<(Option<u64>, Option<u64>)> {
         u.service
             .limits
@@ -613,10 +336,12 @@ fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
     if all.is_empty() {
         return;
     }
-    let current: u64 = sys::read_small("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1_048_576);
+    let current: u64 = nr_open.unwrap_or_else(|| {
+        sys::read_small("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(KERNEL_NR_OPEN)
+    });
     let mut max = current;
     if mode == Mode::Container
         && !spawn::has_capability(rustix::thread::CapabilitySet::SYS_RESOURCE)
@@ -663,232 +388,8 @@ fn apply_nofile_limits(units: &mut [Unit], mode: Mode) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-
-    fn unit(name: &str, text: &str) -> Unit {
-        let p = unit::parse(name, name, text);
-        p.unit.unwrap()
-    }
-
-    fn names(v: &[Unit]) -> Vec<&str> {
-        v.iter().map(|u| u.name.as_str()).collect()
-    }
-
-    fn units_dir(tag: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("minos-units-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
-        dir
-    }
-
-    const AGENT: (&str, &str) = ("kata-agent.service", "[Service]\nExecStart=/bin/agent\n");
-    const BUSD_SOCKET: (&str, &str) = (
-        "busd.socket",
-        "[Socket]\nListenStream=/run/dbus/system_bus_socket\n",
-    );
-    const BUSD: (&str, &str) = ("busd.service", "[Service]\nExecStart=/usr/bin/busd\n");
-
-    #[test]
-    fn socket_units_and_their_services_are_read_after_the_first_fork() {
-        use crate::supervisor::LaterUnits;
-        let other = ("timesync.service", "[Service]\nExecStart=/bin/ts\n");
-        let dir = units_dir("later", &[AGENT, BUSD_SOCKET, BUSD, other]);
-        let (units, later) = load_units(&dir, &BootConfig::default(), Mode::Vm);
-        assert_eq!(
-            names(&units),
-            vec!["kata-agent.service", "timesync.service"]
-        );
-        let later = later.expect("the socket unit is left for later");
-        // Read then, and selected with what boot loaded: the service on
-        // demand, the others as they were.
-        let all = later.load(&units);
-        let on_demand: Vec<&str> = all
-            .iter()
-            .filter(|u| u.on_demand)
-            .map(|u| u.name.as_str())
-            .collect();
-        assert_eq!(on_demand, vec!["busd.service"]);
-        let mut got = names(&all);
-        got.sort_unstable();
-        assert_eq!(
-            got,
-            vec![
-                "busd.service",
-                "busd.socket",
-                "kata-agent.service",
-                "timesync.service"
-            ]
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_unit_ordered_after_a_socket_unit_has_it_read_at_once() {
-        let agent = (
-            "kata-agent.service",
-            "[Unit]\nAfter=busd.socket\n[Service]\nExecStart=/bin/agent\n",
-        );
-        let dir = units_dir("now", &[agent, BUSD_SOCKET, BUSD]);
-        let (units, later) = load_units(&dir, &BootConfig::default(), Mode::Vm);
-        assert!(later.is_none());
-        let mut got = names(&units);
-        got.sort_unstable();
-        assert_eq!(
-            got,
-            vec!["busd.service", "busd.socket", "kata-agent.service"]
-        );
-        assert!(
-            units
-                .iter()
-                .find(|u| u.name == "busd.service")
-                .unwrap()
-                .on_demand
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn kata_target_selects_agent_and_ignores_missing_chronyd() {
-        let target = include_str!("../../tests/fixtures/kata/kata-containers.target");
-        let mut targets = BTreeMap::new();
-        targets.insert("kata-containers.target".to_string(), target_deps(target));
-        assert_eq!(
-            targets["kata-containers.target"],
-            vec![
-                "basic.target",
-                "tmp.mount",
-                "chronyd.service",
-                "kata-agent.service"
-            ]
-        );
-        let agent = unit(
-            "kata-agent.service",
-            include_str!("../../tests/fixtures/kata/kata-agent.service"),
-        );
-        let other = unit("other.service", "[Service]\nExecStart=/bin/true\n");
-        let cfg = BootConfig {
-            unit: Some("kata-containers.target".into()),
-            ..Default::default()
-        };
-        let sel = select(vec![agent, other], &targets, &cfg, &[]);
-        assert_eq!(names(&sel), vec!["kata-agent.service"]);
-    }
-
-    #[test]
-    fn without_target_file_every_service_starts_minus_masked() {
-        let a = unit("a.service", "[Service]\nExecStart=/bin/a\n");
-        let b = unit("b.service", "[Service]\nExecStart=/bin/b\n");
-        let c = unit(
-            "c.service",
-            "[Unit]\nRequires=b.service\n[Service]\nExecStart=/bin/c\n",
-        );
-        let cfg = BootConfig {
-            unit: Some("kata-containers.target".into()),
-            masked: vec!["b.service".into()],
-            ..Default::default()
-        };
-        let sel = select(vec![a, b, c], &BTreeMap::new(), &cfg, &[]);
-        assert_eq!(names(&sel), vec!["a.service"], "c requires masked b");
-    }
-
-    #[test]
-    fn a_named_service_pulls_in_its_dependencies() {
-        let a = unit(
-            "a.service",
-            "[Unit]\nWants=b.service\n[Service]\nExecStart=/bin/a\n",
-        );
-        let b = unit("b.service", "[Service]\nExecStart=/bin/b\n");
-        let c = unit("c.service", "[Service]\nExecStart=/bin/c\n");
-        let cfg = BootConfig {
-            unit: Some("a.service".into()),
-            wants: vec!["c.service".into()],
-            ..Default::default()
-        };
-        let sel = select(vec![a, b, c], &BTreeMap::new(), &cfg, &[]);
-        assert_eq!(names(&sel), vec!["a.service", "b.service", "c.service"]);
-    }
-
-    #[test]
-    fn socket_units_start_at_every_boot_and_their_services_on_demand() {
-        let agent = unit(
-            "kata-agent.service",
-            include_str!("../../tests/fixtures/kata/kata-agent.service"),
-        );
-        let sock = unit(
-            "busd.socket",
-            "[Socket]\nListenStream=/run/dbus/system_bus_socket\n",
-        );
-        let busd = unit("busd.service", "[Service]\nExecStart=/bin/busd\n");
-        let other = unit("other.service", "[Service]\nExecStart=/bin/other\n");
-        let on_demand = |sel: &[Unit]| -> Vec<String> {
-            sel.iter()
-                .filter(|u| u.on_demand)
-                .map(|u| u.name.clone())
-                .collect()
-        };
-        // Kata's target names neither the socket nor its service.
-        let mut targets = BTreeMap::new();
-        targets.insert(
-            "kata-containers.target".to_string(),
-            vec!["kata-agent.service".to_string()],
-        );
-        let cfg = BootConfig {
-            unit: Some("kata-containers.target".into()),
-            ..Default::default()
-        };
-        let all = vec![agent.clone(), sock.clone(), busd.clone(), other.clone()];
-        let sel = select(all.clone(), &targets, &cfg, &[]);
-        assert_eq!(
-            names(&sel),
-            vec!["kata-agent.service", "busd.socket", "busd.service"]
-        );
-        assert_eq!(on_demand(&sel), vec!["busd.service"]);
-        // Every service: but not the one the socket starts.
-        let sel = select(all.clone(), &BTreeMap::new(), &BootConfig::default(), &[]);
-        assert_eq!(on_demand(&sel), vec!["busd.service"]);
-        assert_eq!(sel.len(), 4);
-        // Pulled in by another unit: started at boot (it gets the socket).
-        let wants = unit(
-            "client.service",
-            "[Unit]\nWants=busd.service\n[Service]\nExecStart=/bin/c\n",
-        );
-        let sel = select(
-            vec![sock.clone(), busd.clone(), wants],
-            &BTreeMap::new(),
-            &BootConfig::default(),
-            &[],
-        );
-        assert_eq!(
-            names(&sel),
-            vec!["busd.socket", "busd.service", "client.service"]
-        );
-        assert!(on_demand(&sel).is_empty());
-        // A masked socket: nothing of it; its service is not started either.
-        let cfg = BootConfig {
-            masked: vec!["busd.socket".into()],
-            ..Default::default()
-        };
-        let sel = select(
-            vec![sock, busd.clone(), other.clone()],
-            &BTreeMap::new(),
-            &cfg,
-            &[],
-        );
-        assert_eq!(names(&sel), vec!["other.service"]);
-        // A refused socket file: its service does not start without it.
-        let sel = select(
-            vec![busd, other],
-            &BTreeMap::new(),
-            &BootConfig::default(),
-            &["busd.socket".to_string()],
-        );
-        assert_eq!(names(&sel), vec!["other.service"]);
-    }
 
     #[test]
     fn hostnames() {

@@ -177,6 +177,11 @@ impl MountTable {
     }
 
     /// Whether something is mounted on `target`.
+    /// Whether init mounted `target` itself (a fresh file system there).
+    pub fn mounted_by_init(&self, target: &str) -> bool {
+        self.own.iter().any(|t| t == target)
+    }
+
     pub fn contains(&self, target: &str) -> bool {
         self.target(target) == Target::Mounted
     }

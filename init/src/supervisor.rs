@@ -491,7 +491,7 @@ pub struct Supervisor {
 pub trait LaterUnits: std::fmt::Debug {
     /// Reads them; given the units loaded, returns the units to start or
     /// keep (those loaded among them).
-    fn load(&self, loaded: &[Unit]) -> Vec<Unit>;
+    fn load(self: Box<Self>, loaded: &[Unit]) -> Vec<Unit>;
 }
 
 /// Sets up what the supervisor keeps for each unit that lacks it: an on

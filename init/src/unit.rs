@@ -704,8 +704,22 @@ const SOCKET_UNSUPPORTED: &[&str] = &[
 /// [`Parsed::diagnostics`], and [`Parsed::unit`] is `None` only when the
 /// unit cannot run at all.
 pub fn parse(name: &str, file: &str, text: &str) -> Parsed {
-    let mut parser = Parser::new(name, file);
-    logical_lines(text, |line, content| parser.line(line, content));
+    parse_fragments(name, &[(file, text)])
+}
+
+/// [`parse`] over a unit file and its drop-ins (`NAME.d/*.conf`), in the
+/// order given: each fragment starts outside any section (a drop-in needs
+/// its own header) and its diagnostics name its own file; the checks of
+/// the whole unit (a missing `ExecStart=` …) come after the last one, so a
+/// drop-in may reset and replace what the file set (`ExecStart=` then
+/// `ExecStart=/new`).
+pub fn parse_fragments(name: &str, fragments: &[(&str, &str)]) -> Parsed {
+    let mut parser = Parser::new(name, fragments.first().map_or("", |f| f.0));
+    for (file, text) in fragments {
+        parser.file = (*file).to_owned();
+        parser.section = Section::None;
+        logical_lines(text, |line, content| parser.line(line, content));
+    }
     parser.finish()
 }
 
@@ -720,8 +734,8 @@ enum Section {
     Ignored,
 }
 
-struct Parser<'a> {
-    file: &'a str,
+struct Parser {
+    file: String,
     unit: Unit,
     section: Section,
     diagnostics: Vec<Diagnostic>,
@@ -784,14 +798,14 @@ fn valid_key(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-impl<'a> Parser<'a> {
-    fn new(name: &str, file: &'a str) -> Self {
+impl Parser {
+    fn new(name: &str, file: &str) -> Self {
         let mut unit = Unit::new(name);
         if name.ends_with(".socket") {
             unit.socket = Some(Box::default());
         }
         Parser {
-            file,
+            file: file.to_owned(),
             unit,
             section: Section::None,
             diagnostics: Vec::new(),
@@ -803,7 +817,7 @@ impl<'a> Parser<'a> {
 
     fn push(&mut self, line: usize, key: Option<&str>, severity: Severity, message: String) {
         self.diagnostics.push(Diagnostic {
-            file: self.file.to_owned(),
+            file: self.file.clone(),
             line,
             key: key.map(str::to_owned),
             severity,
@@ -2344,10 +2358,54 @@ mod tests {
         v.iter().map(|w| s(w)).collect()
     }
 
+    #[test]
+    fn dropins_parse_after_the_file_each_naming_its_own_lines() {
+        let p = parse_fragments(
+            "a.service",
+            &[
+                (
+                    "/usr/lib/systemd/system/a.service",
+                    "[Service]\nExecStart=/bin/a\n",
+                ),
+                (
+                    "/etc/systemd/system/a.service.d/x.conf",
+                    "[Unit]\nAfter=b.service\n",
+                ),
+                (
+                    "/etc/systemd/system/a.service.d/y.conf",
+                    "[Service]\nExecStart=\nExecStart=/bin/b\nFrobnicate=1\n",
+                ),
+            ],
+        );
+        let u = p.unit.expect("unit");
+        assert_eq!(u.service.exec_start.len(), 1);
+        assert_eq!(u.service.exec_start[0].argv, vec!["/bin/b"]);
+        let shown: Vec<String> = p.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].starts_with("/etc/systemd/system/a.service.d/y.conf:4: Frobnicate"),
+            "{shown:?}"
+        );
+        // Each drop-in starts outside any section: a key before its own
+        // header is as malformed as in the file.
+        let p = parse_fragments(
+            "a.service",
+            &[
+                ("a.service", "[Service]\nExecStart=/bin/a\n"),
+                ("a.service.d/x.conf", "User=nobody\n"),
+            ],
+        );
+        assert!(p.unit.is_none());
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            "a.service.d/x.conf:1: User: assignment before any section header"
+        );
+    }
     proptest::proptest! {
         /// The slice path of split_words gives what the char-by-char one
         /// gives, on lines without quotes and escapes.
-        #[test]
+
+    #[test]
         fn plain_lines_split_as_quoted_ones(line in "([a-z/;=.%-]|[ \t\r\n]|\u{a0}|é){0,60}") {
             let fast: Vec<(String, bool)> =
                 split_words(&line).unwrap().into_iter().map(|w| (w.text.into_owned(), w.separator)).collect();

@@ -552,9 +552,10 @@ fn odd_argv_words_and_huge_or_fifo_files_neither_stall_nor_crash_init() {
         "bigenv.service",
         "[Service]\nType=oneshot\nEnvironmentFile=/data/big.env\nExecStart=/bin/probe write /data/bigenv ran\n",
     );
+    // Both targets pulled in, so that init reads them.
     fs.unit(
         "stop.service",
-        "[Unit]\nAfter=bigenv.service\n[Service]\nType=oneshot\nExecStart=/bin/probe write /data/ran yes\nExecStart=/sbin/poweroff\n",
+        "[Unit]\nAfter=bigenv.service\nWants=stall.target big.target\n[Service]\nType=oneshot\nExecStart=/bin/probe write /data/ran yes\nExecStart=/sbin/poweroff\n",
     );
     // A word of init's arguments that is not UTF-8 (std::env::args panics
     // on it).
@@ -564,7 +565,7 @@ fn odd_argv_words_and_huge_or_fifo_files_neither_stall_nor_crash_init() {
     assert_eq!(fs.read("data/ran"), "yes");
     end.assert_log("\"x\u{fffd}\u{fffd}\" is not valid UTF-8");
     end.assert_log("stall.target: not a regular file");
-    end.assert_log("big.target: larger than 1 MiB; not used");
+    end.assert_log("big.target: larger than 1 MiB");
     end.assert_log("read environment file /data/big.env: larger than 1 MiB");
     assert!(fs.try_read("data/bigenv").is_none());
     end.assert_log("user \"someone\" not found in /etc/passwd");

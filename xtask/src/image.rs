@@ -217,6 +217,23 @@ pub fn rootfs(
         mode: 0o644,
         data: read(&kata)?,
     });
+    if on_base {
+        // A base's own target (osbuilder's kata-containers.target) is then
+        // found and wants chronyd.service: timesync takes that name, so
+        // that the distribution's chrony is not started beside it.
+        v.push(Entry::Symlink {
+            path: "etc/minos/units/chronyd.service".into(),
+            target: "timesync.service".into(),
+        });
+    } else {
+        // Nothing but minos's units: init need not look for systemd's
+        // directories (docs/units.md, "Where units come from").
+        v.push(Entry::File {
+            path: "etc/minos/units/.self-contained".into(),
+            mode: 0o644,
+            data: Vec::new(),
+        });
+    }
     if initrd {
         // The kernel runs /init from an initramfs and opens /dev/console
         // for it before anything is mounted.
