@@ -42,8 +42,8 @@ pub fn run(args: &[String]) -> ! {
     mounts::mount_dev(&mut table, mode, &mut errors);
     if mode == Mode::Vm {
         sys::console_on_stdio();
-        // Info lines wait until the agent has run (the supervisor's late
-        // set-up); warnings and errors go out at once.
+        // Info lines and warnings wait until the agent has run (the supervisor's late
+        // set-up); errors go out at once.
         logger::hold_info_lines();
         logger::use_kmsg();
     }

@@ -129,16 +129,14 @@ fn read_boot_units(search: &[PathBuf], cfg: &BootConfig) -> (Loader, BootConfig)
             now
         }
     };
-    loader.run(queue);
-    // A unit read now that refers to a deferred one has them all read now,
-    // so that the ordering is seen.
+    loader.run(queue, true);
+    // A unit read now that is ordered against (or requires) a deferred one
+    // has them all read now, so that the ordering is seen.
     let named_now = loader.deferred.iter().any(|(d, _)| {
-        loader.units.iter().any(|u| {
-            u.requires.contains(d)
-                || u.wants.contains(d)
-                || u.after.contains(d)
-                || u.before.contains(d)
-        })
+        loader
+            .units
+            .iter()
+            .any(|u| u.requires.contains(d) || u.after.contains(d) || u.before.contains(d))
     });
     if named_now {
         loader.load_deferred();
@@ -159,9 +157,19 @@ struct Loader {
     seen: BTreeSet<String>,
     /// Units left for [`Later`], each with whether it was named directly.
     deferred: Vec<(String, bool)>,
-    /// Names of unit types init does not run that were pulled in.
+    /// Names of unit types init does not run that were pulled in, and how
+    /// many of them [`Self::report`] has logged.
     not_run: Vec<String>,
+    reported: usize,
+    /// Set while boot reads (before the first fork): what is only wanted
+    /// waits, the `.wants/` directories of what is read too.
+    boot: bool,
+    /// Units and targets read at boot whose `.wants/` directories wait.
+    wants_dirs: Vec<String>,
 }
+
+/// A dependency: its name, and whether it is required (else wanted).
+type Dep = (String, bool);
 
 impl Loader {
     fn new(index: Index, cfg: &BootConfig) -> Self {
@@ -174,37 +182,63 @@ impl Loader {
             seen: BTreeSet::new(),
             deferred: Vec::new(),
             not_run: Vec::new(),
+            reported: 0,
+            boot: false,
+            wants_dirs: Vec::new(),
         }
     }
 
-    /// Reads `queue` and what it pulls in, breadth first.
-    fn run(&mut self, queue: Vec<(String, bool)>) {
+    /// Reads `queue` and what it pulls in, breadth first. At `boot`, what
+    /// is only wanted, and socket units, are left for [`Later`]: read
+    /// after the first service's fork, they cost its exec nothing.
+    fn run(&mut self, queue: Vec<(String, bool)>, boot: bool) {
+        self.boot = boot;
         let mut queue: VecDeque<(String, bool)> = queue.into();
         while let Some((name, direct)) = queue.pop_front() {
-            for dep in self.visit(&name, direct, true) {
-                queue.push_back((dep, false));
+            for (dep, required) in self.visit(&name, direct, boot) {
+                if boot && !required {
+                    if !self.seen.contains(&dep) && !self.deferred.iter().any(|(d, _)| *d == dep) {
+                        self.deferred.push((dep, false));
+                    }
+                } else {
+                    queue.push_back((dep, false));
+                }
             }
         }
     }
 
     fn load_deferred(&mut self) {
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut queue: VecDeque<(String, bool)> = VecDeque::new();
-        for (name, direct) in deferred {
-            for dep in self.visit(&name, direct, false) {
-                queue.push_back((dep, false));
+        let mut queue = std::mem::take(&mut self.deferred);
+        // The `.wants/` directories of what boot read; for a target, its
+        // drop-ins and `.requires/` too.
+        for name in std::mem::take(&mut self.wants_dirs) {
+            let mut wanted = Vec::new();
+            if name.ends_with(".target") {
+                for (_, text) in self.read_dropins(&name) {
+                    let (r, w) = target_deps(&text);
+                    wanted.extend(r);
+                    wanted.extend(w);
+                }
+                wanted.extend(self.index.deps_dirs(&name, "requires"));
             }
-        }
-        while let Some((name, direct)) = queue.pop_front() {
-            for dep in self.visit(&name, direct, false) {
-                queue.push_back((dep, false));
+            wanted.extend(self.index.deps_dirs(&name, "wants"));
+            if let Some(deps) = self.graph.targets.get_mut(&name) {
+                deps.extend(wanted.iter().cloned());
+            } else if let Some(u) = self.units.iter_mut().find(|u| u.name == name) {
+                for w in &wanted {
+                    if !u.wants.contains(w) {
+                        u.wants.push(w.clone());
+                    }
+                }
             }
+            queue.extend(wanted.into_iter().map(|w| (w, false)));
         }
+        self.run(queue, false);
     }
 
     /// Reads one name (unless seen, left to init or of a type init does
     /// not run); returns what it pulls in.
-    fn visit(&mut self, name: &str, direct: bool, defer_sockets: bool) -> Vec<String> {
+    fn visit(&mut self, name: &str, direct: bool, defer_sockets: bool) -> Vec<Dep> {
         let Some(kind) = search::unit_type(name) else {
             log::warn!("{name}: not a unit name; ignored");
             return Vec::new();
@@ -260,7 +294,7 @@ impl Loader {
     }
 
     /// Reads a unit's file and drop-ins; returns what it pulls in.
-    fn read(&mut self, name: &str, path: &std::path::Path, listed_regular: bool) -> Vec<String> {
+    fn read(&mut self, name: &str, path: &std::path::Path, listed_regular: bool) -> Vec<Dep> {
         let file = path.to_string_lossy().into_owned();
         let main = match unit::read_unit_file(path, listed_regular) {
             Ok(text) => text,
@@ -271,17 +305,26 @@ impl Loader {
                 return Vec::new();
             }
         };
+        let target = name.ends_with(".target");
         let mut fragments: Vec<(String, String)> = vec![(file.clone(), main)];
-        for (dropin, regular) in self.index.dropins(name) {
-            let shown = dropin.to_string_lossy().into_owned();
-            match unit::read_unit_file(&dropin, regular) {
-                Ok(text) => fragments.push((shown, text)),
-                Err(e) => log::error!("{shown}: {e}; drop-in not used"),
-            }
+        // A target at boot: its drop-ins and directories only add what it
+        // pulls in, and wait with what it wants.
+        let late = self.boot && target;
+        if !late {
+            fragments.extend(self.read_dropins(name));
         }
-        let requires_dir = self.index.deps_dirs(name, "requires");
-        let wants_dir = self.index.deps_dirs(name, "wants");
-        if name.ends_with(".target") {
+        let requires_dir = if late {
+            Vec::new()
+        } else {
+            self.index.deps_dirs(name, "requires")
+        };
+        let wants_dir = if self.boot {
+            self.wants_dirs.push(name.to_owned());
+            Vec::new()
+        } else {
+            self.index.deps_dirs(name, "wants")
+        };
+        if target {
             let mut requires = Vec::new();
             let mut wants = Vec::new();
             for (_, text) in &fragments {
@@ -289,14 +332,11 @@ impl Loader {
                 requires.extend(r);
                 wants.extend(w);
             }
-            let deps: Vec<String> = requires
-                .into_iter()
-                .chain(requires_dir)
-                .chain(wants)
-                .chain(wants_dir)
-                .collect();
-            self.graph.targets.insert(name.to_owned(), deps.clone());
-            return deps;
+            let required: Vec<String> = requires.into_iter().chain(requires_dir).collect();
+            let wanted: Vec<String> = wants.into_iter().chain(wants_dir).collect();
+            let all: Vec<String> = required.iter().chain(&wanted).cloned().collect();
+            self.graph.targets.insert(name.to_owned(), all);
+            return deps(required, wanted);
         }
         let borrowed: Vec<(&str, &str)> = fragments
             .iter()
@@ -324,25 +364,40 @@ impl Loader {
                 u.wants.push(w);
             }
         }
-        let deps: Vec<String> = u
+        // A socket unit's service counts as required: it is read with it.
+        let required: Vec<String> = u
             .requires
             .iter()
-            .chain(&u.wants)
             .chain(u.socket.as_ref().map(|s| &s.service))
             .cloned()
             .collect();
+        let wanted = u.wants.clone();
         self.units.push(u);
-        deps
+        deps(required, wanted)
     }
 
-    /// Logs what was pulled in and not loaded (once per boot).
-    fn report(&self) {
-        if !self.not_run.is_empty() {
+    /// The drop-ins of `name` that can be read, each with its path.
+    fn read_dropins(&self, name: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (dropin, regular) in self.index.dropins(name) {
+            let shown = dropin.to_string_lossy().into_owned();
+            match unit::read_unit_file(&dropin, regular) {
+                Ok(text) => out.push((shown, text)),
+                Err(e) => log::error!("{shown}: {e}; drop-in not used"),
+            }
+        }
+        out
+    }
+
+    /// Logs what was pulled in and not loaded since the last report.
+    fn report(&mut self) {
+        if let Some(new) = self.not_run.get(self.reported..).filter(|n| !n.is_empty()) {
             log::info!(
                 "not loaded (unit types init does not run): {}",
-                self.not_run.join(" ")
+                new.join(" ")
             );
         }
+        self.reported = self.not_run.len();
         if !self.graph.by_init.is_empty() {
             log::debug!(
                 "not loaded (init's own boot does their work): {}",
@@ -385,6 +440,13 @@ impl Loader {
         // The units move out: the supervisor hands them back to Later.
         select(std::mem::take(&mut self.units), &self.graph, &cfg)
     }
+}
+
+fn deps(required: Vec<String>, wanted: Vec<String>) -> Vec<Dep> {
+    let required = required.into_iter().map(|n| (n, true));
+    required
+        .chain(wanted.into_iter().map(|n| (n, false)))
+        .collect()
 }
 
 /// Reads a `.target` file's `[Unit]` `Requires=` and `Wants=`: (required,
@@ -436,6 +498,7 @@ impl supervisor::LaterUnits for Later {
         } = *self;
         loader.units = loaded.to_vec();
         loader.load_deferred();
+        loader.report();
         let mut chosen = loader.select(&cfg);
         crate::boot::apply_nofile_limits(&mut chosen, mode, None);
         chosen
@@ -836,6 +899,13 @@ mod tests {
             };
             read_boot_units(&self.dirs, &cfg)
         }
+
+        /// What boot reads and what it leaves for after the first fork.
+        fn read_all(&self, unit: Option<&str>) -> (Loader, BootConfig) {
+            let (mut loader, cfg) = self.read(unit);
+            loader.load_deferred();
+            (loader, cfg)
+        }
     }
 
     impl Drop for Tree {
@@ -917,21 +987,19 @@ mod tests {
         use crate::supervisor::LaterUnits;
         let t = osbuilder_tree("osbuilder");
         let (mut loader, cfg) = t.read(Some("kata-containers.target"));
-        // Nothing outside the closure was opened (getty.service would be
-        // broken), nothing of init's own boot or systemd's own was read.
-        assert!(loader.graph.broken.is_empty(), "{:?}", loader.graph.broken);
-        assert!(!loader.seen.contains("getty.service"));
-        assert!(!loader.seen.contains("kmod-static-nodes.service"));
+        // Before the first fork: the target, what it requires (the agent,
+        // basic.target), nothing it only wants.
+        assert_eq!(loader.graph.by_init, vec!["sysinit.target"]);
+        assert_eq!(loader.not_run, vec!["tmp.mount"]);
+        let deferred: Vec<&str> = loader.deferred.iter().map(|d| d.0.as_str()).collect();
         assert_eq!(
-            loader.graph.by_init,
-            vec!["sysinit.target", "systemd-journald.socket"]
+            deferred,
+            vec!["chronyd.service", "sockets.target", "timers.target"]
         );
-        assert_eq!(loader.not_run, vec!["tmp.mount", "apt-daily.timer"]);
-        // The socket unit waits for after the first fork.
-        assert_eq!(loader.deferred, vec![("dbus.socket".to_string(), false)]);
         let units = loader.select(&cfg);
-        // The agent the target requires first, chrony through its alias.
-        assert_eq!(names(&units), vec!["kata-agent.service", "chrony.service"]);
+        assert_eq!(names(&units), vec!["kata-agent.service"]);
+        // The rest right after it: chrony through its alias, the socket
+        // unit sockets.target wants, its service on demand.
         let later = Later {
             loader,
             cfg,
@@ -948,6 +1016,17 @@ mod tests {
             ]
         );
         assert!(all[3].on_demand);
+        // Nothing outside the closure was opened (getty.service would be
+        // broken), nothing of init's own boot or systemd's own was read.
+        let (loader, _) = t.read_all(Some("kata-containers.target"));
+        assert!(loader.graph.broken.is_empty(), "{:?}", loader.graph.broken);
+        assert!(!loader.seen.contains("getty.service"));
+        assert!(!loader.seen.contains("kmod-static-nodes.service"));
+        assert_eq!(
+            loader.graph.by_init,
+            vec!["sysinit.target", "systemd-journald.socket"]
+        );
+        assert_eq!(loader.not_run, vec!["tmp.mount", "apt-daily.timer"]);
     }
 
     #[test]
@@ -964,11 +1043,12 @@ mod tests {
             "[Service]\nExecStart=/bin/own-agent\n",
         );
         // No systemd.unit=: default.target, an alias of multi-user.target.
-        let (mut loader, cfg) = t.read(None);
+        let (mut loader, cfg) = t.read_all(None);
         assert_eq!(cfg.unit.as_deref(), Some("multi-user.target"));
         assert_eq!(loader.graph.broken, vec!["getty.service"]);
         let units = loader.select(&cfg);
-        assert!(names(&units).is_empty(), "{:?}", names(&units));
+        // basic.target's sockets.target: dbus.socket, its service on demand.
+        assert_eq!(names(&units), vec!["dbus.socket", "dbus.service"]);
         // A service named directly, from minos's directory over systemd's.
         let (mut loader, cfg) = t.read(Some("kata-agent.service"));
         let units = loader.select(&cfg);
@@ -1051,7 +1131,7 @@ mod tests {
         t.put("usr", "t.target", "[Unit]\nWants=a.service\n");
         t.put("usr", "t.target.d/more.conf", "[Unit]\nWants=c.service\n");
         t.put("usr", "c.service", SERVICE);
-        let (mut loader, cfg) = t.read(Some("t.target"));
+        let (mut loader, cfg) = t.read_all(Some("t.target"));
         let units = loader.select(&cfg);
         assert_eq!(names(&units), vec!["a.service", "c.service", "b.service"]);
         let a = &units[0];

@@ -37,7 +37,7 @@ struct State {
     kmsg_limited: bool,
     /// Lines written to the kmsg sink so far.
     kmsg_lines: u32,
-    /// Info and debug lines wait in `early` (see [`hold_info_lines`]).
+    /// Warnings, info and debug lines wait in `early` (see [`hold_info_lines`]).
     hold: bool,
 }
 
@@ -98,10 +98,12 @@ pub fn unlimit_kmsg_later() {
     }
 }
 
-/// Keeps info and debug lines (the timeline's among them) in memory until
-/// [`release_held_lines`]: each kmsg record costs the boot path several µs
-/// of printk before the agent has started. Warnings and errors go out at
-/// once, after the lines held so far; each line keeps the time it carries.
+/// Keeps warnings, info and debug lines (the timeline's among them) in
+/// memory until [`release_held_lines`]: each kmsg record costs the boot
+/// path several µs of printk before the agent has started (a
+/// distribution's unit with keys init ignores warns about each). Errors go
+/// out at once, after the lines held so far; each line keeps the time it
+/// carries.
 pub fn hold_info_lines() {
     if let Ok(mut state) = LOGGER.state.lock() {
         state.hold = true;
@@ -181,7 +183,7 @@ impl Logger {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let held = state.hold && level >= Level::Info;
+        let held = state.hold && level >= Level::Warn;
         if matches!(state.sink, Sink::Pending) || held {
             let Err(line) = state.early.push((level, line)) else {
                 return;
@@ -195,7 +197,7 @@ impl Logger {
             emit(&mut state, level, &line.1);
             return;
         }
-        // A warning or an error goes out at once, after what was held.
+        // An error goes out at once, after what was held.
         flush_early(&mut state);
         emit(&mut state, level, &line);
     }
@@ -311,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn held_info_lines_go_out_in_order_before_a_warning_or_at_release() {
+    fn held_lines_go_out_in_order_before_an_error_or_at_release() {
         let (r, w) = rustix::pipe::pipe().unwrap();
         let logger = Logger {
             state: Mutex::new(State {
@@ -331,11 +333,12 @@ mod tests {
         };
         logger.write_line(Level::Info, format_args!("one"));
         logger.write_line(Level::Debug, format_args!("two"));
+        logger.write_line(Level::Warn, format_args!("warned"));
         assert_eq!(read(), "");
-        logger.write_line(Level::Warn, format_args!("three"));
+        logger.write_line(Level::Error, format_args!("three"));
         assert_eq!(
             read(),
-            "<6>minos-init: one\n<7>minos-init: two\n<4>minos-init: three\n"
+            "<6>minos-init: one\n<7>minos-init: two\n<4>minos-init: warned\n<3>minos-init: three\n"
         );
         logger.write_line(Level::Info, format_args!("four"));
         assert_eq!(read(), "");

@@ -2,12 +2,14 @@
 //! its `.wants/` and `.requires/` directories add, which names are aliases
 //! and which are masked (systemd.unit(5), "Unit File Load Path").
 //!
-//! Each directory is listed once, at boot, into an [`Index`] (file types
-//! from the listing, no stat per entry); a lookup then costs no system call
-//! but a readlink for a symlinked name, and only the units a boot pulls in
-//! are ever opened. A directory reached twice (`/lib` → `usr/lib` on a
-//! merged-`/usr` root) is listed once.
+//! minos's own directory is listed once at boot into an [`Index`] (file
+//! types from the listing, no stat per entry): every unit in it may start.
+//! systemd's directories are looked up name by name (an `lstat` per
+//! directory, each answer kept): a distribution's has hundreds of entries,
+//! and a boot needs a few of them before the agent's exec. A directory
+//! reached twice (`/lib` → `usr/lib` on a merged-`/usr` root) counts once.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -61,16 +63,25 @@ pub enum Kind {
 
 #[derive(Debug, Clone)]
 struct Listed {
-    path: PathBuf,
-    kind: Kind,
+    name: String,
     /// Position of its directory in the search path (0: minos's own).
     dir: usize,
+    kind: Kind,
 }
 
-/// The entries of every unit directory, by name, highest precedence first.
+/// The unit directories: minos's own listed (sorted by name: every unit
+/// in it may start), systemd's looked up name by name — a distribution's
+/// directory has hundreds of entries, and listing it before the agent's
+/// exec cost more than the few lookups a boot needs; each answer is kept.
 #[derive(Debug, Clone, Default)]
 pub struct Index {
-    names: BTreeMap<String, Vec<Listed>>,
+    dirs: Vec<PathBuf>,
+    entries: Vec<Listed>,
+    /// Positions in `dirs` of the other directories that exist (a
+    /// directory reached twice, `/lib` → `usr/lib`, once).
+    others: Vec<usize>,
+    /// What a lookup found in `others`, by name.
+    probed: RefCell<BTreeMap<String, Vec<Listed>>>,
     /// Whether any entry may be a `.d/`, `.wants/` or `.requires/`
     /// directory: without one (minos's own images), no lookup for them.
     subdirs: bool,
@@ -137,11 +148,6 @@ pub fn list_dir(dir: &Path) -> std::io::Result<Vec<(String, Kind)>> {
     Ok(names)
 }
 
-/// A directory's device and inode.
-fn dir_id(dir: &Path) -> Option<DirId> {
-    rustix::fs::stat(dir).ok().map(|st| (st.st_dev, st.st_ino))
-}
-
 /// A link's target, read without following it.
 fn link_target(path: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
@@ -155,94 +161,147 @@ fn is_dev_null(target: &Path) -> bool {
 }
 
 impl Index {
-    /// Lists each directory of `dirs` (highest precedence first). A missing
-    /// directory is skipped quietly; one that cannot be read is a warning.
+    /// Lists the first directory of `dirs` (minos's own) and finds which of
+    /// the others (highest precedence first) exist. A missing directory is
+    /// skipped quietly; one that cannot be read is a warning.
     pub fn build(dirs: &[PathBuf]) -> Index {
-        let mut index = Index::default();
-        // The directories listed: a second one is compared with them by
-        // device and inode (a stat each, only then: minos's own images
-        // have one directory).
-        let mut listed: Vec<(&Path, Option<DirId>)> = Vec::new();
-        for (dir_pos, dir) in dirs.iter().enumerate() {
-            // A missing directory (all but one on minos's own images) is
-            // cheaper to find with access(2) than with a failed open(2),
-            // which allocates a file first.
-            if dir_pos > 0
-                && rustix::fs::accessat(
-                    rustix::fs::CWD,
-                    dir,
-                    rustix::fs::Access::EXISTS,
-                    rustix::fs::AtFlags::EACCESS,
-                ) == Err(rustix::io::Errno::NOENT)
-            {
-                continue;
-            }
-            let entries = match list_dir(dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    log::warn!(
-                        "read unit directory {}: {e}; its units are not used",
-                        dir.display()
-                    );
-                    continue;
+        let mut index = Index {
+            dirs: dirs.to_vec(),
+            ..Index::default()
+        };
+        let Some(own) = dirs.first() else {
+            return index;
+        };
+        match list_dir(own) {
+            Ok(entries) => {
+                let alone = entries.iter().any(|(n, _)| n == SELF_CONTAINED);
+                for (name, kind) in entries {
+                    if kind != Kind::Regular
+                        && [".d", ".wants", ".requires"]
+                            .iter()
+                            .any(|suffix| name.ends_with(suffix))
+                    {
+                        index.subdirs = true;
+                    }
+                    index.entries.push(Listed { name, dir: 0, kind });
                 }
-            };
-            if !listed.is_empty() {
-                let id = dir_id(dir);
-                for (earlier, known) in &mut listed {
-                    if known.is_none() {
-                        *known = dir_id(earlier);
+                index.entries.sort_by(|a, b| a.name.cmp(&b.name));
+                if alone {
+                    return index;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!(
+                "read unit directory {}: {e}; its units are not used",
+                own.display()
+            ),
+        }
+        // A stat each: whether it exists, and whether it is one seen
+        // already.
+        let mut seen: Vec<DirId> = Vec::new();
+        for (pos, dir) in dirs.iter().enumerate().skip(1) {
+            match rustix::fs::stat(dir) {
+                Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+                    let id = (st.st_dev, st.st_ino);
+                    if !seen.contains(&id) {
+                        seen.push(id);
+                        index.others.push(pos);
                     }
                 }
-                if id.is_some() && listed.iter().any(|(_, known)| *known == id) {
-                    continue;
-                }
-                listed.push((dir, id));
-            } else {
-                listed.push((dir, None));
-            }
-            let alone = dir_pos == 0 && entries.iter().any(|(n, _)| n == SELF_CONTAINED);
-            for (name, kind) in entries {
-                if kind != Kind::Regular
-                    && [".d", ".wants", ".requires"]
-                        .iter()
-                        .any(|suffix| name.ends_with(suffix))
-                {
-                    index.subdirs = true;
-                }
-                let path = dir.join(&name);
-                index.names.entry(name).or_default().push(Listed {
-                    path,
-                    kind,
-                    dir: dir_pos,
-                });
-            }
-            if alone {
-                break;
+                Ok(_) | Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => {}
+                Err(e) => log::warn!(
+                    "unit directory {}: {e}; its units are not used",
+                    dir.display()
+                ),
             }
         }
+        if !index.others.is_empty() {
+            index.subdirs = true;
+        }
         index
+    }
+
+    /// The entries called `name`, highest precedence first: minos's own
+    /// from the listing, the others looked up (once per name).
+    fn named(&self, name: &str) -> Vec<Listed> {
+        let start = self.entries.partition_point(|l| l.name.as_str() < name);
+        let mut out: Vec<Listed> = self
+            .entries
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|l| l.name == name)
+            .cloned()
+            .collect();
+        if self.others.is_empty() {
+            return out;
+        }
+        if let Ok(cache) = self.probed.try_borrow() {
+            if let Some(found) = cache.get(name) {
+                out.extend(found.iter().cloned());
+                return out;
+            }
+        }
+        let mut found = Vec::new();
+        for &pos in &self.others {
+            let Some(dir) = self.dirs.get(pos) else {
+                continue;
+            };
+            let kind = match rustix::fs::statat(
+                rustix::fs::CWD,
+                dir.join(name),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => {
+                    let t = rustix::fs::FileType::from_raw_mode(st.st_mode);
+                    if t.is_file() {
+                        Kind::Regular
+                    } else if t.is_symlink() {
+                        Kind::Link
+                    } else if t.is_dir() {
+                        Kind::Dir
+                    } else {
+                        Kind::Other
+                    }
+                }
+                Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => continue,
+                // Reading it will say what is wrong.
+                Err(_) => Kind::Other,
+            };
+            found.push(Listed {
+                name: name.to_owned(),
+                dir: pos,
+                kind,
+            });
+        }
+        out.extend(found.iter().cloned());
+        if let Ok(mut cache) = self.probed.try_borrow_mut() {
+            cache.insert(name.to_owned(), found);
+        }
+        out
+    }
+
+    fn path(&self, l: &Listed) -> PathBuf {
+        self.dirs
+            .get(l.dir)
+            .map_or_else(|| PathBuf::from(&l.name), |d| d.join(&l.name))
     }
 
     /// The unit names (of the types init runs) listed in the directory at
     /// `dir_pos` of the search path, each with its path and whether the
     /// listing said regular file.
     pub fn units_in(&self, dir_pos: usize) -> Vec<(String, PathBuf, bool)> {
-        self.names
-            .iter()
-            .filter(|(name, _)| unit_type(name).is_some_and(|t| TYPES.contains(&t)))
-            .filter_map(|(name, all)| {
-                let first = all.first()?;
-                (first.dir == dir_pos).then(|| {
-                    (
-                        name.clone(),
-                        first.path.clone(),
-                        first.kind == Kind::Regular,
-                    )
-                })
-            })
-            .collect()
+        let mut out: Vec<(String, PathBuf, bool)> = Vec::new();
+        for l in &self.entries {
+            // The first of a name is the one that counts.
+            if out.last().is_some_and(|(n, _, _)| *n == l.name) {
+                continue;
+            }
+            if l.dir == dir_pos && unit_type(&l.name).is_some_and(|t| TYPES.contains(&t)) {
+                out.push((l.name.clone(), self.path(l), l.kind == Kind::Regular));
+            }
+        }
+        out
     }
 
     /// Resolves `name`: masked, its file, an alias followed, or missing.
@@ -253,22 +312,24 @@ impl Index {
     fn lookup_at(&self, name: &str, depth: u32) -> Found {
         // A directory named like a unit is that unit's file too: reading
         // it fails, naming it.
-        let Some(first) = self.names.get(name).and_then(|all| all.first()) else {
+        let named = self.named(name);
+        let Some(first) = named.first() else {
             return Found::Missing;
         };
+        let path = self.path(first);
         let file = |name: &str| Found::File {
             name: name.to_owned(),
-            path: first.path.clone(),
+            path: path.clone(),
             listed_regular: first.kind == Kind::Regular,
         };
         if first.kind != Kind::Link {
             return file(name);
         }
-        let Some(target) = link_target(&first.path) else {
+        let Some(target) = link_target(&path) else {
             return file(name);
         };
         if is_dev_null(&target) {
-            return Found::Masked(first.path.clone());
+            return Found::Masked(path);
         }
         // A link under another name of the same type is an alias: the unit
         // is the one it names (chronyd.service → chrony.service).
@@ -280,7 +341,7 @@ impl Index {
             Some(canonical) if depth < 8 => match self.lookup_at(canonical, depth + 1) {
                 Found::Missing => Found::File {
                     name: canonical.to_owned(),
-                    path: first.path.clone(),
+                    path: path.clone(),
                     listed_regular: false,
                 },
                 found => found,
@@ -348,15 +409,11 @@ impl Index {
         if !self.subdirs {
             return Vec::new();
         }
-        self.names
-            .get(entry)
-            .map(|all| {
-                all.iter()
-                    .filter(|l| l.kind != Kind::Regular)
-                    .map(|l| l.path.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.named(entry)
+            .iter()
+            .filter(|l| l.kind != Kind::Regular)
+            .map(|l| self.path(l))
+            .collect()
     }
 }
 
@@ -508,7 +565,7 @@ mod tests {
         symlink("/x/a.service", dirs[4].join("t.target.wants/a.service")).unwrap();
         dirs.push(root.join("missing"));
         let index = Index::build(&dirs);
-        assert_eq!(index.names.get("a.service").map(Vec::len), Some(1));
+        assert_eq!(index.named("a.service").len(), 1);
         assert_eq!(index.deps_dirs("t.target", "wants"), ["a.service"]);
         std::fs::remove_dir_all(root).unwrap();
     }

@@ -719,6 +719,7 @@ pub fn parse_fragments(name: &str, fragments: &[(&str, &str)]) -> Parsed {
         parser.file = (*file).to_owned();
         parser.section = Section::None;
         logical_lines(text, |line, content| parser.line(line, content));
+        parser.report_unknown();
     }
     parser.finish()
 }
@@ -736,6 +737,11 @@ enum Section {
 
 struct Parser {
     file: String,
+    /// Unknown keys of the current file (line, key), reported as one
+    /// warning at `unknown_at` in `diagnostics`.
+    unknown: Vec<(usize, String)>,
+    unknown_at: usize,
+    unknown_file: String,
     unit: Unit,
     section: Section,
     diagnostics: Vec<Diagnostic>,
@@ -806,6 +812,9 @@ impl Parser {
         }
         Parser {
             file: file.to_owned(),
+            unknown: Vec::new(),
+            unknown_at: 0,
+            unknown_file: String::new(),
             unit,
             section: Section::None,
             diagnostics: Vec::new(),
@@ -823,6 +832,54 @@ impl Parser {
             severity,
             message,
         });
+    }
+
+    /// Notes an unknown key: one warning for all of a file's, at the place
+    /// of the first (a distribution's unit may have dozens of sandboxing
+    /// keys, and each warning is a kmsg record on the boot path).
+    fn unknown_key(&mut self, line: usize, key: &str) {
+        if self.unknown.iter().any(|(_, k)| k == key) {
+            return;
+        }
+        if self.unknown.is_empty() {
+            self.unknown_at = self.diagnostics.len();
+            self.unknown_file.clone_from(&self.file);
+        }
+        self.unknown.push((line, key.to_owned()));
+    }
+
+    /// The warning for the unknown keys noted, in its place.
+    fn report_unknown(&mut self) {
+        let Some((first_line, first_key)) = self.unknown.first().cloned() else {
+            return;
+        };
+        let (key, message) = if self.unknown.len() == 1 {
+            (Some(first_key), "unknown key, ignored".to_owned())
+        } else {
+            let list: Vec<String> = self
+                .unknown
+                .iter()
+                .map(|(line, key)| format!("{key}:{line}"))
+                .collect();
+            (
+                None,
+                format!(
+                    "{} unknown keys, ignored (key:line): {}",
+                    self.unknown.len(),
+                    list.join(" ")
+                ),
+            )
+        };
+        let d = Diagnostic {
+            file: std::mem::take(&mut self.unknown_file),
+            line: first_line,
+            key,
+            severity: Severity::Warning,
+            message,
+        };
+        let at = self.unknown_at.min(self.diagnostics.len());
+        self.diagnostics.insert(at, d);
+        self.unknown.clear();
     }
 
     fn warn(&mut self, line: usize, key: Option<&str>, message: String) {
@@ -932,7 +989,7 @@ impl Parser {
                     _ => SERVICE_IGNORED,
                 };
                 if !ignored.contains(&key) && !key.starts_with("X-") {
-                    self.warn(line, Some(key), "unknown key, ignored".to_owned());
+                    self.unknown_key(line, key);
                 }
             }
         }
@@ -2359,6 +2416,28 @@ mod tests {
     }
 
     #[test]
+    fn a_files_unknown_keys_are_one_warning_in_their_place() {
+        let text = "[Unit]\nConditionCapability=CAP_SYS_TIME\n[Service]\nPrivateTmp=yes\n\
+                    RestartSec=abc\nProtectHome=yes\nPrivateTmp=no\nExecStart=/bin/a\n";
+        let p = parse_fragments(
+            "c.service",
+            &[
+                ("c.service", text),
+                ("c.service.d/x.conf", "[Service]\nProtectSystem=strict\n"),
+            ],
+        );
+        let shown: Vec<String> = p.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "c.service:2: 3 unknown keys, ignored (key:line): ConditionCapability:2 PrivateTmp:4 ProtectHome:6",
+                "c.service:5: RestartSec: invalid time span \"abc\", ignored",
+                "c.service.d/x.conf:2: ProtectSystem: unknown key, ignored",
+            ],
+        );
+    }
+
+    #[test]
     fn dropins_parse_after_the_file_each_naming_its_own_lines() {
         let p = parse_fragments(
             "a.service",
@@ -2752,9 +2831,14 @@ mod tests {
             "t",
             "[Service]\nExecStart=/bin/a\nBogus=x \\\ny\nDescription=z\\",
         );
+        // Both unknown keys in one warning, at the first one's line.
         assert_eq!(
             p.diagnostics.iter().map(|d| d.line).collect::<Vec<_>>(),
-            vec![3, 5]
+            vec![3]
+        );
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            "t:3: 2 unknown keys, ignored (key:line): Bogus:3 Description:5"
         );
         let p = parse(
             "t.service",

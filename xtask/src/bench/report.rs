@@ -436,7 +436,10 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
   `debootstrap --variant=minbase` with systemd, systemd-sysv and chrony, configured as Kata's
   osbuilder does (kata-agent.service and kata-containers.target, the units and generators
   rootfs.sh deletes deleted, /var's state directories removed, tmp.mount, chrony.conf with Kata's
-  two lines and no servers, chrony.service only when /dev/ptp0 exists).
+  two lines and no servers, chrony.service only when /dev/ptp0 exists). *osbuilder rootfs,
+  /sbin/init → minos*: that same tree with only `/sbin/init` replaced by minos's init and
+  `/usr/bin/systemctl` linked to it, as a user drops minos into an osbuilder rootfs: systemd
+  stays installed, init reads Kata's units from `/usr/lib/systemd/system` (docs/units.md).
 - **Clock.** QEMU under TCG with `-icount shift=0,sleep=off`: guest time is instruction-counted
   and repeats run after run, so one boot per cell suffices. The image is on NVDIMM with Kata's
   DAX header (q35) or an initrd, never virtio-blk (a guest idling on block I/O makes icount skip

@@ -6,7 +6,11 @@
 //! - `busybox`: Debian's busybox-static as init, an inittab that mounts what
 //!   the agent needs and starts it;
 //! - `systemd`: Debian 12 (`debootstrap --variant=minbase` with systemd,
-//!   systemd-sysv and chrony) configured as Kata's osbuilder configures it.
+//!   systemd-sysv and chrony) configured as Kata's osbuilder configures it;
+//! - `minos-osbuilder`: that same tree with only `/sbin/init` (and the
+//!   `systemctl` it calls) replaced by minos's init, as a user drops minos
+//!   into an osbuilder rootfs: systemd stays installed, its units are read
+//!   from `/usr/lib/systemd/system`.
 //!
 //! Downloads (busybox-static's package, the debootstrap tree) are cached in
 //! ~/.cache/minos/bench, so a second run and a fresh clone reuse them.
@@ -23,14 +27,16 @@ pub enum System {
     AgentInit,
     Busybox,
     Systemd,
+    MinosOsbuilder,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 5] = [
         System::Minos,
         System::AgentInit,
         System::Busybox,
         System::Systemd,
+        System::MinosOsbuilder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +45,7 @@ impl System {
             System::AgentInit => "agent-init",
             System::Busybox => "busybox",
             System::Systemd => "systemd",
+            System::MinosOsbuilder => "minos-osbuilder",
         }
     }
 
@@ -48,6 +55,7 @@ impl System {
             System::AgentInit => "agent as init",
             System::Busybox => "busybox init",
             System::Systemd => "systemd + chrony",
+            System::MinosOsbuilder => "osbuilder rootfs, /sbin/init → minos",
         }
     }
 
@@ -55,7 +63,11 @@ impl System {
         Self::ALL
             .into_iter()
             .find(|sys| sys.name() == s)
-            .ok_or_else(|| format!("unknown system {s:?} (minos, agent-init, busybox, systemd)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown system {s:?} (minos, agent-init, busybox, systemd, minos-osbuilder)"
+                )
+            })
     }
 }
 
@@ -114,6 +126,10 @@ pub fn image(system: System, kind: &str, bin: &Path) -> Result<PathBuf> {
         System::AgentInit => image::stage(&agent_init(bin, kind)?, &stage_dir, None)?,
         System::Busybox => image::stage(&busybox(bin, kind)?, &stage_dir, None)?,
         System::Systemd => systemd_tree(bin, kind, &stage_dir)?,
+        System::MinosOsbuilder => {
+            systemd_tree(bin, kind, &stage_dir)?;
+            drop_in_minos(bin, &stage_dir)?;
+        }
     }
     image::from_stage(kind, &stage_dir, &name, Fs::Ext4)
 }
@@ -431,6 +447,30 @@ fn systemd_tree(bin: &Path, kind: &str, stage_dir: &Path) -> Result<()> {
             .map_err(|e| format!("link init: {e}"))?;
     }
     Ok(())
+}
+
+/// What a user drops into an osbuilder rootfs (docs/images.md): minos's
+/// init as `/sbin/init` and `systemctl` pointing at it (kata-agent.service's
+/// `ExecStop=` calls it, and Debian's `poweroff` links to it). Nothing else
+/// changes: systemd stays installed, the units are the tree's own.
+fn drop_in_minos(bin: &Path, stage_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Merged /usr: /sbin is a link to usr/sbin; the link /sbin/init →
+    // systemd is replaced, never written through.
+    let sbin = if stage_dir.join("sbin").is_symlink() {
+        "usr/sbin"
+    } else {
+        "sbin"
+    };
+    let init = stage_dir.join(sbin).join("init");
+    let _ = std::fs::remove_file(&init);
+    write(&init, read(&bin.join("init"))?)?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", init.display()))?;
+    let systemctl = stage_dir.join("usr/bin/systemctl");
+    let _ = std::fs::remove_file(&systemctl);
+    std::os::unix::fs::symlink("/sbin/init", &systemctl)
+        .map_err(|e| format!("link {}: {e}", systemctl.display()))
 }
 
 #[cfg(test)]
