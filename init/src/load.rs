@@ -6,8 +6,13 @@
 //! directories, a socket unit's service — breadth first, required units
 //! before wanted ones, so that the units a target requires come first in
 //! the start order (Kata's target requires the agent and only wants the
-//! time service). Nothing else is opened: a distribution's hundreds of
-//! unit files cost one directory listing each.
+//! time service). Nothing else is opened.
+//!
+//! Before the first service's fork only what the named unit requires is
+//! read; what is only wanted, socket units, `.wants/` directories and a
+//! target's drop-ins and `.requires/` wait for [`Later`] (right after that
+//! fork, or before any service in a container), unless a unit read at boot
+//! is ordered against one of them or requires it.
 //!
 //! What init does itself is not loaded: `sysinit.target` (init's early boot
 //! mounts, names and sets up what its units do under systemd) and
@@ -17,11 +22,8 @@
 //!
 //! When the named unit is found nowhere (minos's own images have no
 //! `kata-containers.target`), every service and socket unit of
-//! `/etc/minos/units` starts: that directory holds the enabled ones.
-//!
-//! Socket units, and in that case the services named like them, are left
-//! for [`Later`] unless a unit read at boot refers to one: read after the
-//! first service's fork, they cost its exec nothing.
+//! `/etc/minos/units` starts: that directory holds the enabled ones (the
+//! services named like its socket units wait with them).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -46,7 +48,7 @@ pub struct Graph {
 
 /// Reads the boot's units from the directories of `search` (highest
 /// precedence first, the first being minos's own) and selects the ones to
-/// start ([`select`]); the socket units left for later, if any.
+/// start ([`select`]); what is left for after the first fork, if any.
 pub fn load_units(search: &[PathBuf], cfg: &BootConfig, mode: Mode) -> (Vec<Unit>, Option<Later>) {
     let (mut loader, sel_cfg) = read_boot_units(search, cfg);
     let units = loader.select(&sel_cfg);
