@@ -389,7 +389,16 @@ pub fn stage(entries: &[Entry], dir: &Path, base: Option<&Path>) -> Result<()> {
     if let Some(base) = base {
         unpack_base(base, dir)?;
     }
+    // A base's own account files get minos's accounts added, never
+    // replaced (its users and their ids stay).
+    let accounts = match base {
+        Some(_) => merge_base_accounts(entries, dir)?,
+        None => Vec::new(),
+    };
     for e in entries {
+        if accounts.iter().any(|a| a == e.path()) {
+            continue;
+        }
         let p = dir.join(e.path());
         // A file or link of the base at this path is replaced, never written
         // through: /sbin/init is often a link to systemd.
@@ -414,6 +423,183 @@ pub fn stage(entries: &[Entry], dir: &Path, base: Option<&Path>) -> Result<()> {
         r.map_err(|err| format!("stage {}: {err}", p.display()))?;
     }
     Ok(())
+}
+
+/// The account files of a base that minos adds to rather than replaces.
+const ACCOUNT_FILES: [&str; 2] = ["etc/passwd", "etc/group"];
+
+/// Adds the accounts of minos's `etc/passwd` and `etc/group` entries to the
+/// base's files staged in `dir` (and a locked entry to `etc/shadow` and
+/// `etc/gshadow` where the base has them), in place so that each file
+/// keeps its owner and mode. Returns the entries merged so (those the base
+/// had; the others are written as they are).
+fn merge_base_accounts(entries: &[Entry], dir: &Path) -> Result<Vec<String>> {
+    let ours = |path: &str| {
+        entries.iter().find_map(|e| match e {
+            Entry::File { path: p, data, .. } if p == path => {
+                Some(String::from_utf8_lossy(data).into_owned())
+            }
+            _ => None,
+        })
+    };
+    let theirs = |path: &str| -> Option<String> {
+        let p = dir.join(path);
+        let md = std::fs::symlink_metadata(&p).ok()?;
+        md.is_file()
+            .then(|| std::fs::read_to_string(&p).ok())
+            .flatten()
+    };
+    let (Some(our_passwd), Some(our_group)) = (ours("etc/passwd"), ours("etc/group")) else {
+        return Ok(Vec::new());
+    };
+    let (Some(base_passwd), Some(base_group)) = (theirs("etc/passwd"), theirs("etc/group")) else {
+        return Ok(Vec::new());
+    };
+    let merged = merge_accounts(&base_passwd, &base_group, &our_passwd, &our_group);
+    let rewrite = |path: &str, text: &str| -> Result<()> {
+        let p = dir.join(path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("write {}: {e}", p.display()))
+    };
+    rewrite("etc/passwd", &merged.passwd)?;
+    rewrite("etc/group", &merged.group)?;
+    // Locked: no password. shadow has nine fields, gshadow four.
+    for (path, fields, names) in [
+        ("etc/shadow", ":!:::::::", &merged.users),
+        ("etc/gshadow", ":!::", &merged.groups),
+    ] {
+        let line = |n: &str| format!("{n}{fields}\n");
+        if let Some(mut text) = theirs(path) {
+            let mut added = false;
+            for n in names {
+                if !text
+                    .lines()
+                    .any(|l| l.split(':').next() == Some(n.as_str()))
+                {
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push_str(&line(n));
+                    added = true;
+                }
+            }
+            if added {
+                rewrite(path, &text)?;
+            }
+        }
+    }
+    Ok(ACCOUNT_FILES.iter().map(|s| (*s).to_string()).collect())
+}
+
+/// A base's account files with minos's accounts added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedAccounts {
+    pub passwd: String,
+    pub group: String,
+    /// The users and groups added.
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// Adds each account of `ours` (passwd and group lines) that the base
+/// lacks by name, keeping every line of the base as it is. An id the base
+/// uses already is replaced by the lowest free system id (100–999); a
+/// user's group id follows its group's.
+pub fn merge_accounts(
+    base_passwd: &str,
+    base_group: &str,
+    our_passwd: &str,
+    our_group: &str,
+) -> MergedAccounts {
+    let fields = |l: &str| -> Vec<String> { l.split(':').map(str::to_string).collect() };
+    let names_ids = |text: &str| -> Vec<(String, u32)> {
+        text.lines()
+            .filter_map(|l| {
+                let f = fields(l);
+                Some((f.first()?.clone(), f.get(2)?.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut groups = names_ids(base_group);
+    let mut users = names_ids(base_passwd);
+    let free = |taken: &[(String, u32)], want: u32| -> u32 {
+        if !taken.iter().any(|(_, id)| *id == want) {
+            return want;
+        }
+        (100..1000)
+            .find(|id| !taken.iter().any(|(_, t)| t == id))
+            .unwrap_or(want)
+    };
+    let with_newline = |t: &str| {
+        let mut t = t.to_string();
+        if !t.is_empty() && !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t
+    };
+    let mut group = with_newline(base_group);
+    let mut added_groups = Vec::new();
+    // Our gid → the gid it has in the merged files.
+    let mut gid_of: Vec<(u32, u32)> = Vec::new();
+    for line in our_group.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = fields(line);
+        let (Some(name), Some(gid)) = (f.first().cloned(), f.get(2).and_then(|g| g.parse().ok()))
+        else {
+            continue;
+        };
+        if let Some((_, have)) = groups.iter().find(|(n, _)| *n == name) {
+            gid_of.push((gid, *have));
+            continue;
+        }
+        let new = free(&groups, gid);
+        gid_of.push((gid, new));
+        if let Some(slot) = f.get_mut(2) {
+            *slot = new.to_string();
+        }
+        groups.push((name.clone(), new));
+        group.push_str(&f.join(":"));
+        group.push('\n');
+        added_groups.push(name);
+    }
+    let mut passwd = with_newline(base_passwd);
+    let mut added_users = Vec::new();
+    for line in our_passwd.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = fields(line);
+        let (Some(name), Some(uid)) = (f.first().cloned(), f.get(2).and_then(|u| u.parse().ok()))
+        else {
+            continue;
+        };
+        if users.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let new = free(&users, uid);
+        if let Some(slot) = f.get_mut(2) {
+            *slot = new.to_string();
+        }
+        if let Some(slot) = f.get_mut(3) {
+            if let Some((_, g)) = slot
+                .parse::<u32>()
+                .ok()
+                .and_then(|old| gid_of.iter().find(|(o, _)| *o == old))
+            {
+                *slot = g.to_string();
+            }
+        }
+        users.push((name.clone(), new));
+        passwd.push_str(&f.join(":"));
+        passwd.push('\n');
+        added_users.push(name);
+    }
+    MergedAccounts {
+        passwd,
+        group,
+        users: added_users,
+        groups: added_groups,
+    }
 }
 
 /// Copies a base rootfs (a directory, or a tarball in any compression tar
@@ -1251,6 +1437,17 @@ mod tests {
         std::os::unix::fs::symlink("../lib/systemd/systemd", base.join("usr/sbin/init")).unwrap();
         std::fs::write(base.join("usr/bin/systemctl"), b"systemctl").unwrap();
         std::fs::write(base.join("etc/os-release"), b"ID=debian\n").unwrap();
+        std::fs::write(base.join("etc/passwd"), DEBIAN_PASSWD).unwrap();
+        std::fs::write(base.join("etc/group"), DEBIAN_GROUP).unwrap();
+        std::fs::write(base.join("etc/shadow"), "root:*:20794:0:99999:7:::\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                base.join("etc/shadow"),
+                std::fs::Permissions::from_mode(0o640),
+            )
+            .unwrap();
+        }
         let tarball = dir.join("base.tar.gz");
         run(std::process::Command::new("tar")
             .arg("-czf")
@@ -1272,6 +1469,16 @@ mod tests {
             Entry::Symlink {
                 path: "usr/bin/systemctl".into(),
                 target: "/sbin/init".into(),
+            },
+            Entry::File {
+                path: "etc/group".into(),
+                mode: 0o644,
+                data: include_bytes!("../../rootfs-skel/overlay/etc/group").to_vec(),
+            },
+            Entry::File {
+                path: "etc/passwd".into(),
+                mode: 0o644,
+                data: include_bytes!("../../rootfs-skel/overlay/etc/passwd").to_vec(),
             },
         ];
         for (name, b) in [("from-dir", &base), ("from-tarball", &tarball)] {
@@ -1300,12 +1507,81 @@ mod tests {
                 Path::new("/sbin/init"),
                 "{name}"
             );
+            // Accounts added, the base's kept; shadow keeps its mode.
+            let passwd = std::fs::read_to_string(out.join("etc/passwd")).unwrap();
+            assert!(passwd.starts_with(DEBIAN_PASSWD), "{name}: {passwd}");
+            assert!(passwd.contains("\ntimesync:x:101:102:"), "{name}: {passwd}");
+            let shadow = std::fs::read_to_string(out.join("etc/shadow")).unwrap();
+            assert_eq!(
+                shadow, "root:*:20794:0:99999:7:::\ntimesync:!:::::::\n",
+                "{name}"
+            );
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(out.join("etc/shadow"))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o640, "{name}");
+            }
+            assert!(!out.join("etc/gshadow").exists(), "{name}: none made");
             let mut back = Vec::new();
             entries_from_tree(&out, "", &mut back).unwrap();
             assert!(back.iter().any(|e| matches!(e, Entry::Symlink { path, target } if path == "sbin" && target == "usr/sbin")));
             assert!(back.iter().any(|e| matches!(e, Entry::File { path, data, .. } if path == "usr/sbin/init" && data == b"minos-init")));
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Debian 12's accounts (debootstrap minbase with systemd and chrony):
+    /// chrony's group has gid 101, minos's timesync too.
+    const DEBIAN_PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n\
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+systemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin\n\
+_chrony:x:100:101:Chrony daemon,,,:/var/lib/chrony:/usr/sbin/nologin\n";
+    const DEBIAN_GROUP: &str = "root:x:0:\nshadow:x:42:\nusers:x:100:\nnogroup:x:65534:\n\
+systemd-journal:x:999:\nsystemd-network:x:998:\n_chrony:x:101:\n";
+
+    #[test]
+    fn accounts_are_added_to_a_debian_base_never_replaced() {
+        let ours_passwd = include_str!("../../rootfs-skel/overlay/etc/passwd");
+        let ours_group = include_str!("../../rootfs-skel/overlay/etc/group");
+        let m = merge_accounts(DEBIAN_PASSWD, DEBIAN_GROUP, ours_passwd, ours_group);
+        // Every line of the base, in order, first.
+        assert!(m.passwd.starts_with(DEBIAN_PASSWD), "{}", m.passwd);
+        assert!(m.group.starts_with(DEBIAN_GROUP), "{}", m.group);
+        // root, nobody and nogroup exist: not added again.
+        assert_eq!(m.users, vec!["timesync"]);
+        assert_eq!(m.groups, vec!["timesync"]);
+        // gid 101 is _chrony's, 100 users': the next free one; uid 101 is
+        // free; the user's group follows its group.
+        assert!(m.group.ends_with("timesync:x:102:\n"), "{}", m.group);
+        assert!(
+            m.passwd
+                .ends_with("timesync:x:101:102:minos timesync:/run/timesync:/sbin/nologin\n"),
+            "{}",
+            m.passwd
+        );
+        // Merging again adds nothing.
+        let again = merge_accounts(&m.passwd, &m.group, ours_passwd, ours_group);
+        assert_eq!(again.passwd, m.passwd);
+        assert_eq!(again.group, m.group);
+        assert!(again.users.is_empty() && again.groups.is_empty());
+        // A base without a final newline keeps its last line whole.
+        let m = merge_accounts(
+            "root:x:0:0::/:/bin/sh",
+            "root:x:0:",
+            ours_passwd,
+            ours_group,
+        );
+        assert!(
+            m.passwd
+                .starts_with("root:x:0:0::/:/bin/sh\ntimesync:x:101:101:"),
+            "{}",
+            m.passwd
+        );
     }
 
     #[test]
