@@ -254,6 +254,12 @@ impl Loader {
         if self.seen.contains(name) {
             return Vec::new();
         }
+        if name.contains("@.") {
+            self.seen.insert(name.to_owned());
+            log::error!("{name}: a template, started only as an instance (name@instance.{kind})");
+            self.graph.broken.push(name.to_owned());
+            return Vec::new();
+        }
         if !direct && (name == "sysinit.target" || name.starts_with("systemd-")) {
             self.seen.insert(name.to_owned());
             self.graph.by_init.push(name.to_owned());

@@ -314,7 +314,22 @@ impl Index {
         // it fails, naming it.
         let named = self.named(name);
         let Some(first) = named.first() else {
-            return Found::Missing;
+            // An instance with no file of its own is its template's.
+            return match crate::unit::template_of(name) {
+                Some(template) if depth < 8 => match self.lookup_at(&template, depth + 1) {
+                    Found::File {
+                        path,
+                        listed_regular,
+                        ..
+                    } => Found::File {
+                        name: name.to_owned(),
+                        path,
+                        listed_regular,
+                    },
+                    other => other,
+                },
+                _ => Found::Missing,
+            };
         };
         let path = self.path(first);
         let file = |name: &str| Found::File {
@@ -374,7 +389,8 @@ impl Index {
     }
 
     /// The drop-ins of `name` (`NAME.d/*.conf` in every directory of the
-    /// search path): one per file name, from the directory of highest
+    /// search path, then those of its template for an instance): one per
+    /// file name, from the directory of highest
     /// precedence (a link to `/dev/null` there masks it), in file-name
     /// order; each with whether the listing said regular file.
     pub fn dropins(&self, name: &str) -> Vec<(PathBuf, bool)> {
@@ -382,7 +398,12 @@ impl Index {
             return Vec::new();
         }
         let mut chosen: BTreeMap<String, Option<(PathBuf, bool)>> = BTreeMap::new();
-        for dir in self.subdirs(&format!("{name}.d")) {
+        // An instance's own drop-ins, then its template's.
+        let mut dirs = self.subdirs(&format!("{name}.d"));
+        if let Some(template) = crate::unit::template_of(name) {
+            dirs.extend(self.subdirs(&format!("{template}.d")));
+        }
+        for dir in dirs {
             let entries = match list_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -582,6 +603,45 @@ mod tests {
         std::fs::remove_file(dirs[0].join(SELF_CONTAINED)).unwrap();
         let index = Index::build(&dirs);
         assert!(matches!(index.lookup("b.service"), Found::File { .. }));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn an_instance_is_its_templates_file_with_both_drop_ins() {
+        let (root, dirs) = tree("template");
+        put(
+            &dirs[4].join("ext@.service"),
+            "[Service]\nExecStart=/bin/m %i\n",
+        );
+        put(&dirs[4].join("ext@.service.d/10-all.conf"), "all");
+        put(&dirs[1].join("ext@a.service.d/20-a.conf"), "a");
+        put(&dirs[1].join("ext@b.service"), "own file");
+        let index = Index::build(&dirs);
+        assert_eq!(
+            index.lookup("ext@a.service"),
+            Found::File {
+                name: "ext@a.service".into(),
+                path: dirs[4].join("ext@.service"),
+                listed_regular: true
+            }
+        );
+        match index.lookup("ext@b.service") {
+            Found::File { path, .. } => assert_eq!(path, dirs[1].join("ext@b.service")),
+            other => panic!("{other:?}"),
+        }
+        let dropins: Vec<PathBuf> = index
+            .dropins("ext@a.service")
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(
+            dropins,
+            [
+                dirs[4].join("ext@.service.d/10-all.conf"),
+                dirs[1].join("ext@a.service.d/20-a.conf")
+            ]
+        );
+        assert_eq!(index.lookup("other@a.service"), Found::Missing);
         std::fs::remove_dir_all(root).unwrap();
     }
 

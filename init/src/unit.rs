@@ -2021,11 +2021,70 @@ fn digits(
 
 /// Expands `%%`, `%n` (unit name), `%N` (name without type suffix) and `%p`
 /// (prefix: the part before `@`, or `%N`).
+/// systemd's unescaping of a unit name part (`unit_name_unescape`): `-` is
+/// `/`, `\xNN` the byte NN; invalid escapes stay as they are.
+pub fn unescape_name(s: &str) -> String {
+    let mut bytes = Vec::with_capacity(s.len());
+    let raw = s.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        if b == b'-' {
+            bytes.push(b'/');
+            i += 1;
+            continue;
+        }
+        if b == b'\\' && raw.get(i + 1) == Some(&b'x') {
+            let hex = raw
+                .get(i + 2..i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                bytes.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        bytes.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The instance of `name@instance.type`, when it has one.
+pub fn instance_of(unit_name: &str) -> Option<&str> {
+    let without_suffix = unit_name.rsplit_once('.').map_or(unit_name, |(n, _)| n);
+    without_suffix
+        .split_once('@')
+        .map(|(_, i)| i)
+        .filter(|i| !i.is_empty())
+}
+
+/// The template of an instance: `name@instance.type` → `name@.type`.
+pub fn template_of(unit_name: &str) -> Option<String> {
+    let (stem, suffix) = unit_name.rsplit_once('.')?;
+    let (prefix, instance) = stem.split_once('@')?;
+    (!instance.is_empty()).then(|| format!("{prefix}@.{suffix}"))
+}
+
+/// A path as systemd's `%f` gives it: `/` and the unescaped part, or `/`
+/// for `-`.
+fn unescape_path(s: &str) -> String {
+    let u = unescape_name(s);
+    if u.starts_with('/') {
+        u
+    } else {
+        format!("/{u}")
+    }
+}
+
 fn specifiers<'s>(s: &'s str, unit_name: &str) -> Result<Cow<'s, str>, String> {
     if !s.contains('%') {
         return Ok(Cow::Borrowed(s));
     }
     let without_suffix = unit_name.rsplit_once('.').map_or(unit_name, |(n, _)| n);
+    let prefix = without_suffix
+        .split_once('@')
+        .map_or(without_suffix, |(p, _)| p);
+    let instance = instance_of(unit_name);
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -2037,11 +2096,12 @@ fn specifiers<'s>(s: &'s str, unit_name: &str) -> Result<Cow<'s, str>, String> {
             Some('%') => out.push('%'),
             Some('n') => out.push_str(unit_name),
             Some('N') => out.push_str(without_suffix),
-            Some('p') => out.push_str(
-                without_suffix
-                    .split_once('@')
-                    .map_or(without_suffix, |(p, _)| p),
-            ),
+            Some('p') => out.push_str(prefix),
+            Some('i') => out.push_str(instance.unwrap_or_default()),
+            Some('I') => out.push_str(&unescape_name(instance.unwrap_or_default())),
+            Some('f') => out.push_str(&unescape_path(instance.unwrap_or(prefix))),
+            // The system manager's runtime directory.
+            Some('t') => out.push_str(RUNTIME_DIRECTORY_ROOT),
             Some(other) => return Err(format!("unsupported specifier %{other}")),
             None => return Err("incomplete specifier % at the end".to_owned()),
         }
@@ -2434,6 +2494,35 @@ mod tests {
                 "c.service:5: RestartSec: invalid time span \"abc\", ignored",
                 "c.service.d/x.conf:2: ProtectSystem: unknown key, ignored",
             ],
+        );
+    }
+
+    #[test]
+    fn instance_specifiers() {
+        let name = "kata-extension-mount@usr-lib-ext\\x2dfoo.service";
+        let words = |v: &str| specifiers(v, name).unwrap().into_owned();
+        assert_eq!(words("%i"), "usr-lib-ext\\x2dfoo");
+        assert_eq!(words("%I"), "usr/lib/ext-foo");
+        assert_eq!(words("%f"), "/usr/lib/ext-foo");
+        assert_eq!(words("%p %t %%"), "kata-extension-mount /run %");
+        assert_eq!(words("%N"), "kata-extension-mount@usr-lib-ext\\x2dfoo");
+        // No instance: %i empty, %f the prefix as a path.
+        assert_eq!(specifiers("[%i] %f", "a-b.service").unwrap(), "[] /a/b");
+        assert_eq!(instance_of("a@x.service"), Some("x"));
+        assert_eq!(instance_of("a@.service"), None);
+        assert_eq!(template_of("a@x.y.service").as_deref(), Some("a@.service"));
+        assert_eq!(template_of("a@.service"), None);
+        assert_eq!(template_of("a.service"), None);
+        assert_eq!(unescape_name("a\\xZZ-b"), "a\\xZZ/b");
+        let p = parse(
+            name,
+            "f",
+            "[Service]\nExecStart=/bin/mount-ext %f\nEnvironment=WHAT=%I\n",
+        );
+        let u = p.unit.expect("unit");
+        assert_eq!(
+            u.service.exec_start[0].argv,
+            vec!["/bin/mount-ext", "/usr/lib/ext-foo"]
         );
     }
 
@@ -3843,8 +3932,8 @@ mod tests {
                 "xfoo@bar.servicey"
             ])]
         );
-        let d = fatal_exec("/bin/a %i");
-        assert!(d.message.contains("%i"), "{d}");
+        let d = fatal_exec("/bin/a %j");
+        assert!(d.message.contains("%j"), "{d}");
         let d = fatal_exec("/bin/a 100%");
         assert!(d.message.contains("specifier"), "{d}");
         let d = fatal_exec("@/bin/a %Z");

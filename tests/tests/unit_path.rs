@@ -28,7 +28,8 @@ fn distribution_tree(name: &str) -> Rootfs {
     let usr = |unit: &str, text: &str| fs.write(&format!("usr/lib/systemd/system/{unit}"), text);
     usr(
         "app.target",
-        "[Unit]\nRequires=first.service basic.target\nWants=alias.service tmp.mount chronyd.service\n",
+        "[Unit]\nRequires=first.service basic.target\nWants=alias.service tmp.mount chronyd.service\n\
+         Wants=echo@data-from\\x2dtemplate.service echo@.service\n",
     );
     usr("basic.target", "[Unit]\nRequires=sysinit.target\n");
     usr("sysinit.target", "[Unit]\n");
@@ -51,6 +52,11 @@ fn distribution_tree(name: &str) -> Rootfs {
         "/usr/lib/systemd/system/real.service",
     );
     fs.write("lib/systemd/system/third.service", &oneshot("third", "lib"));
+    // A template: the instance's file is the template's, with %i and %f.
+    usr(
+        "echo@.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/probe write %f %i\n",
+    );
     // Debian's chrony and its alias, as Kata's target asks for it.
     usr("chrony.service", &oneshot("chrony", "ran"));
     link(
@@ -75,6 +81,7 @@ fn distribution_tree(name: &str) -> Rootfs {
     usr(
         "last.service",
         "[Unit]\nAfter=first.service real.service third.service chronyd.service\n\
+         After=echo@data-from\\x2dtemplate.service\n\
          [Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
     );
     link(
