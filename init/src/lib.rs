@@ -17,6 +17,7 @@ pub mod boot;
 pub mod cgroup;
 pub mod cli;
 pub mod cmdline;
+pub mod condition;
 pub mod control;
 pub mod load;
 pub mod logger;

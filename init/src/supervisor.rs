@@ -852,18 +852,14 @@ impl Supervisor {
             }
             let _ = u.starts.push_back(now);
         }
+        let mode = self.settings.mode;
         if let Some(c) = u
             .unit
             .conditions
             .iter()
-            .find(|c| c.path.exists() == c.negate)
+            .find(|c| crate::condition::holds(c, mode) == c.negate)
         {
-            log::info!(
-                "{}: skipped: condition ConditionPathExists={}{} is false",
-                u.name(),
-                if c.negate { "!" } else { "" },
-                c.path.display()
-            );
+            log::info!("{}: skipped: condition {} is false", u.name(), c.show());
             u.state = State::Skipped;
             u.settled = true;
             // Kept for a restart that does not come.

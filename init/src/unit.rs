@@ -96,11 +96,41 @@ pub struct Command {
     pub privileged: bool,
 }
 
-/// `ConditionPathExists=`: `path` must exist, or must not when `negate`.
+/// A `Condition…=` line: what it tests, which must hold (or must not,
+/// with `!` in front: `negate`) for the unit to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathCondition {
-    pub path: PathBuf,
+pub struct Condition {
+    pub test: ConditionTest,
     pub negate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionTest {
+    /// `ConditionPathExists=`: the path exists.
+    PathExists(PathBuf),
+    /// `ConditionPathIsMountPoint=`: a file system is mounted on the path.
+    PathIsMountPoint(PathBuf),
+    /// `ConditionKernelCommandLine=`: a word of the command line is this
+    /// one (`KEY=VALUE`), or (`KEY`) is it or starts with `KEY=`.
+    KernelCommandLine(String),
+    /// `ConditionVirtualization=`: `vm`, `container`, a boolean (any
+    /// virtualisation), or a technology's name.
+    Virtualization(String),
+}
+
+impl Condition {
+    /// The key and the value as a unit file writes them.
+    pub fn show(&self) -> String {
+        let not = if self.negate { "!" } else { "" };
+        match &self.test {
+            ConditionTest::PathExists(p) => format!("ConditionPathExists={not}{}", p.display()),
+            ConditionTest::PathIsMountPoint(p) => {
+                format!("ConditionPathIsMountPoint={not}{}", p.display())
+            }
+            ConditionTest::KernelCommandLine(w) => format!("ConditionKernelCommandLine={not}{w}"),
+            ConditionTest::Virtualization(v) => format!("ConditionVirtualization={not}{v}"),
+        }
+    }
 }
 
 /// `RuntimeDirectoryPreserve=`: whether the runtime directories outlive a stop.
@@ -153,7 +183,7 @@ pub struct Unit {
     pub before: Vec<String>,
     pub requires: Vec<String>,
     pub wants: Vec<String>,
-    pub conditions: Vec<PathCondition>,
+    pub conditions: Vec<Condition>,
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
     pub success_action: Action,
@@ -1037,12 +1067,16 @@ impl Parser {
             "Before" => unit_list(&mut u.before, value, name),
             "Requires" => unit_list(&mut u.requires, value, name),
             "Wants" => unit_list(&mut u.wants, value, name),
-            "ConditionPathExists" => {
+            "ConditionPathExists"
+            | "ConditionPathIsMountPoint"
+            | "ConditionKernelCommandLine"
+            | "ConditionVirtualization" => {
+                // As systemd: an empty value resets every condition.
                 if value.is_empty() {
                     u.conditions.clear();
                     Ok(())
                 } else {
-                    path_condition(value, name).map(|c| u.conditions.push(c))
+                    condition(key, value, name).map(|c| u.conditions.push(c))
                 }
             }
             _ => return None,
@@ -1454,18 +1488,34 @@ fn absolute_path(v: &str, unit_name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn path_condition(v: &str, unit_name: &str) -> Result<PathCondition, String> {
+fn condition(key: &str, v: &str, unit_name: &str) -> Result<Condition, String> {
     if v.starts_with('|') {
         return Err("triggering conditions (\"|\") are not supported".to_owned());
     }
-    let (negate, path) = match v.strip_prefix('!') {
+    let (negate, v) = match v.strip_prefix('!') {
         Some(rest) => (true, rest),
         None => (false, v),
     };
-    Ok(PathCondition {
-        path: absolute_path(path, unit_name)?,
-        negate,
-    })
+    let test = match key {
+        "ConditionPathIsMountPoint" => {
+            ConditionTest::PathIsMountPoint(absolute_path(v, unit_name)?)
+        }
+        "ConditionKernelCommandLine" => {
+            let w = specifiers(v, unit_name)?;
+            if w.is_empty() || w.contains(char::is_whitespace) {
+                return Err(format!("{} is not one command-line word", show(&w)));
+            }
+            ConditionTest::KernelCommandLine(w.into_owned())
+        }
+        "ConditionVirtualization" => {
+            if v.is_empty() || v.contains(char::is_whitespace) {
+                return Err(format!("{} is not a virtualisation name", show(v)));
+            }
+            ConditionTest::Virtualization(v.to_owned())
+        }
+        _ => ConditionTest::PathExists(absolute_path(v, unit_name)?),
+    };
+    Ok(Condition { test, negate })
 }
 
 /// A unit name as systemd allows it: `prefix[@instance].type`.
@@ -3025,16 +3075,41 @@ mod tests {
         assert_eq!(
             u.conditions,
             vec![
-                PathCondition {
-                    path: PathBuf::from("/dev/ptp0"),
+                Condition {
+                    test: ConditionTest::PathExists(PathBuf::from("/dev/ptp0")),
                     negate: false
                 },
-                PathCondition {
-                    path: PathBuf::from("/run/t.flag"),
+                Condition {
+                    test: ConditionTest::PathExists(PathBuf::from("/run/t.flag")),
                     negate: true
                 },
             ]
         );
+        let u = ok_unit(
+            "ConditionKernelCommandLine=!agent.debug_console\n\
+             ConditionVirtualization=vm\nConditionPathIsMountPoint=/proc/sys/fs/binfmt_misc",
+        );
+        let shown: Vec<String> = u.conditions.iter().map(Condition::show).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "ConditionKernelCommandLine=!agent.debug_console",
+                "ConditionVirtualization=vm",
+                "ConditionPathIsMountPoint=/proc/sys/fs/binfmt_misc"
+            ]
+        );
+        // An empty value of any of them resets them all, as systemd.
+        assert!(
+            ok_unit("ConditionVirtualization=vm\nConditionKernelCommandLine=")
+                .conditions
+                .is_empty()
+        );
+        assert!(bad_unit(
+            "ConditionKernelCommandLine=a b",
+            "ConditionKernelCommandLine"
+        )
+        .conditions
+        .is_empty());
         assert!(ok_unit("ConditionPathExists=/a\nConditionPathExists=")
             .conditions
             .is_empty());
@@ -4756,8 +4831,8 @@ mod tests {
                     (true, format!("{key}={}", names.join(" ")))
                 }
                 Entry::Condition(p, negate) => {
-                    u.conditions.push(PathCondition {
-                        path: PathBuf::from(p),
+                    u.conditions.push(Condition {
+                        test: ConditionTest::PathExists(PathBuf::from(p)),
                         negate: *negate,
                     });
                     (

@@ -152,3 +152,49 @@ fn default_target_is_used_without_a_unit_on_the_command_line() {
     assert_eq!(fs.read("data/timesync"), "ran");
     assert!(fs.try_read("data/chrony").is_none(), "{}", end.output);
 }
+
+#[test]
+fn conditions_on_the_command_line_virtualisation_and_mount_points() {
+    let fs = Rootfs::new("unit-conditions");
+    let unit = |name: &str, condition: &str| {
+        fs.unit(
+            &format!("{name}.service"),
+            &format!(
+                "[Unit]\n{condition}\n[Service]\nType=oneshot\nExecStart=/bin/probe write /data/{name} ran\n"
+            ),
+        );
+    };
+    unit("cmdline", "ConditionKernelCommandLine=minos.test");
+    unit("cmdline-value", "ConditionKernelCommandLine=minos.test=on");
+    unit("cmdline-not", "ConditionKernelCommandLine=!minos.test");
+    unit("container", "ConditionVirtualization=container");
+    unit("vm", "ConditionVirtualization=vm");
+    unit("mounted", "ConditionPathIsMountPoint=/proc");
+    unit("not-mounted", "ConditionPathIsMountPoint=/data");
+    fs.unit(
+        "stop.service",
+        "[Unit]\nAfter=cmdline.service cmdline-value.service cmdline-not.service \
+         container.service vm.service mounted.service not-mounted.service\n\
+         [Service]\nType=oneshot\nExecStart=/sbin/poweroff\n",
+    );
+    let end = fs.start(&["minos.test=on"]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    for ran in ["cmdline", "cmdline-value", "container", "mounted"] {
+        assert_eq!(
+            fs.try_read(&format!("data/{ran}")).as_deref(),
+            Some("ran"),
+            "{ran}: {}",
+            end.output
+        );
+    }
+    for skipped in ["cmdline-not", "vm", "not-mounted"] {
+        assert!(
+            fs.try_read(&format!("data/{skipped}")).is_none(),
+            "{skipped}"
+        );
+    }
+    end.assert_log("vm.service: skipped: condition ConditionVirtualization=vm is false");
+    end.assert_log(
+        "cmdline-not.service: skipped: condition ConditionKernelCommandLine=!minos.test is false",
+    );
+}
