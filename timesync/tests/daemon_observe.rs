@@ -330,7 +330,9 @@ fn in_a_container_it_only_observes() {
     let mut daemon = Daemon::start(&dir.0, &config, &[], &[("container", "minos-test")]);
     let status = daemon.wait_for(Duration::from_secs(20), synced_with(2));
     assert_eq!(status.mode, "observe");
-    assert!((status.last_offset - 5.0).abs() < 1e-3, "{status:?}");
+    // What this test is about is the clock left alone; the offset is the
+    // server's 5 s to within a loaded machine's loopback round trip.
+    assert!((status.last_offset - 5.0).abs() < 1e-2, "{status:?}");
     let (code, stderr) = daemon.stop();
     assert_eq!(code, 0);
     assert!(
