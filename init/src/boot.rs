@@ -101,13 +101,16 @@ pub fn run(args: &[String]) -> ! {
         .map(PathBuf::from)
         .collect();
     let (mut units, later) = crate::load::load_units(&search, &cfg, mode);
-    // In a VM nothing has changed fs.nr_open before init but the kernel's
-    // own `sysctl.fs.nr_open=` (or `sysctl/fs/nr_open=`) on the command
-    // line: its value is known without a read that would cost the agent's
-    // exec.
-    let nr_open =
-        (mode == Mode::Vm && !text.contains("fs.nr_open") && !text.contains("fs/nr_open"))
-            .then_some(KERNEL_NR_OPEN);
+    // As the kernel's own first process (a VM's), nothing has changed
+    // fs.nr_open before init but `sysctl.fs.nr_open=` (or
+    // `sysctl/fs/nr_open=`) on the command line: its value is known
+    // without a read that would cost the agent's exec. Anywhere else
+    // (a PID namespace of its own) it is read.
+    let nr_open = (mode == Mode::Vm
+        && !text.contains("fs.nr_open")
+        && !text.contains("fs/nr_open")
+        && sys::in_initial_pid_namespace())
+    .then_some(KERNEL_NR_OPEN);
     apply_nofile_limits(&mut units, mode, nr_open);
 
     let signals = match signals {
@@ -278,10 +281,6 @@ fn system_setup(mode: Mode) {
         log::error!("bring up interface lo: {e}");
     }
     if mode == Mode::Vm {
-        // The kernel's first task: every capability, and an oom_score_adj
-        // of 0 that nothing has changed.
-        spawn::note_all_capabilities();
-        spawn::note_own_oom_score_adj(0);
         // Ctrl-Alt-Del becomes SIGINT to init, handled as reboot.
         if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
             log::warn!("disable Ctrl-Alt-Del (RB_DISABLE_CAD): {e}");

@@ -526,17 +526,7 @@ fn last_cap() -> u32 {
 
 /// Whether init holds `cap` in its effective set.
 pub fn has_capability(cap: CapabilitySet) -> bool {
-    ALL_CAPABILITIES.load(std::sync::atomic::Ordering::Relaxed)
-        || rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(cap))
-}
-
-/// Set when init is PID 1 of a VM: the kernel starts it with every
-/// capability, so none needs asking for (a capget on the agent's path).
-static ALL_CAPABILITIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Records that init holds every capability (PID 1 of a VM).
-pub fn note_all_capabilities() {
-    ALL_CAPABILITIES.store(true, std::sync::atomic::Ordering::Relaxed);
+    rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(cap))
 }
 
 /// init's own oom_score_adj, which fork copies into every unit; read once
