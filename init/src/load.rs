@@ -864,16 +864,7 @@ mod tests {
 
     impl Tree {
         fn new(tag: &str) -> Tree {
-            let root =
-                std::env::temp_dir().join(format!("minos-load-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&root);
-            let dirs: Vec<PathBuf> = ["own", "etc", "run", "local", "usr", "lib"]
-                .iter()
-                .map(|d| root.join(d))
-                .collect();
-            for d in &dirs {
-                std::fs::create_dir_all(d).unwrap();
-            }
+            let (root, dirs) = crate::search::tests::tree(&format!("load-{tag}"));
             Tree { root, dirs }
         }
 

@@ -440,10 +440,12 @@ impl Index {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// A fresh root with minos's directory and systemd's five (own, etc,
+    /// run, local, usr, lib), as the search path lists them.
     pub(crate) fn tree(tag: &str) -> (PathBuf, Vec<PathBuf>) {
         let root = std::env::temp_dir().join(format!("minos-search-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);

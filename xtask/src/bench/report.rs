@@ -145,6 +145,12 @@ pub fn budget_table(results: &Results) -> String {
         "Run of {} (`cargo xtask bench`):\n\n| budget | configuration | limit | minos | |\n|---|---|---:|---:|---|\n",
         results.date
     );
+    budget_rows(&mut s, results);
+    s
+}
+
+/// One table row per budget: what, configuration, limit, measured, met.
+fn budget_rows(s: &mut String, results: &Results) {
     for b in &results.budgets {
         let _ = writeln!(
             s,
@@ -156,7 +162,6 @@ pub fn budget_table(results: &Results) -> String {
             if b.met { "met" } else { "**missed**" }
         );
     }
-    s
 }
 
 /// A chart must be one well-formed `<svg>` element with bars in it.
@@ -305,17 +310,7 @@ pub fn markdown(results: &Results) -> String {
     real_agent_table(&mut s, results);
     if !results.budgets.is_empty() {
         s.push_str("### Budgets (docs/SPECIFICATION.md)\n\n| budget | configuration | limit | measured | |\n|---|---|---:|---:|---|\n");
-        for b in &results.budgets {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} |",
-                b.what,
-                b.config.name(),
-                super::figure(b.limit),
-                super::figure(b.measured),
-                if b.met { "met" } else { "**missed**" }
-            );
-        }
+        budget_rows(&mut s, results);
         s.push('\n');
     }
     s.push_str(METHOD_TAIL);
