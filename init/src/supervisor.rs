@@ -950,6 +950,9 @@ impl Supervisor {
         if u.ctx.is_none() {
             return;
         }
+        // Socket units held back for this process (the first service of a
+        // VM boot) are made once its exec has happened (below).
+        let sockets_after = self.sockets_held();
         // At BOOT_NICE before the clone, not after: the exec that ends the
         // child's vfork wakes init, which at nice 0 would take the CPU back
         // from the new process at once (the agent's exec → main).
@@ -962,6 +965,9 @@ impl Supervisor {
             Ok(child) => {
                 let pid = child.id();
                 u.main = Some(child);
+                if sockets_after {
+                    self.start_sockets_now();
+                }
                 self.hold_next_unit();
                 let Some(u) = self.units.get_mut(i) else {
                     return;
@@ -1272,11 +1278,9 @@ impl Supervisor {
     /// any time — kata-agent's systemd cgroup driver does at its first
     /// container — and must never find it missing. The one exception is the
     /// first service of a VM boot (the agent), forked first so that binding
-    /// costs its exec nothing; its sockets are made right after that exec,
-    /// before init waits for anything ([`Self::schedule`]). The agent
-    /// reaches a socket only on a host request, and the host sends none
-    /// before the agent has answered it and waited for the next one. A
-    /// socket unit ordered after another unit waits in [`Self::schedule`].
+    /// costs its exec nothing; its sockets are made right after that exec
+    /// ([`Self::start_sockets_now`]). A socket unit ordered after another
+    /// unit waits in [`Self::schedule`].
     fn start_sockets(&mut self) {
         if let Some(later) = self.later_units.take() {
             let loaded: Vec<Unit> = self.units.iter().map(|u| u.unit.clone()).collect();
@@ -1304,6 +1308,40 @@ impl Supervisor {
                 self.start_unit(i);
             }
         }
+    }
+
+    /// Makes the held-back socket units at init's first slice after the
+    /// first service's exec, at nice 0 while it does: at nice 19 a busy
+    /// new process (the agent, logging and serving queued host requests)
+    /// leaves init too little of the CPU to read and bind them before that
+    /// process needs one (the agent's systemd cgroup driver connects to the
+    /// bus at its first container; a CI run saw it find no socket). The
+    /// exec's wake-up alone does not give init the CPU at nice 19, so the
+    /// new process still reaches its `main` first.
+    fn start_sockets_now(&mut self) {
+        let boosted = self.deferring.is_some()
+            && rustix::process::setpriority_process(None, 0)
+                .map_err(|e| log::warn!("setpriority(0) to make sockets: {e}"))
+                .is_ok();
+        self.start_sockets();
+        if boosted {
+            if let Err(e) = rustix::process::setpriority_process(None, BOOT_NICE) {
+                log::warn!("setpriority({BOOT_NICE}) after making sockets: {e}");
+            }
+        }
+    }
+
+    /// Whether socket units wait to be made after the service being
+    /// started (see [`Self::start_sockets`]).
+    fn sockets_held(&self) -> bool {
+        self.settings.mode == Mode::Vm
+            && self.deferring.is_none()
+            && !self.deferred
+            && (self.later_units.is_some()
+                || self
+                    .units
+                    .iter()
+                    .any(|u| u.state == State::Waiting && u.unit.is_socket()))
     }
 
     /// Starts every waiting unit whose ordering dependencies have settled.

@@ -424,6 +424,17 @@ fn watched(line: &str, form: Form) -> Option<Watched> {
     })
 }
 
+/// Whether agent-ctl's failure is the agent's refusal of the bad bundle:
+/// the RPC status message (after `ERROR:`) is the mount source's ENOENT
+/// alone, not an error with a cause chain.
+fn refused_for_missing_source(out: &str) -> bool {
+    out.rsplit_once("ERROR:")
+        .and_then(|(_, err)| err.split_once(r#"message: \""#))
+        .is_some_and(|(_, msg)| {
+            msg.starts_with(r"No such file or directory (os error 2)\\n\\nStack")
+        })
+}
+
 /// The host's side of the lifecycle, step by step; each step's result is
 /// checked before the next.
 fn lifecycle(
@@ -450,8 +461,12 @@ fn lifecycle(
     // rolls back, and the same id must then work.
     let create = format!(r#"CreateContainer json://{{"image":"local:{{dir}}","id":"{cid}"}}"#);
     let bad = create.replace("{dir}", &bundles.join("bad").to_string_lossy());
+    // The agent's answer is the bare ENOENT of the missing mount source
+    // (it names no path); any other failure — "Establishing a D-Bus
+    // connection" from a missing bus — leaves a different first line.
+    // (agent-ctl's log echoes the request, source included: not evidence.)
     match ctl.run(&bad, "bad", false) {
-        Err(e) if e.contains("nonexistent-minos-test") => {}
+        Err(e) if refused_for_missing_source(&e) => {}
         Err(e) => return Err(format!("the bad bundle failed for another reason: {e}")),
         Ok(out) => {
             return Err(format!(
@@ -689,6 +704,21 @@ pub fn check_console(form: Form, console: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bad_bundle_is_refused_for_its_mount_source_only() {
+        // agent-ctl's output as the VM tests saw it (request echo cut).
+        let request = r#"{"msg":"sending request","request":"CreateContainerRequest { source: Some(\"/nonexistent-minos-test\") }"}"#;
+        let refusal = r#"ERROR: Error {
+    context: "API failed",
+    source: "RpcStatus(Status { code: INTERNAL, message: \"No such file or directory (os error 2)\\n\\nStack backtrace:\\n   0: <unknown>\", details: [] })","#;
+        let no_bus = r#"ERROR: Error {
+    context: "API failed",
+    source: "RpcStatus(Status { code: INTERNAL, message: \"Establishing a D-Bus connection\\n\\nCaused by:\\n    0: I/O error: No such file or directory (os error 2)\", details: [] })","#;
+        assert!(refused_for_missing_source(&format!("{request}\n{refusal}")));
+        assert!(!refused_for_missing_source(&format!("{request}\n{no_bus}")));
+        assert!(!refused_for_missing_source(request));
+    }
 
     #[test]
     fn guest_memory_from_a_get_metrics_answer_quoted_twice() {
