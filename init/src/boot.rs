@@ -89,6 +89,9 @@ pub fn run(args: &[String]) -> ! {
     for e in &errors {
         log::error!("{}", crate::error_chain(e));
     }
+    // The administrator's mounts, before any unit (systemd's
+    // local-fs.target comes before basic.target's services).
+    crate::fstab::mount_all(&mut table, crate::fstab::FSTAB);
     timeline.mark(Event::MountsDone, None);
 
     system_setup(mode);

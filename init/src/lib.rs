@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod condition;
 pub mod control;
+pub mod fstab;
 pub mod load;
 pub mod logger;
 pub mod mounts;

@@ -90,6 +90,8 @@ fn test() -> Result<()> {
         ("mkfs.ext4", "e2fsprogs"),
         ("debugfs", "e2fsprogs"),
         ("losetup", "mount"),
+        // The fstab container test finds an EROFS image by its UUID.
+        ("mkfs.erofs", "erofs-utils"),
         ("cpio", "cpio"),
         // timesync's tests run chronyd as an NTP server on loopback.
         ("chronyd", "chrony"),

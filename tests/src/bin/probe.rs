@@ -37,6 +37,14 @@ fn main() {
             Err(e) => fail(&format!("write {path}: {e}")),
         },
         ["report", path] => report(path),
+        // A file system's size in bytes (statfs: blocks × block size).
+        ["statfs", path, out] => match rustix::fs::statfs(*path) {
+            Ok(st) => match std::fs::write(out, (st.f_blocks * st.f_bsize as u64).to_string()) {
+                Ok(()) => 0,
+                Err(e) => fail(&format!("write {out}: {e}")),
+            },
+            Err(e) => fail(&format!("statfs {path}: {e}")),
+        },
         ["copy", from, to] => match std::fs::copy(from, to) {
             Ok(_) => 0,
             Err(e) => fail(&format!("copy {from} to {to}: {e}")),
