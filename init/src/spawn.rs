@@ -94,6 +94,12 @@ impl Child {
     pub fn id(&self) -> u32 {
         self.pid
     }
+
+    /// A process init did not fork but supervises: a forking service's
+    /// daemon (named by its PIDFile=), init's child once orphaned.
+    pub fn adopted(pid: u32) -> Self {
+        Child { pid }
+    }
 }
 
 /// What every process of one unit start shares: resolved once per start.

@@ -150,7 +150,8 @@ pub enum Outcome {
     StartLimit,
     DependencyFailed,
     SpawnFailed,
-    /// Type=notify process exited before READY=1.
+    /// Type=notify process exited before READY=1; Type=forking left no
+    /// daemon in its PIDFile= (systemd's result "protocol" for both).
     Protocol,
     /// A socket unit could not make its sockets.
     ListenFailed,
@@ -194,7 +195,9 @@ impl Outcome {
             Outcome::StartLimit => "start limit hit".into(),
             Outcome::DependencyFailed => "dependency failed".into(),
             Outcome::SpawnFailed => "could not be started".into(),
-            Outcome::Protocol => "exited before READY=1".into(),
+            Outcome::Protocol => {
+                "protocol error (exited before READY=1, or no daemon in PIDFile=)".into()
+            }
             Outcome::ListenFailed => "could not listen".into(),
             Outcome::TriggerLimit => "trigger limit hit".into(),
         }
@@ -412,6 +415,30 @@ impl UnitRt {
 
 fn pid_of(child: &Child) -> Option<Pid> {
     i32::try_from(child.id()).ok().and_then(Pid::from_raw)
+}
+
+/// The pid a forking service's PIDFile= names: a number above 1 of a
+/// process that exists (a zombie not yet reaped counts: init reaps it as
+/// the unit's main process).
+fn read_pid_file(path: &std::path::Path) -> Result<u32, String> {
+    let text = crate::sys::read_regular_file(path).map_err(|e| e.to_string())?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 1)
+        .ok_or_else(|| format!("{:?} is not a process id", text.trim()))?;
+    let alive = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+    if alive {
+        Ok(pid)
+    } else {
+        Err(format!(
+            "process {pid} does not exist (the daemon has exited)"
+        ))
+    }
 }
 
 /// Sends `sig` (a raw number: KillSignal= may be SIGRTMIN+N) to the process
@@ -785,6 +812,7 @@ impl Supervisor {
         }
         match u.state {
             State::StartPre => self.start_main(i),
+            State::Starting if u.unit.service.kind == ServiceType::Forking => self.adopt_forked(i),
             State::Starting => {
                 // Oneshot: every ExecStart succeeded. With RemainAfterExit=
                 // it stays active (no process) until stopped, so that its
@@ -962,6 +990,21 @@ impl Supervisor {
         };
         let Some(ctx) = u.ctx.as_ref() else { return };
         match spawn::spawn(&u.unit, &cmd, ctx, mode, true) {
+            Ok(child) if u.unit.service.kind == ServiceType::Forking => {
+                // The process that forks the daemon runs as a control
+                // process; once it has exited successfully the daemon's pid
+                // is read from PIDFile= ([`Self::adopt_forked`]).
+                log::debug!("{}: started, pid {} (forking)", u.name(), child.id());
+                u.control = Some((child, cmd));
+                u.deadline =
+                    deadline_after(u.unit.service.timeout_start).map(|d| (d, Timer::StartTimeout));
+                let name = u.unit.name.clone();
+                if sockets_after {
+                    self.start_sockets_now();
+                }
+                self.hold_next_unit();
+                self.timeline.mark(Event::UnitStarted, Some(&name));
+            }
             Ok(child) => {
                 let pid = child.id();
                 u.main = Some(child);
@@ -988,6 +1031,39 @@ impl Supervisor {
             Err(e) => {
                 log::error!("{}: {}", u.name(), crate::error_chain(&e));
                 self.terminated(i, Outcome::SpawnFailed);
+            }
+        }
+    }
+
+    /// Type=forking: the starting process has exited successfully; its
+    /// daemon, named by PIDFile=, becomes the main process (init reaps it:
+    /// an orphan is PID 1's child). Without PIDFile= there is no process
+    /// to watch: the unit stays active, as with RemainAfterExit=, until
+    /// stopped (its daemon then ends with everything at shutdown).
+    fn adopt_forked(&mut self, i: usize) {
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        let Some(path) = u.unit.service.pid_file.clone() else {
+            log::warn!(
+                "{}: Type=forking without PIDFile=: its daemon is not supervised (active until stopped)",
+                u.name()
+            );
+            self.mark_ready(i);
+            if let Some(u) = self.units.get_mut(i) {
+                u.state = State::Running;
+            }
+            return;
+        };
+        match read_pid_file(&path) {
+            Ok(pid) => {
+                log::debug!("{}: main process {pid} (from {})", u.name(), path.display());
+                u.main = Some(Child::adopted(pid));
+                self.mark_ready(i);
+            }
+            Err(e) => {
+                log::error!("{}: PIDFile={}: {e}", u.name(), path.display());
+                self.terminated(i, Outcome::Protocol);
             }
         }
     }
@@ -1186,11 +1262,22 @@ impl Supervisor {
                     }
                 }
                 Timer::StartTimeout => {
-                    log::error!(
-                        "{}: no READY=1 within {:?}; stopping",
-                        u.name(),
-                        u.unit.service.timeout_start
-                    );
+                    if u.unit.service.kind == ServiceType::Forking {
+                        log::error!(
+                            "{}: its starting process did not exit within {:?}; stopping",
+                            u.name(),
+                            u.unit.service.timeout_start
+                        );
+                        if let Some((c, _)) = &u.control {
+                            kill_group(c, u.unit.service.kill_signal);
+                        }
+                    } else {
+                        log::error!(
+                            "{}: no READY=1 within {:?}; stopping",
+                            u.name(),
+                            u.unit.service.timeout_start
+                        );
+                    }
                     u.state = State::Stopping(AfterStop::Terminate(Outcome::Timeout));
                     u.signalled = false;
                     u.queue.clear();

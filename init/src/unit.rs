@@ -23,6 +23,9 @@ pub enum ServiceType {
     Oneshot,
     /// Started once the process sent `READY=1` on `NOTIFY_SOCKET`.
     Notify,
+    /// Started once the process exited successfully, leaving a daemon
+    /// behind: its pid is read from `PIDFile=`.
+    Forking,
 }
 
 /// `Restart=`.
@@ -292,6 +295,9 @@ pub struct Service {
     pub restart: Restart,
     pub restart_sec: Duration,
     pub remain_after_exit: bool,
+    /// `PIDFile=` (Type=forking): where the daemon's pid is read; a
+    /// relative name is below /run, as systemd has it.
+    pub pid_file: Option<PathBuf>,
     pub timeout_start: Duration,
     pub kill_signal: i32,
     pub timeout_stop: Duration,
@@ -378,6 +384,7 @@ impl Default for Service {
             restart: Restart::No,
             restart_sec: DEFAULT_RESTART_SEC,
             remain_after_exit: false,
+            pid_file: None,
             timeout_start: DEFAULT_TIMEOUT,
             kill_signal: DEFAULT_KILL_SIGNAL,
             timeout_stop: DEFAULT_TIMEOUT,
@@ -1149,6 +1156,13 @@ impl Parser {
             "Restart" => set(&mut s.restart, value, Restart::No, restart),
             "RestartSec" => set(&mut s.restart_sec, value, DEFAULT_RESTART_SEC, timespan),
             "RemainAfterExit" => set(&mut s.remain_after_exit, value, false, boolean),
+            "PIDFile" => set(&mut s.pid_file, value, None, |v| {
+                Ok(Some(if v.starts_with('/') {
+                    absolute_path(v, name)?
+                } else {
+                    Path::new("/run").join(v)
+                }))
+            }),
             "TasksMax" => set(&mut s.tasks_max, value, None, |v| tasks_max(v).map(Some)),
             "TimeoutStartSec" => set(&mut s.timeout_start, value, DEFAULT_TIMEOUT, timeout),
             "TimeoutStopSec" => set(&mut s.timeout_stop, value, DEFAULT_TIMEOUT, timeout),
@@ -1403,9 +1417,8 @@ fn service_type(v: &str) -> Result<ServiceType, String> {
         "exec" => Ok(ServiceType::Exec),
         "oneshot" => Ok(ServiceType::Oneshot),
         "notify" => Ok(ServiceType::Notify),
-        "forking" | "dbus" | "idle" | "notify-reload" => {
-            Err(format!("{} is not supported", show(v)))
-        }
+        "forking" => Ok(ServiceType::Forking),
+        "dbus" | "idle" | "notify-reload" => Err(format!("{} is not supported", show(v))),
         _ => Err(format!("unknown service type {}", show(v))),
     }
 }
@@ -3181,7 +3194,16 @@ mod tests {
         ] {
             assert_eq!(ok_svc(&format!("Type={text}")).kind, want);
         }
-        for text in ["forking", "dbus", "idle"] {
+        assert_eq!(ok_svc("Type=forking").kind, ServiceType::Forking);
+        assert_eq!(
+            ok_svc("PIDFile=/run/chrony/chronyd.pid").pid_file,
+            Some(PathBuf::from("/run/chrony/chronyd.pid"))
+        );
+        assert_eq!(
+            ok_svc("PIDFile=d.pid").pid_file,
+            Some(PathBuf::from("/run/d.pid"))
+        );
+        for text in ["dbus", "idle"] {
             let (sv, d) = bad_svc(
                 &format!("Type=notify\nType={text}").replacen("Type=notify\n", "", 1),
                 "Type",

@@ -52,6 +52,8 @@ fn main() {
         ["notify", delay_ms] => notify(delay_ms.parse().unwrap_or(0)),
         ["ignore-term"] => ignore_term(),
         ["orphans", n] => orphans(n.parse().unwrap_or(0)),
+        ["daemonize", pid_file, starts] => daemonize(pid_file, starts),
+        ["kill-pidfile", pid_file, sig] => kill_pidfile(pid_file, sig.parse().unwrap_or(15)),
         ["forkbomb", depth, width, path] => {
             forkbomb(depth.parse().unwrap_or(0), width.parse().unwrap_or(0), path)
         }
@@ -704,6 +706,63 @@ fn orphans(n: usize) -> i32 {
             -1 => return fail(&format!("fork: {}", std::io::Error::last_os_error())),
             _ => {}
         }
+    }
+    0
+}
+
+/// A classic daemon, as Type=forking expects: forks a child that starts a
+/// session of its own, writes its pid to `pid_file`, appends a line to
+/// `starts` and then waits for signals; the parent exits 0 only once the
+/// child has written its pid file (a pipe's end closes).
+fn daemonize(pid_file: &str, starts: &str) -> i32 {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two descriptors into the array it is given.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return fail(&format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let [read_end, write_end] = fds;
+    // SAFETY: probe is single-threaded here; the child goes on as a
+    // normal process (no async-signal-safety needed after fork then).
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: plain system calls on descriptors this process owns.
+            unsafe {
+                libc::close(read_end);
+                libc::setsid();
+            }
+            let pid = std::process::id();
+            if let Err(e) = std::fs::write(pid_file, format!("{pid}\n")) {
+                return fail(&format!("write {pid_file}: {e}"));
+            }
+            append_line(starts, "started");
+            // SAFETY: as above.
+            unsafe { libc::close(write_end) };
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        -1 => fail(&format!("fork: {}", std::io::Error::last_os_error())),
+        _ => {
+            // SAFETY: as above; read blocks until the child closes its end.
+            unsafe {
+                libc::close(write_end);
+                let mut b = 0u8;
+                while libc::read(read_end, (&mut b as *mut u8).cast(), 1) > 0 {}
+            }
+            0
+        }
+    }
+}
+
+/// Sends `sig` to the process `pid_file` names.
+fn kill_pidfile(pid_file: &str, sig: i32) -> i32 {
+    let pid: i32 = match std::fs::read_to_string(pid_file) {
+        Ok(t) => t.trim().parse().unwrap_or(0),
+        Err(e) => return fail(&format!("read {pid_file}: {e}")),
+    };
+    // SAFETY: kill(2) with a pid read from the file; 0 or less refused.
+    if pid <= 0 || unsafe { libc::kill(pid, sig) } != 0 {
+        return fail(&format!("kill {pid}: {}", std::io::Error::last_os_error()));
     }
     0
 }
