@@ -23,6 +23,7 @@ A stand-in for kata-agent: answers the agent's ttRPC health check
 READY=1) and runs until SIGTERM or SIGINT.
 
 options:
+  --version              print the version and the commit it was built from
   --server-addr ADDR     listen on ADDR (unix://PATH or vsock://CID:PORT);
                          default vsock://-1:1024, skipped with a warning where
                          there is no vsock
@@ -151,6 +152,10 @@ where
             "-h" | "--help" => {
                 arg.flag(ArgsError::UnexpectedValue("--help"))?;
                 return Ok(Command::Help);
+            }
+            "--version" => {
+                arg.flag(ArgsError::UnexpectedValue("--version"))?;
+                return Ok(Command::Version);
             }
             "--self-check" => {
                 arg.flag(ArgsError::UnexpectedValue("--self-check"))?;

@@ -199,6 +199,13 @@ where
             emit(&mut stdout, args::USAGE.trim_end());
             0
         }
+        Ok(Command::Version) => {
+            emit(
+                &mut stdout,
+                format!("agent-shim {}", minos_common::version()),
+            );
+            0
+        }
         Ok(Command::Run(options)) => {
             let env = Environment::from_process();
             serve(&options, &env, &signals, started, &mut stdout).status()
@@ -219,6 +226,10 @@ where
     match args::parse_check_args(args) {
         Ok(CheckCommand::Help) => {
             emit(out, args::CHECK_USAGE.trim_end());
+            0
+        }
+        Ok(CheckCommand::Version) => {
+            emit(out, format!("agent-shim {}", minos_common::version()));
             0
         }
         Ok(CheckCommand::Run(check)) => match client::check(&check.address, check.timeout) {

@@ -24,6 +24,7 @@ org.freedesktop.systemd1 (transient scopes and slices) over cgroupfs.
   --system-bus       connect to the system bus and own org.freedesktop.systemd1
   --address ADDRESS  the same on the bus at a D-Bus address (unix:path=...)
   --cgroup-root PATH where the cgroup hierarchies are (default /sys/fs/cgroup)
+  --version          print the version and the commit it was built from
 ";
 
 /// What to serve.
@@ -78,6 +79,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command<Options
         };
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
+            "--version" => return Ok(Command::Version),
             "--listen" => set_mode(Mode::Listen(value(&mut args)?.into()), &mut mode)?,
             "--address" => {
                 let a = value(&mut args)?.to_string_lossy().into_owned();
@@ -103,6 +105,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let opts = match parse(args) {
         Ok(Command::Help) => {
             print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("busd {}", minos_common::version());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run(o)) => o,
@@ -303,6 +309,7 @@ mod tests {
             })
         );
         assert_eq!(p(&["-h"]).unwrap(), Command::Help);
+        assert_eq!(p(&["--version"]).unwrap(), Command::Version);
         assert_eq!(p(&["--bogus"]), Err(ArgsError::Unknown("--bogus".into())));
         assert_eq!(p(&["--listen"]), Err(ArgsError::Missing("--listen".into())));
         assert_eq!(

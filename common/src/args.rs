@@ -13,6 +13,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<O> {
     Help,
+    /// `--version`: print [`crate::version`].
+    Version,
     Run(O),
 }
 

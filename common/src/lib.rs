@@ -19,4 +19,17 @@ pub mod signals;
 pub mod startup;
 pub mod users;
 
+/// The git commit the binaries were built from: `MINOS_COMMIT`, which
+/// `cargo xtask build` sets; "unknown" in a plain `cargo build`.
+pub const COMMIT: &str = match option_env!("MINOS_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// The release, as `--version` prints it: the workspace's version and the
+/// commit (`0.1.0 (commit 1a2b3c4d5e6f)`).
+pub fn version() -> String {
+    format!("{} (commit {COMMIT})", env!("CARGO_PKG_VERSION"))
+}
+
 pub use report::Report;

@@ -72,7 +72,7 @@ fn init_client(args: &[String]) -> i32 {
         ["reboot"] => ask(PowerKind::Reboot, force),
         ["halt"] => ask(PowerKind::Halt, force),
         [] if args.iter().any(|a| a == "--version") => {
-            println!("minos init {}", env!("CARGO_PKG_VERSION"));
+            println!("minos init {}", minos_common::version());
             0
         }
         [] if args.iter().any(|a| a == "--help" || a == "-h") => {

@@ -28,6 +28,7 @@ options:
   --user USER         started as root: open the devices, then become USER
                       keeping CAP_SYS_TIME only (like chronyd -u)
   -h, --help          print this help
+      --version       print the version and the commit it was built from
 
 status: print the running daemon's status (text, or one JSON object).
 
@@ -128,6 +129,10 @@ where
             "-h" | "--help" => {
                 arg.flag(ArgsError::UnexpectedValue("--help"))?;
                 return Ok(Command::Help);
+            }
+            "--version" => {
+                arg.flag(ArgsError::UnexpectedValue("--version"))?;
+                return Ok(Command::Version);
             }
             "--check-config" => {
                 arg.flag(ArgsError::UnexpectedValue("--check-config"))?;
@@ -332,6 +337,7 @@ mod tests {
     #[test]
     fn help() {
         assert_eq!(parse(&["--help"]), Ok(Command::Help));
+        assert_eq!(parse(&["--version"]), Ok(Command::Version));
         assert_eq!(parse(&["-h", "--bogus"]), Ok(Command::Help));
     }
 

@@ -123,6 +123,10 @@ where
         }
     };
     match cli::parse_args(args) {
+        Ok(Command::Version) => {
+            println!("timesync {}", minos_common::version());
+            0
+        }
         Ok(Command::Help) => {
             let mut stdout = io::stdout().lock();
             if let Err(err) = stdout

@@ -84,7 +84,25 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Option<Output
 
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(root()))
+    run(Command::new(cargo)
+        .args(args)
+        .env("MINOS_COMMIT", commit())
+        .current_dir(root()))
+}
+
+/// The commit the work tree is at, 12 hex digits (always that long, so
+/// that the binaries' layout does not depend on it), or "unknown" outside
+/// a git checkout. `--version` prints it (`minos_common::COMMIT`).
+pub fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| c.len() == 12 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Runs one named step and reports its duration.
