@@ -383,7 +383,6 @@ pub const PFN_INFO_OFFSET: u64 = 4096;
 /// Writes the entries into `dir` as real files (char devices are left out:
 /// a disk root gets devtmpfs).
 pub fn stage(entries: &[Entry], dir: &Path, base: Option<&Path>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     if let Some(base) = base {
@@ -395,14 +394,29 @@ pub fn stage(entries: &[Entry], dir: &Path, base: Option<&Path>) -> Result<()> {
         Some(_) => merge_base_accounts(entries, dir)?,
         None => Vec::new(),
     };
+    write_entries(entries, dir, &accounts)?;
+    if base.is_some() {
+        wire_busd_on_base(dir)?;
+    }
+    Ok(())
+}
+
+/// Writes `entries` into the tree at `dir` (but those whose path is in
+/// `skip`), replacing what is there.
+pub fn write_entries(entries: &[Entry], dir: &Path, skip: &[String]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     for e in entries {
-        if accounts.iter().any(|a| a == e.path()) {
+        if skip.iter().any(|a| a == e.path()) {
             continue;
         }
         let p = dir.join(e.path());
         // A file or link of the base at this path is replaced, never written
         // through: /sbin/init is often a link to systemd.
         if !matches!(e, Entry::Dir { .. }) {
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| format!("create {}: {err}", parent.display()))?;
+            }
             if let Ok(md) = std::fs::symlink_metadata(&p) {
                 if !md.is_dir() {
                     std::fs::remove_file(&p)
@@ -423,6 +437,47 @@ pub fn stage(entries: &[Entry], dir: &Path, base: Option<&Path>) -> Result<()> {
         r.map_err(|err| format!("stage {}: {err}", p.display()))?;
     }
     Ok(())
+}
+
+/// On a base rootfs, /etc/minos/units is not read whole: busd is linked
+/// where the base's targets pull it in. A base with dbus-daemon (its
+/// `dbus.socket` on the bus's path) keeps its bus: busd.socket goes, and
+/// busd joins that bus as org.freedesktop.systemd1
+/// (`rootfs-skel/on-dbus-daemon/busd.service`, wanted by basic.target).
+/// Without one, busd.socket is enabled (sockets.target.wants): busd is
+/// the bus, started by the agent's first connection.
+fn wire_busd_on_base(dir: &Path) -> Result<()> {
+    let has_dbus = [
+        "usr/lib/systemd/system/dbus.socket",
+        "lib/systemd/system/dbus.socket",
+    ]
+    .iter()
+    .any(|p| dir.join(p).exists());
+    let link = |at: &str, target: &str| -> Result<()> {
+        let p = dir.join(at);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        }
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, &p).map_err(|e| format!("link {}: {e}", p.display()))
+    };
+    if has_dbus {
+        let units = dir.join("etc/minos/units");
+        let _ = std::fs::remove_file(units.join("busd.socket"));
+        let unit = root().join("rootfs-skel/on-dbus-daemon/busd.service");
+        std::fs::write(units.join("busd.service"), read(&unit)?)
+            .map_err(|e| format!("write {}: {e}", units.join("busd.service").display()))?;
+        link(
+            "etc/systemd/system/basic.target.wants/busd.service",
+            "/etc/minos/units/busd.service",
+        )
+    } else {
+        link(
+            "etc/systemd/system/sockets.target.wants/busd.socket",
+            "/etc/minos/units/busd.socket",
+        )
+    }
 }
 
 /// The account files of a base that minos adds to rather than replaces.

@@ -665,7 +665,7 @@ pub fn guest_mem_used(out: &str) -> Result<u64> {
 
 /// What the guest's console must show after the lifecycle: the container's
 /// cgroup appeared where this form puts it, then nothing of it was left.
-pub fn check_console(form: Form, console: &str) -> Result<()> {
+pub fn check_console(form: Form, osbuilder: bool, console: &str) -> Result<()> {
     let watch: Vec<&str> = console
         .lines()
         .filter(|l| l.starts_with("cgwatch: "))
@@ -684,22 +684,39 @@ pub fn check_console(form: Form, console: &str) -> Result<()> {
     if last.contains(CGROUP_NAME) {
         return Err(format!("the container's cgroup was left behind: {last}"));
     }
-    // busd is socket-activated: started by the agent's first D-Bus call
-    // (systemd form), never started without one.
-    let busd = console.contains("timeline event=unit_started unit=busd.service");
-    match form {
-        Form::Systemd if !busd => {
-            return Err("busd.service was not started by the agent's connection".into())
-        }
-        Form::Cgroupfs if busd => {
-            return Err("busd.service was started though nothing used the bus".into())
-        }
-        _ => {}
-    }
     if console.contains("Read-only file system") {
         return Err("something in the guest failed on the read-only root".into());
     }
-    Ok(())
+    let started =
+        |unit: &str| console.contains(&format!("timeline event=unit_started unit={unit} "));
+    let busd = started("busd.service");
+    if osbuilder {
+        // On a base with dbus-daemon, busd joins that bus at boot (after
+        // the agent), which starts dbus-daemon through the base's
+        // dbus.socket; in the systemd form the scope is busd's.
+        let dbus = started("dbus.service");
+        if !busd || !dbus {
+            return Err(format!(
+                "on the osbuilder rootfs busd.service (started: {busd}) and the base's \
+                 dbus.service (started: {dbus}) must both run"
+            ));
+        }
+        if form == Form::Systemd && !console.contains("busd: kata-test1.scope: started in") {
+            return Err("busd never started the container's scope".into());
+        }
+        return Ok(());
+    }
+    // busd is socket-activated: started by the agent's first D-Bus call
+    // (systemd form), never started without one.
+    match form {
+        Form::Systemd if !busd => {
+            Err("busd.service was not started by the agent's connection".into())
+        }
+        Form::Cgroupfs if busd => {
+            Err("busd.service was started though nothing used the bus".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -763,19 +780,27 @@ mod tests {
         );
         assert_eq!(watched(running, Form::Systemd), None);
         let c = format!("{running}\ncgwatch: {{ /kata }}\n");
-        assert!(check_console(Form::Cgroupfs, &c).is_ok());
+        assert!(check_console(Form::Cgroupfs, false, &c).is_ok());
         let started = "minos-init: timeline event=unit_started unit=busd.service boottime_us=1\n";
-        assert!(check_console(Form::Cgroupfs, &format!("{started}{c}")).is_err());
+        assert!(check_console(Form::Cgroupfs, false, &format!("{started}{c}")).is_err());
         let scope = "cgwatch: { /system.slice /system.slice/kata-test1.scope[mem=max,cpu=max/100000,procs=2] }\n\
                      cgwatch: { /system.slice }\n";
         assert!(
-            check_console(Form::Systemd, scope).is_err(),
+            check_console(Form::Systemd, false, scope).is_err(),
             "busd not started"
         );
-        assert!(check_console(Form::Systemd, &format!("{started}{scope}")).is_ok());
-        assert!(check_console(Form::Systemd, &c).is_err());
-        assert!(check_console(Form::Cgroupfs, &format!("{running}\n")).is_err());
+        assert!(check_console(Form::Systemd, false, &format!("{started}{scope}")).is_ok());
+        assert!(check_console(Form::Systemd, false, &c).is_err());
+        assert!(check_console(Form::Cgroupfs, false, &format!("{running}\n")).is_err());
         let empty = "cgwatch: { /kata /kata/test1[mem=max,cpu=max/100000,procs=0] }\n";
-        assert!(check_console(Form::Cgroupfs, empty).is_err());
+        assert!(check_console(Form::Cgroupfs, false, empty).is_err());
+        // On the osbuilder rootfs busd and dbus-daemon run in both forms.
+        let dbus = "minos-init: timeline event=unit_started unit=dbus.service boottime_us=2\n";
+        let both = format!("{started}{dbus}");
+        assert!(check_console(Form::Cgroupfs, true, &format!("{both}{c}")).is_ok());
+        assert!(check_console(Form::Cgroupfs, true, &format!("{started}{c}")).is_err());
+        let busd_scope = "busd: kata-test1.scope: started in /system.slice/kata-test1.scope\n";
+        assert!(check_console(Form::Systemd, true, &format!("{both}{scope}")).is_err());
+        assert!(check_console(Form::Systemd, true, &format!("{both}{busd_scope}{scope}")).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's one entry point for building and checking.
 //!
 //! - `cargo xtask build`  static release binaries, checked static, sizes printed
+//! - `cargo xtask dist`   the release tarball, its SHA256SUMS and install.sh
 //! - `cargo xtask test`   what CI runs: packages, fmt, clippy, every test, budgets
 //! - `cargo xtask demo`   build, then boot the mini-OS (container mode for now)
 //! - `cargo xtask spec`   measure init's size and RSS (docs/SPECIFICATION.md)
@@ -11,6 +12,7 @@
 mod bench;
 mod container;
 mod demo;
+mod dist;
 mod elf;
 mod fuzz;
 mod image;
@@ -28,12 +30,13 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
+const USAGE: &str = "usage: cargo xtask <build|dist|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("build") => build().map(|_| ()),
+        Some("dist") => dist::main(&args[1..]),
         Some("test") => test(),
         Some("demo") => demo::run(&args[1..]),
         Some("kernel") => kernel::main(&args[1..]),

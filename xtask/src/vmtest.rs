@@ -910,21 +910,91 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
 }
 
 /// The real kata-agent's scenarios: each cgroupsPath form, on DAX and on
-/// an initrd (see [`crate::kata`]). Skipped, loudly, without the agent.
-const KATA_SCENARIOS: [(&str, crate::kata::Form, Kind); 4] = [
-    ("kata-cgroupfs-dax", crate::kata::Form::Cgroupfs, Kind::Dax),
-    ("kata-systemd-dax", crate::kata::Form::Systemd, Kind::Dax),
+/// an initrd, and on DAX built on the osbuilder-style Debian rootfs (the
+/// bench's systemd tree, `--base`): its units from /usr/lib/systemd/system,
+/// its dbus-daemon (see [`crate::kata`]). Skipped, loudly, without the agent.
+const KATA_SCENARIOS: [(&str, crate::kata::Form, Kind, bool); 6] = [
+    (
+        "kata-cgroupfs-dax",
+        crate::kata::Form::Cgroupfs,
+        Kind::Dax,
+        false,
+    ),
+    (
+        "kata-systemd-dax",
+        crate::kata::Form::Systemd,
+        Kind::Dax,
+        false,
+    ),
     (
         "kata-cgroupfs-initrd",
         crate::kata::Form::Cgroupfs,
         Kind::Initrd,
+        false,
     ),
     (
         "kata-systemd-initrd",
         crate::kata::Form::Systemd,
         Kind::Initrd,
+        false,
+    ),
+    (
+        "kata-osbuilder-cgroupfs",
+        crate::kata::Form::Cgroupfs,
+        Kind::Dax,
+        true,
+    ),
+    (
+        "kata-osbuilder-systemd",
+        crate::kata::Form::Systemd,
+        Kind::Dax,
+        true,
     ),
 ];
+
+/// The image of an osbuilder scenario: the bench's osbuilder-style tree
+/// with minos put in as its users would — with `cargo xtask image --base`
+/// (cgroupfs form), with the release tarball's install.sh (systemd form,
+/// `cargo xtask dist`) — plus the real agent and the test's own files.
+fn osbuilder_image(
+    bin: &Path,
+    agent: &Path,
+    extra: &[Entry],
+    form: crate::kata::Form,
+    kind: Kind,
+    name: &str,
+) -> Result<PathBuf> {
+    let tree = root().join(format!("target/images/{name}-base"));
+    crate::bench::systems::systemd_tree(bin, kind.name(), &tree)?;
+    let mut entries = extra.to_vec();
+    // The test's own cgroup watcher, pulled in by Kata's target.
+    entries.push(Entry::Symlink {
+        path: "etc/systemd/system/kata-containers.target.wants/cgwatch.service".into(),
+        target: "/etc/minos/units/cgwatch.service".into(),
+    });
+    if form == crate::kata::Form::Cgroupfs {
+        return crate::image::build_on(
+            kind.name(),
+            bin,
+            Some(agent),
+            &entries,
+            name,
+            Some(&tree),
+            Fs::Ext4,
+        );
+    }
+    let tarball = crate::dist::make(bin)?;
+    let unpacked = root().join(format!("target/images/{name}-dist"));
+    let said = crate::dist::install(&tarball, &unpacked, &tree, &[])?;
+    println!("vmtest: {name}: {}", said.trim_end());
+    entries.push(Entry::File {
+        path: "usr/bin/kata-agent".into(),
+        mode: 0o755,
+        data: std::fs::read(agent).map_err(|e| format!("{}: {e}", agent.display()))?,
+    });
+    crate::image::write_entries(&entries, &tree, &[])?;
+    crate::image::from_stage(kind.name(), &tree, name, Fs::Ext4)
+}
 
 fn kata_scenarios(
     only: Option<&str>,
@@ -934,7 +1004,7 @@ fn kata_scenarios(
 ) -> Result<()> {
     let wanted: Vec<_> = KATA_SCENARIOS
         .iter()
-        .filter(|(name, _, _)| only.is_none_or(|o| o == *name))
+        .filter(|(name, ..)| only.is_none_or(|o| o == *name))
         .collect();
     if wanted.is_empty() {
         return Ok(());
@@ -950,16 +1020,21 @@ fn kata_scenarios(
         }
     };
     let extra = crate::kata::image_entries()?;
-    for &&(name, form, kind) in &wanted {
-        let image = crate::image::build_on(
-            kind.name(),
-            bin,
-            Some(&assets.agent),
-            &extra,
-            &format!("test-{name}"),
-            None,
-            Fs::Ext4,
-        )?;
+    for &&(name, form, kind, osbuilder) in &wanted {
+        let image_name = format!("test-{name}");
+        let image = if osbuilder {
+            osbuilder_image(bin, &assets.agent, &extra, form, kind, &image_name)?
+        } else {
+            crate::image::build_on(
+                kind.name(),
+                bin,
+                Some(&assets.agent),
+                &extra,
+                &image_name,
+                None,
+                Fs::Ext4,
+            )?
+        };
         let bundles = root().join(format!("target/kata-bundles/{name}"));
         let o = BootOptions {
             kernel: kernel.to_path_buf(),
@@ -981,7 +1056,7 @@ fn kata_scenarios(
                 Some(Err(e)) => return Err(format!("{name}: {e}\n--- console ---\n{}", r.console)),
                 None => return Err(format!("{name}: the host script did not run")),
             };
-            crate::kata::check_console(form, &r.console)
+            crate::kata::check_console(form, osbuilder, &r.console)
                 .map_err(|e| format!("{name}: {e}\n--- console ---\n{}", r.console))?;
             check(
                 name,

@@ -428,7 +428,8 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
   by no boot here — and agent-shim under Kata's kata-agent.service). *agent as init*: agent-shim as /sbin/init (Kata's `AGENT_INIT=yes`; as
   PID 1 it mounts what kata-agent mounts as init). *busybox init*: Debian's busybox-static with
   an inittab whose sysinit script mounts what the agent needs. *systemd + chrony*: Debian 12
-  `debootstrap --variant=minbase` with systemd, systemd-sysv and chrony, configured as Kata's
+  `debootstrap --variant=minbase` with systemd, systemd-sysv, chrony, iptables and dbus
+  (osbuilder's package list for Debian-family rootfs), configured as Kata's
   osbuilder does (kata-agent.service and kata-containers.target, the units and generators
   rootfs.sh deletes deleted, /var's state directories removed, tmp.mount, chrony.conf with Kata's
   two lines and no servers, chrony.service only when /dev/ptp0 exists). *osbuilder rootfs,

@@ -6,7 +6,8 @@
 //! - `busybox`: Debian's busybox-static as init, an inittab that mounts what
 //!   the agent needs and starts it;
 //! - `systemd`: Debian 12 (`debootstrap --variant=minbase` with systemd,
-//!   systemd-sysv and chrony) configured as Kata's osbuilder configures it;
+//!   systemd-sysv, chrony, iptables and dbus) configured as Kata's
+//!   osbuilder configures it;
 //! - `minos-osbuilder`: that same tree with only `/sbin/init` (and the
 //!   `systemctl` it calls) replaced by minos's init, as a user drops minos
 //!   into an osbuilder rootfs: systemd stays installed, its units are read
@@ -244,13 +245,18 @@ fn busybox(bin: &Path, kind: &str) -> Result<Vec<Entry>> {
     Ok(v)
 }
 
-/// The Debian release and packages of the systemd system.
+/// The Debian release and packages of the systemd system: osbuilder's
+/// package list for Debian-family rootfs (`chrony iptables dbus`, with
+/// `init` — systemd and systemd-sysv — when the agent is not init).
 const SUITE: &str = "bookworm";
-const PACKAGES: &str = "systemd,systemd-sysv,chrony";
+const PACKAGES: &str = "systemd,systemd-sysv,chrony,iptables,dbus";
 
 /// The debootstrap tree as a tarball in the cache (made once, ~3 minutes).
 fn systemd_tarball() -> Result<PathBuf> {
-    let tarball = cache().join(format!("debootstrap-{SUITE}-minbase-systemd-chrony.tar"));
+    let tarball = cache().join(format!(
+        "debootstrap-{SUITE}-minbase-{}.tar",
+        PACKAGES.replace(',', "-")
+    ));
     if tarball.exists() {
         return Ok(tarball);
     }
@@ -386,7 +392,7 @@ fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
 
 /// The Debian tree with osbuilder's changes (rootfs.sh `setup_rootfs`) and
 /// agent-shim as kata-agent.
-fn systemd_tree(bin: &Path, kind: &str, stage_dir: &Path) -> Result<()> {
+pub fn systemd_tree(bin: &Path, kind: &str, stage_dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tarball = systemd_tarball()?;
     let _ = std::fs::remove_dir_all(stage_dir);
