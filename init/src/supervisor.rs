@@ -23,6 +23,10 @@ use crate::{control, Mode};
 /// init goes on to the next one. Each unit's processes are set back to 0.
 pub const BOOT_NICE: i32 = 19;
 
+/// How long init lets the first service run after its exec before it
+/// makes the socket units held back for it ([`Supervisor::start_sockets_now`]).
+pub const SOCKETS_AFTER: Duration = Duration::from_millis(1);
+
 /// The longest init stays at [`BOOT_NICE`].
 pub const DEFER_MAX: Duration = Duration::from_millis(100);
 
@@ -979,12 +983,15 @@ impl Supervisor {
             return;
         }
         // Socket units held back for this process (the first service of a
-        // VM boot) are made once its exec has happened (below).
+        // VM boot) are made once its exec has happened, with init still at
+        // nice 0 ([`Self::start_sockets_now`]).
         let sockets_after = self.sockets_held();
-        // At BOOT_NICE before the clone, not after: the exec that ends the
-        // child's vfork wakes init, which at nice 0 would take the CPU back
-        // from the new process at once (the agent's exec → main).
-        self.defer_to_units();
+        // Otherwise at BOOT_NICE before the clone, not after: the exec that
+        // ends the child's vfork wakes init, which at nice 0 would take the
+        // CPU back from the new process at once (the agent's exec → main).
+        if !sockets_after {
+            self.defer_to_units();
+        }
         let Some(u) = self.units.get_mut(i) else {
             return;
         };
@@ -1397,25 +1404,21 @@ impl Supervisor {
         }
     }
 
-    /// Makes the held-back socket units at init's first slice after the
-    /// first service's exec, at nice 0 while it does: at nice 19 a busy
-    /// new process (the agent, logging and serving queued host requests)
-    /// leaves init too little of the CPU to read and bind them before that
-    /// process needs one (the agent's systemd cgroup driver connects to the
-    /// bus at its first container; a CI run saw it find no socket). The
-    /// exec's wake-up alone does not give init the CPU at nice 19, so the
-    /// new process still reaches its `main` first.
+    /// Makes the held-back socket units after the first service's exec,
+    /// then lowers init to BOOT_NICE. init is still at nice 0 here: at
+    /// nice 19, a busy new process (the agent, loading, logging, serving
+    /// queued host requests) left init no slice at all for over 10 ms of
+    /// guest time, and the agent's first container found no D-Bus socket
+    /// (two CI runs). Woken by the exec at nice 0, init first sleeps
+    /// [`SOCKETS_AFTER`] so that the new process reaches its `main` (its
+    /// exec → main is not init's to slow down), then takes the CPU back at
+    /// the timer — within a scheduler slice — and binds: long before the
+    /// agent can have loaded, started its server and been asked by the host
+    /// for a container.
     fn start_sockets_now(&mut self) {
-        let boosted = self.deferring.is_some()
-            && rustix::process::setpriority_process(None, 0)
-                .map_err(|e| log::warn!("setpriority(0) to make sockets: {e}"))
-                .is_ok();
+        std::thread::sleep(SOCKETS_AFTER);
         self.start_sockets();
-        if boosted {
-            if let Err(e) = rustix::process::setpriority_process(None, BOOT_NICE) {
-                log::warn!("setpriority({BOOT_NICE}) after making sockets: {e}");
-            }
-        }
+        self.defer_to_units();
     }
 
     /// Whether socket units wait to be made after the service being
