@@ -20,6 +20,7 @@ pub mod cmdline;
 pub mod condition;
 pub mod control;
 pub mod fstab;
+pub mod generators;
 pub mod load;
 pub mod logger;
 pub mod mounts;

@@ -50,7 +50,18 @@ pub struct Graph {
 /// precedence first, the first being minos's own) and selects the ones to
 /// start ([`select`]); what is left for after the first fork, if any.
 pub fn load_units(search: &[PathBuf], cfg: &BootConfig, mode: Mode) -> (Vec<Unit>, Option<Later>) {
-    let (mut loader, sel_cfg) = read_boot_units(search, cfg);
+    load_units_with(search, cfg, mode, None)
+}
+
+/// [`load_units`], running the generators first (`Some(skip_run)`, at
+/// boot) unless minos's own directory is self-contained.
+pub fn load_units_with(
+    search: &[PathBuf],
+    cfg: &BootConfig,
+    mode: Mode,
+    generators: Option<bool>,
+) -> (Vec<Unit>, Option<Later>) {
+    let (mut loader, sel_cfg) = read_boot_units_with(search, cfg, generators.map(|s| (mode, s)));
     let units = loader.select(&sel_cfg);
     if loader.deferred.is_empty() {
         return (units, None);
@@ -65,8 +76,23 @@ pub fn load_units(search: &[PathBuf], cfg: &BootConfig, mode: Mode) -> (Vec<Unit
 
 /// Reads what the boot needs now; the configuration to select with (the
 /// named unit through its alias, or none when it is found nowhere).
+#[cfg(test)]
 fn read_boot_units(search: &[PathBuf], cfg: &BootConfig) -> (Loader, BootConfig) {
-    let index = Index::build(search);
+    read_boot_units_with(search, cfg, None)
+}
+
+fn read_boot_units_with(
+    search: &[PathBuf],
+    cfg: &BootConfig,
+    generators: Option<(Mode, bool)>,
+) -> (Loader, BootConfig) {
+    let mut index = Index::build(search);
+    if let Some((mode, skip_run)) = generators.filter(|_| !index.alone) {
+        if let Some(outs) = crate::generators::run(mode, skip_run) {
+            let (spliced, positions) = crate::generators::splice(search, &outs);
+            index = Index::build(&spliced).with_generated(positions);
+        }
+    }
     let mut loader = Loader::new(index, cfg);
     let wanted = cfg.wants.iter().map(|w| (w.clone(), true));
     let selected = cfg.unit.as_deref().unwrap_or("default.target");
@@ -326,9 +352,17 @@ impl Loader {
         } else {
             self.index.deps_dirs(name, "requires")
         };
+        // What generators linked into `.wants/` this boot is read now:
+        // such a unit may order itself before the first service (Kata's
+        // extension mounts, `Before=kata-agent.service`).
+        let generated = if self.boot {
+            self.index.generated_deps(name, "wants")
+        } else {
+            Vec::new()
+        };
         let wants_dir = if self.boot {
             self.wants_dirs.push(name.to_owned());
-            Vec::new()
+            generated.clone()
         } else {
             self.index.deps_dirs(name, "wants")
         };
@@ -344,7 +378,9 @@ impl Loader {
             let wanted: Vec<String> = wants.into_iter().chain(wants_dir).collect();
             let all: Vec<String> = required.iter().chain(&wanted).cloned().collect();
             self.graph.targets.insert(name.to_owned(), all);
-            return deps(required, wanted);
+            let (now, wanted): (Vec<String>, Vec<String>) =
+                wanted.into_iter().partition(|w| generated.contains(w));
+            return deps(required.into_iter().chain(now).collect(), wanted);
         }
         let borrowed: Vec<(&str, &str)> = fragments
             .iter()
@@ -379,9 +415,18 @@ impl Loader {
             .chain(u.socket.as_ref().map(|s| &s.service))
             .cloned()
             .collect();
-        let wanted = u.wants.clone();
+        let (now, mut wanted): (Vec<String>, Vec<String>) =
+            u.wants.iter().cloned().partition(|w| generated.contains(w));
+        // OnFailure= units are read (and kept, not started); the power
+        // targets are actions.
+        wanted.extend(
+            u.on_failure
+                .iter()
+                .filter(|n| crate::supervisor::power_target(n).is_none())
+                .cloned(),
+        );
         self.units.push(u);
-        deps(required, wanted)
+        deps(required.into_iter().chain(now).collect(), wanted)
     }
 
     /// The drop-ins of `name` that can be read, each with its path.
@@ -574,9 +619,17 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
                 && !cfg.masked.contains(&s.name)
         })
     };
+    // And one for a chosen unit's OnFailure=, when that one fails.
+    let on_failure_of_chosen = |name: &str| {
+        all.iter()
+            .any(|u| chosen.contains(&u.name) && u.on_failure.iter().any(|f| f == name))
+    };
     let on_demand: Vec<String> = all
         .iter()
-        .filter(|u| !chosen.contains(&u.name) && wanted_by_socket(&u.name))
+        .filter(|u| {
+            !chosen.contains(&u.name)
+                && (wanted_by_socket(&u.name) || on_failure_of_chosen(&u.name))
+        })
         .map(|u| u.name.clone())
         .collect();
     let mut out = Vec::new();

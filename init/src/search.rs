@@ -85,6 +85,11 @@ pub struct Index {
     /// Whether any entry may be a `.d/`, `.wants/` or `.requires/`
     /// directory: without one (minos's own images), no lookup for them.
     subdirs: bool,
+    /// minos's own directory holds `.self-contained`: no other directory
+    /// was looked for (nor generators run).
+    pub alone: bool,
+    /// Positions in `dirs` of generators' output directories.
+    generated: Vec<usize>,
 }
 
 /// What a unit name resolves to.
@@ -187,6 +192,7 @@ impl Index {
                 }
                 index.entries.sort_by(|a, b| a.name.cmp(&b.name));
                 if alone {
+                    index.alone = true;
                     return index;
                 }
             }
@@ -382,6 +388,36 @@ impl Index {
                     }
                 }
                 Err(e) => log::warn!("read {}: {e}; ignored", dir.display()),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Marks the directories at these positions of the search path as
+    /// generators' output ([`Self::generated_deps`]).
+    pub fn with_generated(mut self, positions: Vec<usize>) -> Self {
+        self.generated = positions;
+        self
+    }
+
+    /// The units in `NAME.SUFFIX/` directories that generators wrote this
+    /// boot: they are read with what pulls them in, not later.
+    pub fn generated_deps(&self, name: &str, suffix: &str) -> Vec<String> {
+        if self.generated.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for l in self.named(&format!("{name}.{suffix}")) {
+            if l.kind == Kind::Regular || !self.generated.contains(&l.dir) {
+                continue;
+            }
+            if let Ok(entries) = list_dir(&self.path(&l)) {
+                for (entry, _) in entries {
+                    if unit_type(&entry).is_some() && !out.contains(&entry) {
+                        out.push(entry);
+                    }
+                }
             }
         }
         out.sort();

@@ -108,6 +108,16 @@ impl ShutdownRequest {
 }
 
 /// The signal → action mapping of PID 1 (see docs/init.md).
+/// The power action a target of systemd's stands for (`OnFailure=`).
+pub fn power_target(name: &str) -> Option<PowerKind> {
+    match name {
+        "poweroff.target" => Some(PowerKind::Poweroff),
+        "reboot.target" => Some(PowerKind::Reboot),
+        "halt.target" => Some(PowerKind::Halt),
+        _ => None,
+    }
+}
+
 pub fn signal_request(sig: i32) -> Option<ShutdownRequest> {
     use PowerKind::*;
     use Urgency::*;
@@ -1166,6 +1176,9 @@ impl Supervisor {
                 self.fail_socket(j, Outcome::StartLimit);
             }
         }
+        if !outcome.is_success() && outcome != Outcome::DependencyFailed && !shutting_down {
+            self.on_failure(i);
+        }
         if let Some(req) = ShutdownRequest::from_action(action) {
             if !shutting_down {
                 let which = if outcome.is_success() {
@@ -1180,6 +1193,39 @@ impl Supervisor {
                 );
             }
             self.request_shutdown(req);
+        }
+    }
+
+    /// Starts the failed unit's `OnFailure=` units (inactive or ended
+    /// ones; one already running stays); a power target powers off,
+    /// reboots or halts, as systemd's `poweroff.target` does (orderly).
+    fn on_failure(&mut self, i: usize) {
+        let Some(u) = self.units.get(i) else { return };
+        let failed = u.unit.name.clone();
+        for name in u.unit.on_failure.clone() {
+            if let Some(kind) = power_target(&name) {
+                log::info!("{failed}: OnFailure={name}: {}", kind.name());
+                self.request_shutdown(ShutdownRequest {
+                    kind,
+                    urgency: Urgency::Orderly,
+                });
+                continue;
+            }
+            match self.units.iter().position(|o| o.unit.name == name) {
+                Some(j) => {
+                    let idle = self.units.get(j).is_some_and(|o| {
+                        matches!(
+                            o.state,
+                            State::Inactive | State::Exited | State::Failed | State::Skipped
+                        )
+                    });
+                    if idle {
+                        log::info!("{failed}: OnFailure=: starting {name}");
+                        self.start_unit(j);
+                    }
+                }
+                None => log::error!("{failed}: OnFailure={name}: no such unit loaded"),
+            }
         }
     }
 

@@ -186,6 +186,10 @@ pub struct Unit {
     pub before: Vec<String>,
     pub requires: Vec<String>,
     pub wants: Vec<String>,
+    /// `OnFailure=`: units started when this one fails;
+    /// `poweroff.target`, `reboot.target` and `halt.target` power off,
+    /// reboot or halt instead.
+    pub on_failure: Vec<String>,
     pub conditions: Vec<Condition>,
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
@@ -406,6 +410,7 @@ impl Unit {
             before: Vec::new(),
             requires: Vec::new(),
             wants: Vec::new(),
+            on_failure: Vec::new(),
             conditions: Vec::new(),
             start_limit_interval: DEFAULT_START_LIMIT_INTERVAL,
             start_limit_burst: DEFAULT_START_LIMIT_BURST,
@@ -703,7 +708,6 @@ const UNIT_IGNORED: &[&str] = &[
     "Conflicts",
     "PartOf",
     "BindsTo",
-    "OnFailure",
     "JoinsNamespaceOf",
 ];
 
@@ -1074,6 +1078,7 @@ impl Parser {
             "Before" => unit_list(&mut u.before, value, name),
             "Requires" => unit_list(&mut u.requires, value, name),
             "Wants" => unit_list(&mut u.wants, value, name),
+            "OnFailure" => unit_list(&mut u.on_failure, value, name),
             "ConditionPathExists"
             | "ConditionPathIsMountPoint"
             | "ConditionKernelCommandLine"

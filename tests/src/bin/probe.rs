@@ -20,6 +20,9 @@ fn main() {
     if name == "kata-agent" {
         std::process::exit(fake_agent());
     }
+    if name == "extension-generator" {
+        std::process::exit(extension_generator(&args));
+    }
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let code = match rest.as_slice() {
         ["sleep", secs] => {
@@ -752,6 +755,37 @@ fn daemonize(pid_file: &str, starts: &str) -> i32 {
             0
         }
     }
+}
+
+/// A unit generator as Kata's kata-extension-mount-generator: for each
+/// `kata.extension.NAME.verity_params[=...]` word of /proc/cmdline, links
+/// `kata-extension-mount@NAME.service` to the template in the normal output
+/// directory's `kata-containers.target.wants/`. Also writes the arguments
+/// it got to /data/generator-args.
+fn extension_generator(args: &[String]) -> i32 {
+    let Some(normal) = args.get(1) else {
+        return fail("generator: no output directory");
+    };
+    let _ = std::fs::write("/data/generator-args", args[1..].join(" "));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let wants = format!("{normal}/kata-containers.target.wants");
+    for word in cmdline.split_whitespace() {
+        let Some(rest) = word.strip_prefix("kata.extension.") else {
+            continue;
+        };
+        let Some(name) = rest.split(".verity_params").next().filter(|n| *n != rest) else {
+            continue;
+        };
+        if let Err(e) = std::fs::create_dir_all(&wants).and_then(|()| {
+            std::os::unix::fs::symlink(
+                "/usr/lib/systemd/system/kata-extension-mount@.service",
+                format!("{wants}/kata-extension-mount@{name}.service"),
+            )
+        }) {
+            return fail(&format!("generator: {e}"));
+        }
+    }
+    0
 }
 
 /// Sends `sig` to the process `pid_file` names.
