@@ -91,7 +91,7 @@ pub fn run(args: &[String]) -> ! {
     }
     // The administrator's mounts, before any unit (systemd's
     // local-fs.target comes before basic.target's services).
-    crate::fstab::mount_all(&mut table, crate::fstab::FSTAB);
+    let fstab_targets = crate::fstab::mount_all(&mut table, crate::fstab::FSTAB);
     timeline.mark(Event::MountsDone, None);
 
     system_setup(mode);
@@ -136,6 +136,7 @@ pub fn run(args: &[String]) -> ! {
         notify_socket: PathBuf::from(NOTIFY_SOCKET),
         status_on_console: cfg.status_on_console(),
         kill_timeout: cfg.kill_timeout,
+        fstab_targets,
     };
     let mut sup = Supervisor::new(units, settings, signals, timeline);
     if let Some(later) = later {

@@ -400,15 +400,16 @@ fn mount_entry(table: &mut MountTable, e: &Entry) -> Result<Outcome, String> {
 }
 
 /// Reads `path` and mounts its entries in order. A missing file is no
-/// error. Returns nothing: every problem is logged, naming the line.
-pub fn mount_all(table: &mut MountTable, path: &str) {
+/// error; every problem is logged, naming the line. Returns the mount
+/// points the file lists (`RequiresMountsFor=` looks at them).
+pub fn mount_all(table: &mut MountTable, path: &str) -> Vec<String> {
     // A FIFO in its place is refused, never waited on.
     let text = match crate::sys::read_regular_file(Path::new(path)) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
             log::error!("read {path}: {e}; its entries are not mounted");
-            return;
+            return Vec::new();
         }
     };
     let (entries, problems) = parse(&text);
@@ -441,6 +442,7 @@ pub fn mount_all(table: &mut MountTable, path: &str) {
             Err(why) => log::error!("{path}:{}: {}: {why}", e.line, e.target),
         }
     }
+    entries.into_iter().map(|e| e.target).collect()
 }
 
 #[cfg(test)]

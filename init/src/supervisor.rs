@@ -108,6 +108,48 @@ impl ShutdownRequest {
 }
 
 /// The signal → action mapping of PID 1 (see docs/init.md).
+/// Why a unit cannot start for want of a mount: a `Requires=` mount unit
+/// whose path is not a mount point, or a `RequiresMountsFor=` path below
+/// an /etc/fstab mount point that is not mounted. init mounts every
+/// fstab entry before the first unit, so ordering (`After=` a mount) holds
+/// by itself; only what failed (or was `noauto`) is missing.
+fn missing_mount(unit: &Unit, fstab: &[String]) -> Option<String> {
+    let mounted = |p: &str| {
+        crate::mounts::probe(p).map_or_else(
+            || {
+                std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| {
+                    crate::mounts::parse_mountinfo(&t)
+                        .iter()
+                        .any(|m| m.mount_point == p)
+                })
+            },
+            |t| t == crate::mounts::Target::Mounted,
+        )
+    };
+    for r in unit.requires.iter().filter(|r| r.ends_with(".mount")) {
+        let stem = r.trim_end_matches(".mount");
+        let path = if stem == "-" {
+            "/".to_string()
+        } else {
+            format!("/{}", crate::unit::unescape_name(stem))
+        };
+        if !mounted(&path) {
+            return Some(format!("requires {r}, and nothing is mounted on {path}"));
+        }
+    }
+    for p in &unit.requires_mounts_for {
+        for t in fstab.iter().filter(|t| *t != "/") {
+            if p.starts_with(t) && !mounted(t) {
+                return Some(format!(
+                    "RequiresMountsFor={}: {t} (/etc/fstab) is not mounted",
+                    p.display()
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// The power action a target of systemd's stands for (`OnFailure=`).
 pub fn power_target(name: &str) -> Option<PowerKind> {
     match name {
@@ -492,6 +534,8 @@ pub struct Settings {
     pub notify_socket: PathBuf,
     pub status_on_console: bool,
     pub kill_timeout: Duration,
+    /// The mount points /etc/fstab lists (`RequiresMountsFor=`).
+    pub fstab_targets: Vec<String>,
 }
 
 /// The supervisor: units, event sources, shutdown progress.
@@ -906,6 +950,11 @@ impl Supervisor {
             u.settled = true;
             // Kept for a restart that does not come.
             u.release_runtime_directories(false);
+            return;
+        }
+        if let Some(why) = missing_mount(&u.unit, &self.settings.fstab_targets) {
+            log::error!("{}: not started: {why}", u.name());
+            self.terminated(i, Outcome::DependencyFailed);
             return;
         }
         if u.unit.is_socket() {

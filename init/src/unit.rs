@@ -190,6 +190,9 @@ pub struct Unit {
     /// `poweroff.target`, `reboot.target` and `halt.target` power off,
     /// reboot or halt instead.
     pub on_failure: Vec<String>,
+    /// `RequiresMountsFor=`: paths whose /etc/fstab mounts must be there
+    /// when the unit starts.
+    pub requires_mounts_for: Vec<PathBuf>,
     pub conditions: Vec<Condition>,
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
@@ -411,6 +414,7 @@ impl Unit {
             requires: Vec::new(),
             wants: Vec::new(),
             on_failure: Vec::new(),
+            requires_mounts_for: Vec::new(),
             conditions: Vec::new(),
             start_limit_interval: DEFAULT_START_LIMIT_INTERVAL,
             start_limit_burst: DEFAULT_START_LIMIT_BURST,
@@ -1079,6 +1083,24 @@ impl Parser {
             "Requires" => unit_list(&mut u.requires, value, name),
             "Wants" => unit_list(&mut u.wants, value, name),
             "OnFailure" => unit_list(&mut u.on_failure, value, name),
+            "RequiresMountsFor" => {
+                if value.is_empty() {
+                    u.requires_mounts_for.clear();
+                    Ok(())
+                } else {
+                    value
+                        .split_whitespace()
+                        .map(|p| absolute_path(p, name))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(|paths| {
+                            for p in paths {
+                                if !u.requires_mounts_for.contains(&p) {
+                                    u.requires_mounts_for.push(p);
+                                }
+                            }
+                        })
+                }
+            }
             "ConditionPathExists"
             | "ConditionPathIsMountPoint"
             | "ConditionKernelCommandLine"
@@ -3085,6 +3107,26 @@ mod tests {
         assert_eq!(u.after, words(&["a.service", "b.target"]));
         let u = bad_unit("Wants=%z.service", "Wants");
         assert!(u.wants.is_empty());
+    }
+
+    #[test]
+    fn requires_mounts_for_and_on_failure() {
+        let u = ok_unit(
+            "RequiresMountsFor=/data /srv/%i\nRequiresMountsFor=/data /var\n\
+             OnFailure=poweroff.target report.service",
+        );
+        let paths: Vec<&str> = u
+            .requires_mounts_for
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/data", "/srv/", "/var"]);
+        assert_eq!(u.on_failure, ["poweroff.target", "report.service"]);
+        assert!(ok_unit("RequiresMountsFor=/a\nRequiresMountsFor=")
+            .requires_mounts_for
+            .is_empty());
+        let u = bad_unit("RequiresMountsFor=/a relative", "RequiresMountsFor");
+        assert!(u.requires_mounts_for.is_empty());
     }
 
     #[test]

@@ -110,6 +110,26 @@ fn entries_are_mounted_before_units_by_label_uuid_and_bind() {
          ExecStart=/bin/probe statfs /run /data/run-size\n\
          SuccessAction=poweroff\n",
     );
+    // Mount dependencies: met for a mounted entry, a dependency failure
+    // for the entry that failed and for the noauto one.
+    let needs = |name: &str, dep: &str| {
+        fs.unit(
+            &format!("{name}.service"),
+            &format!(
+                "[Unit]\n{dep}\n[Service]\nType=oneshot\nExecStart=/bin/probe write /data/{name} ran\n"
+            ),
+        )
+    };
+    needs(
+        "on-bind",
+        "RequiresMountsFor=/mnt/bind/hello\nAfter=mnt-erofs.mount",
+    );
+    needs(
+        "on-erofs",
+        "Requires=mnt-erofs.mount\nAfter=mnt-erofs.mount",
+    );
+    needs("on-missing", "Requires=mnt-missing.mount");
+    needs("on-noauto", "RequiresMountsFor=/mnt/noauto/x");
     // The host's /dev (the loop devices among it) in init's namespace.
     let end = fs
         .start_after("mount --rbind /dev \"$ROOT/dev\"", &[])
@@ -158,6 +178,16 @@ fn entries_are_mounted_before_units_by_label_uuid_and_bind() {
         "/etc/fstab:8: /mnt/missing: no file system with LABEL=minos-no-such-label on the ",
     );
     end.assert_log("/etc/fstab:9: swap (/dev/vdz) is not enabled by minos; ignored");
+    assert_eq!(fs.read("data/on-bind"), "ran");
+    assert_eq!(fs.read("data/on-erofs"), "ran");
+    assert!(fs.try_read("data/on-missing").is_none(), "{}", end.output);
+    assert!(fs.try_read("data/on-noauto").is_none(), "{}", end.output);
+    end.assert_log(
+        "on-missing.service: not started: requires mnt-missing.mount, and nothing is mounted on /mnt/missing",
+    );
+    end.assert_log(
+        "on-noauto.service: not started: RequiresMountsFor=/mnt/noauto/x: /mnt/noauto (/etc/fstab) is not mounted",
+    );
     // Neither failure stopped the boot: the unit ran after them.
     end.assert_log("/etc/fstab:3: mounted /mnt/by label");
 }
