@@ -194,6 +194,10 @@ struct Loader {
     boot: bool,
     /// Units and targets read at boot whose `.wants/` directories wait.
     wants_dirs: Vec<String>,
+    /// Keys set in the units read that init accepts and does not act on,
+    /// each with where it was first seen; how many [`Self::report`] logged.
+    ignored_keys: Vec<(String, String)>,
+    ignored_reported: usize,
 }
 
 /// A dependency: its name, and whether it is required (else wanted).
@@ -213,6 +217,8 @@ impl Loader {
             reported: 0,
             boot: false,
             wants_dirs: Vec::new(),
+            ignored_keys: Vec::new(),
+            ignored_reported: 0,
         }
     }
 
@@ -387,6 +393,11 @@ impl Loader {
             .map(|(f, t)| (f.as_str(), t.as_str()))
             .collect();
         let parsed = unit::parse_fragments(name, &borrowed);
+        for (key, at) in &parsed.ignored {
+            if !self.ignored_keys.iter().any(|(k, _)| k == key) {
+                self.ignored_keys.push((key.clone(), at.clone()));
+            }
+        }
         for d in &parsed.diagnostics {
             match d.severity {
                 Severity::Warning => log::warn!("{d}"),
@@ -451,6 +462,18 @@ impl Loader {
             );
         }
         self.reported = self.not_run.len();
+        if let Some(new) = self
+            .ignored_keys
+            .get(self.ignored_reported..)
+            .filter(|n| !n.is_empty())
+        {
+            let list: Vec<String> = new.iter().map(|(k, at)| format!("{k}= ({at})")).collect();
+            log::warn!(
+                "keys init accepts and does not act on (docs/units.md; each named once, where first set): {}",
+                list.join(", ")
+            );
+        }
+        self.ignored_reported = self.ignored_keys.len();
         if !self.graph.by_init.is_empty() {
             log::debug!(
                 "not loaded (init's own boot does their work): {}",

@@ -572,6 +572,10 @@ pub struct Parsed {
     pub unit: Option<Unit>,
     /// Every finding, in file order (whole-file findings last).
     pub diagnostics: Vec<Diagnostic>,
+    /// Keys of the silently accepted lists that were set (not
+    /// `Documentation=`), each with `FILE:LINE`: the loader warns once
+    /// per key and boot that they have no effect.
+    pub ignored: Vec<(String, String)>,
 }
 
 impl Parsed {
@@ -615,6 +619,7 @@ pub fn load_listed(path: &Path, listed_regular: bool) -> Parsed {
                 severity: Severity::Error,
                 message,
             }],
+            ignored: Vec::new(),
         },
     }
 }
@@ -787,6 +792,7 @@ struct Parser {
     unknown: Vec<(usize, String)>,
     unknown_at: usize,
     unknown_file: String,
+    ignored: Vec<(String, String)>,
     unit: Unit,
     section: Section,
     diagnostics: Vec<Diagnostic>,
@@ -860,6 +866,7 @@ impl Parser {
             unknown: Vec::new(),
             unknown_at: 0,
             unknown_file: String::new(),
+            ignored: Vec::new(),
             unit,
             section: Section::None,
             diagnostics: Vec::new(),
@@ -1033,7 +1040,12 @@ impl Parser {
                     Section::Socket => SOCKET_IGNORED,
                     _ => SERVICE_IGNORED,
                 };
-                if !ignored.contains(&key) && !key.starts_with("X-") {
+                if ignored.contains(&key) {
+                    if key != "Documentation" && !self.ignored.iter().any(|(k, _)| k == key) {
+                        self.ignored
+                            .push((key.to_owned(), format!("{}:{line}", self.file)));
+                    }
+                } else if !key.starts_with("X-") {
                     self.unknown_key(line, key);
                 }
             }
@@ -1398,6 +1410,7 @@ impl Parser {
         Parsed {
             unit: (!self.malformed).then_some(self.unit),
             diagnostics: self.diagnostics,
+            ignored: self.ignored,
         }
     }
 }
@@ -3107,6 +3120,24 @@ mod tests {
         assert_eq!(u.after, words(&["a.service", "b.target"]));
         let u = bad_unit("Wants=%z.service", "Wants");
         assert!(u.wants.is_empty());
+    }
+
+    #[test]
+    fn silently_accepted_keys_are_reported_each_once() {
+        let p = parse(
+            "a.service",
+            "/x/a.service",
+            "[Unit]\nDocumentation=man:a\nConflicts=b.service\nConflicts=c.service\n\
+             [Service]\nExecStart=/bin/a\nKillMode=mixed\n",
+        );
+        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+        assert_eq!(
+            p.ignored,
+            [
+                ("Conflicts".to_string(), "/x/a.service:3".to_string()),
+                ("KillMode".to_string(), "/x/a.service:7".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -28,10 +28,12 @@ fn distribution_tree(name: &str) -> Rootfs {
     let usr = |unit: &str, text: &str| fs.write(&format!("usr/lib/systemd/system/{unit}"), text);
     usr(
         "app.target",
-        "[Unit]\nRequires=first.service basic.target\nWants=alias.service tmp.mount chronyd.service\n\
+        "[Unit]\nRequires=first.service basic.target first-conflicts.service\nWants=alias.service tmp.mount chronyd.service\n\
          Wants=echo@data-from\\x2dtemplate.service echo@.service\n",
     );
     usr("basic.target", "[Unit]\nRequires=sysinit.target\n");
+    // Keys init accepts and does not act on: one warning names each once.
+    usr("first-conflicts.service", "[Unit]\nConflicts=x.service\n[Service]\nType=oneshot\nExecStart=/bin/probe exit 0\nKillMode=mixed\n");
     usr("sysinit.target", "[Unit]\n");
     // Pulled in only by init's own early boot: never read (it would fail).
     usr("sysinit-only.service", "not a unit file");
@@ -122,6 +124,11 @@ fn a_target_in_systemds_directories_starts_its_closure_and_nothing_else() {
         "masked.service: masked (/etc/systemd/system/masked.service links to /dev/null)",
     );
     end.assert_log("not loaded (unit types init does not run): tmp.mount");
+    end.assert_log(
+        "keys init accepts and does not act on (docs/units.md; each named once, where first set): \
+         Conflicts= (/usr/lib/systemd/system/first-conflicts.service:2), \
+         KillMode= (/usr/lib/systemd/system/first-conflicts.service:6)",
+    );
     // Files outside the closure, and sysinit.target's, were never read.
     assert!(!end.output.contains("garbage.service"), "{}", end.output);
     assert!(
