@@ -23,10 +23,6 @@ use crate::{control, Mode};
 /// init goes on to the next one. Each unit's processes are set back to 0.
 pub const BOOT_NICE: i32 = 19;
 
-/// How long init lets the first service run after its exec before it
-/// makes the socket units held back for it ([`Supervisor::start_sockets_now`]).
-pub const SOCKETS_AFTER: Duration = Duration::from_millis(1);
-
 /// The longest init stays at [`BOOT_NICE`].
 pub const DEFER_MAX: Duration = Duration::from_millis(100);
 
@@ -1042,13 +1038,18 @@ impl Supervisor {
             return;
         }
         // Socket units held back for this process (the first service of a
-        // VM boot) are made once its exec has happened, with init still at
-        // nice 0 ([`Self::start_sockets_now`]).
+        // VM boot) are made once its exec has happened, by init at nice 0
+        // but SCHED_BATCH ([`Self::start_sockets_now`]).
         let sockets_after = self.sockets_held();
-        // Otherwise at BOOT_NICE before the clone, not after: the exec that
-        // ends the child's vfork wakes init, which at nice 0 would take the
-        // CPU back from the new process at once (the agent's exec → main).
-        if !sockets_after {
+        if sockets_after {
+            if let Err(e) = crate::sys::set_batch(true) {
+                log::warn!("sched_setscheduler(SCHED_BATCH) before the first service: {e}");
+            }
+        } else {
+            // At BOOT_NICE before the clone, not after: the exec that ends
+            // the child's vfork wakes init, which at nice 0 would take the
+            // CPU back from the new process at once (the agent's exec →
+            // main).
             self.defer_to_units();
         }
         let Some(u) = self.units.get_mut(i) else {
@@ -1500,19 +1501,20 @@ impl Supervisor {
     }
 
     /// Makes the held-back socket units after the first service's exec,
-    /// then lowers init to BOOT_NICE. init is still at nice 0 here: at
-    /// nice 19, a busy new process (the agent, loading, logging, serving
-    /// queued host requests) left init no slice at all for over 10 ms of
-    /// guest time, and the agent's first container found no D-Bus socket
-    /// (two CI runs). Woken by the exec at nice 0, init first sleeps
-    /// [`SOCKETS_AFTER`] so that the new process reaches its `main` (its
-    /// exec → main is not init's to slow down), then takes the CPU back at
-    /// the timer — within a scheduler slice — and binds: long before the
-    /// agent can have loaded, started its server and been asked by the host
-    /// for a container.
+    /// then lowers init to BOOT_NICE. Until here init is SCHED_BATCH at
+    /// nice 0: the exec's wake-up does not let it preempt the new process
+    /// (whose exec → main is not init's to slow down), but it keeps a fair
+    /// share of the CPU, so the scheduler tick gives it a turn within a
+    /// few milliseconds even while the new process is busy — long before
+    /// the agent has loaded, started its server and been asked by the host
+    /// for a container. At nice 19 a busy agent (loading, logging, serving
+    /// queued host requests) left init no turn for over 10 ms of guest
+    /// time, and its first container found no D-Bus socket (two CI runs).
     fn start_sockets_now(&mut self) {
-        std::thread::sleep(SOCKETS_AFTER);
         self.start_sockets();
+        if let Err(e) = crate::sys::set_batch(false) {
+            log::warn!("sched_setscheduler(SCHED_OTHER) after making sockets: {e}");
+        }
         self.defer_to_units();
     }
 

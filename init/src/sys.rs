@@ -167,6 +167,26 @@ pub fn console_on_stdio() {
     }
 }
 
+/// Sets init's scheduling policy: `SCHED_BATCH` (`batch`) or back to
+/// `SCHED_OTHER`, static priority 0 either way. A batch task keeps its
+/// share of the CPU but never preempts the running task when it wakes up
+/// (the scheduler tick does): rustix has no sched_setscheduler.
+pub fn set_batch(batch: bool) -> io::Result<()> {
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the sched_param it is given, which
+    // outlives the call; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// kill(pid, sig) for a pid given as a number (PID 1 from a client).
 pub fn kill_pid(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes only integers and touches no memory of ours.
