@@ -426,11 +426,12 @@ impl Loader {
             .chain(u.socket.as_ref().map(|s| &s.service))
             .cloned()
             .collect();
-        let (now, mut wanted): (Vec<String>, Vec<String>) =
+        let (mut now, wanted): (Vec<String>, Vec<String>) =
             u.wants.iter().cloned().partition(|w| generated.contains(w));
-        // OnFailure= units are read (and kept, not started); the power
-        // targets are actions.
-        wanted.extend(
+        // OnFailure= units are read now (and kept, not started): the unit
+        // may fail before what is only wanted is read. The power targets
+        // are actions.
+        now.extend(
             u.on_failure
                 .iter()
                 .filter(|n| crate::supervisor::power_target(n).is_none())

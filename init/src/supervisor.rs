@@ -105,7 +105,7 @@ impl ShutdownRequest {
 
 /// The signal → action mapping of PID 1 (see docs/init.md).
 /// Why a unit cannot start for want of a mount: a `Requires=` mount unit
-/// whose path is not a mount point, or a `RequiresMountsFor=` path below
+/// of an /etc/fstab entry that is not mounted, or a `RequiresMountsFor=` path below
 /// an /etc/fstab mount point that is not mounted. init mounts every
 /// fstab entry before the first unit, so ordering (`After=` a mount) holds
 /// by itself; only what failed (or was `noauto`) is missing.
@@ -129,7 +129,9 @@ fn missing_mount(unit: &Unit, fstab: &[String]) -> Option<String> {
         } else {
             format!("/{}", crate::unit::unescape_name(stem))
         };
-        if !mounted(&path) {
+        // Only the mounts init makes from /etc/fstab are init's to answer
+        // for; systemd's own (dev-hugepages.mount …) are not checked.
+        if fstab.contains(&path) && !mounted(&path) {
             return Some(format!("requires {r}, and nothing is mounted on {path}"));
         }
     }
@@ -330,6 +332,8 @@ enum Timer {
     StopTimeout,
     /// SIGKILL sent; give up waiting after this.
     KillTimeout,
+    /// Type=forking: its PIDFile= was not there yet; look again.
+    PidFile,
 }
 
 /// One unit and its runtime state.
@@ -469,28 +473,73 @@ fn pid_of(child: &Child) -> Option<Pid> {
     i32::try_from(child.id()).ok().and_then(Pid::from_raw)
 }
 
-/// The pid a forking service's PIDFile= names: a number above 1 of a
-/// process that exists (a zombie not yet reaped counts: init reaps it as
-/// the unit's main process).
-fn read_pid_file(path: &std::path::Path) -> Result<u32, String> {
-    let text = crate::sys::read_regular_file(path).map_err(|e| e.to_string())?;
-    let pid: u32 = text
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&p| p > 1)
-        .ok_or_else(|| format!("{:?} is not a process id", text.trim()))?;
+/// How often a forking service's missing PIDFile= is looked for again.
+const PID_FILE_RETRY: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+enum PidFileError {
+    /// Missing or empty: the daemon may not have written it yet.
+    NotYet(String),
+    Refused(String),
+}
+
+/// The pid a forking service's PIDFile= names, trusted only as systemd
+/// would: the file owned by root or by the unit's `User=`, the pid above 1,
+/// a process that exists (a zombie not yet reaped counts: init reaps it as
+/// the unit's main process), whose parent is init (the daemon, orphaned,
+/// is init's child — a stale or forged file cannot hand init the agent or
+/// some other process's group to signal), and not another unit's process.
+fn read_pid_file(
+    path: &std::path::Path,
+    user: Option<u32>,
+    others: &[u32],
+) -> Result<u32, PidFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |why: String| Err(PidFileError::Refused(why));
+    let text = match crate::sys::read_regular_file(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PidFileError::NotYet(e.to_string()))
+        }
+        Err(e) => return refused(e.to_string()),
+    };
+    if text.trim().is_empty() {
+        return Err(PidFileError::NotYet("empty".into()));
+    }
+    let owner = std::fs::metadata(path).map_or(u32::MAX, |m| m.uid());
+    if owner != 0 && Some(owner) != user {
+        return refused(format!(
+            "owned by uid {owner}, neither root nor the unit's user"
+        ));
+    }
+    let Some(pid) = text.trim().parse::<u32>().ok().filter(|&p| p > 1) else {
+        return refused(format!("{:?} is not a process id", text.trim()));
+    };
     let alive = i32::try_from(pid)
         .ok()
         .and_then(Pid::from_raw)
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
-    if alive {
-        Ok(pid)
-    } else {
-        Err(format!(
+    if !alive {
+        return refused(format!(
             "process {pid} does not exist (the daemon has exited)"
-        ))
+        ));
     }
+    if others.contains(&pid) {
+        return refused(format!("process {pid} is another unit's"));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "pid (comm) state ppid …": comm may hold spaces and parentheses.
+    let ppid = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    if ppid != Some(std::process::id()) {
+        return refused(format!(
+            "process {pid} is not init's child (its parent is {})",
+            ppid.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+        ));
+    }
+    Ok(pid)
 }
 
 /// Sends `sig` (a raw number: KillSignal= may be SIGRTMIN+N) to the process
@@ -558,6 +607,9 @@ pub struct Supervisor {
     /// init's own run directory, timeline file and sockets, not yet made
     /// (see [`Self::set_up_late`]).
     late: Option<LateSetup>,
+    /// Units an `OnFailure=` asked for, started by the next
+    /// [`Self::schedule`] pass.
+    on_failure_queue: Vec<usize>,
     /// The socket units (and their services) not yet read: given the units
     /// loaded, the units to start or keep (see [`Self::defer_units`]).
     later_units: Option<Box<dyn LaterUnits>>,
@@ -626,6 +678,7 @@ impl Supervisor {
             late: None,
             later_units: None,
             started_any: false,
+            on_failure_queue: Vec::new(),
             orphans_reaped: 0,
             boot_instant: Instant::now(),
         }
@@ -1041,11 +1094,7 @@ impl Supervisor {
         // VM boot) are made once its exec has happened, by init at nice 0
         // but SCHED_BATCH ([`Self::start_sockets_now`]).
         let sockets_after = self.sockets_held();
-        if sockets_after {
-            if let Err(e) = crate::sys::set_batch(true) {
-                log::warn!("sched_setscheduler(SCHED_BATCH) before the first service: {e}");
-            }
-        } else {
+        if !sockets_after {
             // At BOOT_NICE before the clone, not after: the exec that ends
             // the child's vfork wakes init, which at nice 0 would take the
             // CPU back from the new process at once (the agent's exec →
@@ -1056,6 +1105,13 @@ impl Supervisor {
             return;
         };
         let Some(ctx) = u.ctx.as_ref() else { return };
+        if sockets_after {
+            // SCHED_RESET_ON_FORK: the new process (and what it forks: the
+            // agent's containers) is SCHED_OTHER, never batch.
+            if let Err(e) = crate::sys::set_batch(true) {
+                log::warn!("sched_setscheduler(SCHED_BATCH) before the first service: {e}");
+            }
+        }
         match spawn::spawn(&u.unit, &cmd, ctx, mode, true) {
             Ok(child) if u.unit.service.kind == ServiceType::Forking => {
                 // The process that forks the daemon runs as a control
@@ -1097,6 +1153,9 @@ impl Supervisor {
             }
             Err(e) => {
                 log::error!("{}: {}", u.name(), crate::error_chain(&e));
+                if sockets_after {
+                    self.start_sockets_now();
+                }
                 self.terminated(i, Outcome::SpawnFailed);
             }
         }
@@ -1122,14 +1181,46 @@ impl Supervisor {
             }
             return;
         };
-        match read_pid_file(&path) {
+        let user = u
+            .ctx
+            .as_ref()
+            .and_then(|c| c.account.as_ref())
+            .map(|a| a.uid);
+        let others: Vec<u32> = self
+            .units
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, o)| {
+                o.main_pid()
+                    .into_iter()
+                    .chain(o.control.as_ref().map(|(c, _)| c.id()))
+            })
+            .collect();
+        let Some(u) = self.units.get_mut(i) else {
+            return;
+        };
+        match read_pid_file(&path, user, &others) {
             Ok(pid) => {
                 log::debug!("{}: main process {pid} (from {})", u.name(), path.display());
                 u.main = Some(Child::adopted(pid));
                 self.mark_ready(i);
             }
-            Err(e) => {
-                log::error!("{}: PIDFile={}: {e}", u.name(), path.display());
+            Err(PidFileError::NotYet(why)) => {
+                // systemd waits for the file until TimeoutStartSec=.
+                let expired = u
+                    .active_since
+                    .is_some_and(|since| since.elapsed() >= u.unit.service.timeout_start)
+                    && u.unit.service.timeout_start != Duration::ZERO;
+                if expired {
+                    log::error!("{}: PIDFile={}: {why}", u.name(), path.display());
+                    self.terminated(i, Outcome::Protocol);
+                } else {
+                    u.deadline = Some((Instant::now() + PID_FILE_RETRY, Timer::PidFile));
+                }
+            }
+            Err(PidFileError::Refused(why)) => {
+                log::error!("{}: PIDFile={}: {why}", u.name(), path.display());
                 self.terminated(i, Outcome::Protocol);
             }
         }
@@ -1226,7 +1317,12 @@ impl Supervisor {
                 self.fail_socket(j, Outcome::StartLimit);
             }
         }
-        if !outcome.is_success() && outcome != Outcome::DependencyFailed && !shutting_down {
+        // Not for a start refused by its limit: `OnFailure=` naming the
+        // unit itself would loop.
+        if !outcome.is_success()
+            && !matches!(outcome, Outcome::DependencyFailed | Outcome::StartLimit)
+            && !shutting_down
+        {
             self.on_failure(i);
         }
         if let Some(req) = ShutdownRequest::from_action(action) {
@@ -1262,16 +1358,12 @@ impl Supervisor {
                 continue;
             }
             match self.units.iter().position(|o| o.unit.name == name) {
+                // Started by the scheduling pass, not from here: a unit that
+                // fails at once would otherwise recurse through this.
                 Some(j) => {
-                    let idle = self.units.get(j).is_some_and(|o| {
-                        matches!(
-                            o.state,
-                            State::Inactive | State::Exited | State::Failed | State::Skipped
-                        )
-                    });
-                    if idle {
+                    if !self.on_failure_queue.contains(&j) {
                         log::info!("{failed}: OnFailure=: starting {name}");
-                        self.start_unit(j);
+                        self.on_failure_queue.push(j);
                     }
                 }
                 None => log::error!("{failed}: OnFailure={name}: no such unit loaded"),
@@ -1365,15 +1457,23 @@ impl Supervisor {
                     }
                 }
                 Timer::StartTimeout => {
-                    if u.unit.service.kind == ServiceType::Forking {
+                    if u.unit.service.kind == ServiceType::Forking && u.control.is_some() {
                         log::error!(
                             "{}: its starting process did not exit within {:?}; stopping",
                             u.name(),
                             u.unit.service.timeout_start
                         );
+                        // The unit ends when that process has (SIGKILL
+                        // after TimeoutStopSec=, as for a stop).
                         if let Some((c, _)) = &u.control {
                             kill_group(c, u.unit.service.kill_signal);
                         }
+                        u.state = State::Stopping(AfterStop::Terminate(Outcome::Timeout));
+                        u.signalled = true;
+                        u.queue.clear();
+                        u.deadline = deadline_after(u.unit.service.timeout_stop)
+                            .map(|d| (d, Timer::StopTimeout));
+                        continue;
                     } else {
                         log::error!(
                             "{}: no READY=1 within {:?}; stopping",
@@ -1403,6 +1503,7 @@ impl Supervisor {
                     }
                     u.deadline = Some((now + Duration::from_secs(5), Timer::KillTimeout));
                 }
+                Timer::PidFile => self.adopt_forked(i),
                 Timer::KillTimeout => {
                     log::error!("{}: did not die after SIGKILL; abandoning it", u.name());
                     u.main = None;
@@ -1535,6 +1636,18 @@ impl Supervisor {
     fn schedule(&mut self) {
         if self.shutdown.is_some() {
             return;
+        }
+        // OnFailure= units queued since the last pass, each once.
+        for j in std::mem::take(&mut self.on_failure_queue) {
+            let idle = self.units.get(j).is_some_and(|o| {
+                matches!(
+                    o.state,
+                    State::Inactive | State::Exited | State::Failed | State::Skipped
+                )
+            });
+            if idle {
+                self.start_unit(j);
+            }
         }
         if self.holding() {
             return;

@@ -167,13 +167,15 @@ pub fn console_on_stdio() {
     }
 }
 
-/// Sets init's scheduling policy: `SCHED_BATCH` (`batch`) or back to
+/// Sets init's scheduling policy: `SCHED_BATCH` with `SCHED_RESET_ON_FORK`
+/// (`batch`: the processes it forks are `SCHED_OTHER`) or back to
 /// `SCHED_OTHER`, static priority 0 either way. A batch task keeps its
 /// share of the CPU but never preempts the running task when it wakes up
 /// (the scheduler tick does): rustix has no sched_setscheduler.
 pub fn set_batch(batch: bool) -> io::Result<()> {
+    // Reset on fork: a child starts as SCHED_OTHER whatever init is.
     let policy = if batch {
-        libc::SCHED_BATCH
+        libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK
     } else {
         libc::SCHED_OTHER
     };

@@ -1196,10 +1196,11 @@ impl Parser {
             "RestartSec" => set(&mut s.restart_sec, value, DEFAULT_RESTART_SEC, timespan),
             "RemainAfterExit" => set(&mut s.remain_after_exit, value, false, boolean),
             "PIDFile" => set(&mut s.pid_file, value, None, |v| {
+                let v = specifiers(v, name)?;
                 Ok(Some(if v.starts_with('/') {
-                    absolute_path(v, name)?
+                    PathBuf::from(v.into_owned())
                 } else {
-                    Path::new("/run").join(v)
+                    Path::new("/run").join(v.as_ref())
                 }))
             }),
             "TasksMax" => set(&mut s.tasks_max, value, None, |v| tasks_max(v).map(Some)),
@@ -3280,6 +3281,10 @@ mod tests {
         assert_eq!(
             ok_svc("PIDFile=d.pid").pid_file,
             Some(PathBuf::from("/run/d.pid"))
+        );
+        assert_eq!(
+            ok_svc("PIDFile=%t/x.pid").pid_file,
+            Some(PathBuf::from("/run/x.pid"))
         );
         for text in ["dbus", "idle"] {
             let (sv, d) = bad_svc(

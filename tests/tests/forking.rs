@@ -31,10 +31,10 @@ fn the_daemon_named_by_its_pid_file_is_supervised() {
     );
     fs.unit(
         "wrongpid.service",
-        "[Service]\nType=forking\nPIDFile=/run/missing.pid\n\
+        "[Service]\nType=forking\nPIDFile=/run/missing.pid\nTimeoutStartSec=1s\n\
          ExecStart=/bin/probe daemonize /run/other.pid /data/wrongpid\n",
     );
-    let pid1 = fs.start(&["init.log=debug"]);
+    let mut pid1 = fs.start(&["init.log=debug"]);
     let started = Instant::now();
     while fs
         .try_read("data/starts")
@@ -50,6 +50,8 @@ fn the_daemon_named_by_its_pid_file_is_supervised() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A missing PIDFile= is waited for until TimeoutStartSec= (1 s here).
+    pid1.wait_for("wrongpid.service: PIDFile=/run/missing.pid", WAIT);
     // The restarted daemon is the unit's main process again.
     let second: u32 = fs.read("data/daemon.pid").trim().parse().unwrap();
     pid1.signal(libc::SIGTERM);
