@@ -222,15 +222,6 @@ pub fn identify(head: &[u8]) -> Option<Probed> {
             h.get(20..32)?
         ))
     };
-    // ext2/3/4: superblock at 1024, s_magic at +56, s_uuid at +104,
-    // s_volume_name (16) at +120.
-    if u16_le(1024 + 56)? == 0xEF53 {
-        return Some(Probed {
-            fstype: "ext4",
-            label: text(1024 + 120, 16)?,
-            uuid: uuid(1024 + 104)?,
-        });
-    }
     // EROFS: superblock at 1024, magic 0xE0F5E1E2, uuid at +48,
     // volume_name (16) at +64.
     if u32_le(1024)? == 0xE0F5_E1E2 {
@@ -246,6 +237,16 @@ pub fn identify(head: &[u8]) -> Option<Probed> {
             fstype: "xfs",
             label: text(108, 12)?,
             uuid: uuid(32)?,
+        });
+    }
+    // ext2/3/4 last: its 16-bit magic at 1080 lies inside EROFS's UUID.
+    // Superblock at 1024, s_magic at +56, s_uuid at +104, s_volume_name
+    // (16) at +120.
+    if u16_le(1024 + 56)? == 0xEF53 {
+        return Some(Probed {
+            fstype: "ext4",
+            label: text(1024 + 120, 16)?,
+            uuid: uuid(1024 + 104)?,
         });
     }
     None
@@ -284,6 +285,15 @@ fn find_device(by: By, want: &str) -> Result<String, String> {
         .collect();
     names.sort();
     for name in &names {
+        // Network block devices can block a read; RAM disks and empty
+        // devices (an unbound loop device) hold no file system to find.
+        if ["nbd", "ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let size = std::fs::read_to_string(format!("/sys/class/block/{name}/size"));
+        if size.is_ok_and(|s| s.trim() == "0") {
+            continue;
+        }
         let dev = format!("/dev/{name}");
         let Some(head) = read_head(&dev) else {
             continue;
@@ -343,15 +353,29 @@ fn mount_entry(table: &mut MountTable, e: &Entry) -> Result<Outcome, String> {
             "the root file system is the kernel's (root= and rootflags=)".into(),
         ));
     }
+    // No network yet (the agent sets it up): init waiting for a server
+    // would hold the whole boot.
+    if o.ignored.iter().any(|i| i == "_netdev") || NETWORK_FS.contains(&e.fstype.as_str()) {
+        return Ok(Outcome::Skipped(format!(
+            "a network file system ({}, _netdev): the guest has no network before the agent",
+            e.fstype
+        )));
+    }
     let data = std::ffi::CString::new(o.data.as_str())
         .map_err(|_| "a NUL byte in the options".to_string())?;
     let data_opt = (!o.data.is_empty()).then_some(data.as_c_str());
-    if table.contains(&e.target) {
+    let replace = if table.contains(&e.target) {
         if !table.mounted_by_init(&e.target) {
             return Ok(Outcome::Skipped(
                 "something is mounted there already".into(),
             ));
         }
+        let own_tmpfs = OWN_TMPFS.iter().find(|(t, _)| *t == e.target);
+        let Some((_, own_options)) = own_tmpfs else {
+            return Ok(Outcome::Skipped(
+                "an API file system init has mounted itself; left as it is".into(),
+            ));
+        };
         if e.fstype == "tmpfs" && !o.bind {
             // systemd-remount-fs: an API file system listed in fstab gets
             // the listed options, on the mount that is there.
@@ -359,11 +383,10 @@ fn mount_entry(table: &mut MountTable, e: &Entry) -> Result<Outcome, String> {
                 .map_err(|err| format!("remount {} with {:?}: {err}", e.target, o.data))?;
             return Ok(Outcome::Remounted);
         }
-        // Something else there: init's own tmpfs (empty: nothing has run
-        // yet) goes first, so that the entry is not stacked on it.
-        rustix::mount::unmount(&*e.target, rustix::mount::UnmountFlags::empty())
-            .map_err(|err| format!("unmount init's tmpfs on {}: {err}", e.target))?;
-    }
+        Some(*own_options)
+    } else {
+        None
+    };
     if let Some(kind) = ["PARTUUID=", "PARTLABEL=", "ID="]
         .iter()
         .find(|k| e.spec.starts_with(*k))
@@ -376,28 +399,82 @@ fn mount_entry(table: &mut MountTable, e: &Entry) -> Result<Outcome, String> {
         Some((by, value)) if !Path::new(&e.spec).exists() => find_device(by, value)?,
         _ => e.spec.clone(),
     };
+    // `auto`: the type the superblock says.
+    let fstype = if e.fstype == "auto" && !o.bind {
+        read_head(&source)
+            .and_then(|h| identify(&h))
+            .map(|p| p.fstype.to_string())
+            .ok_or_else(|| format!("type auto: no ext4, XFS or EROFS superblock on {source}"))?
+    } else {
+        e.fstype.clone()
+    };
     if !Path::new(&e.target).exists() {
         std::fs::create_dir_all(&e.target)
             .map_err(|err| format!("create mount point {}: {err}", e.target))?;
     }
-    if o.bind {
+    // Everything checked: init's own tmpfs there (empty: nothing has run
+    // yet) goes, so that the entry is not stacked on it; it comes back if
+    // the entry cannot be mounted.
+    if replace.is_some() {
+        rustix::mount::unmount(&*e.target, rustix::mount::UnmountFlags::empty())
+            .map_err(|err| format!("unmount init's tmpfs on {}: {err}", e.target))?;
+    }
+    let result = if o.bind {
         let r = if o.recursive {
             rustix::mount::mount_bind_recursive(&*source, &*e.target)
         } else {
             rustix::mount::mount_bind(&*source, &*e.target)
         };
-        r.map_err(|err| format!("bind {source} on {}: {err}", e.target))?;
-        // A bind mount takes its flags (ro, nosuid …) in a second call.
-        if !o.flags.is_empty() {
-            rustix::mount::mount_remount(&*e.target, MountFlags::BIND | o.flags, "")
-                .map_err(|err| format!("remount the bind mount {}: {err}", e.target))?;
-        }
-        return Ok(Outcome::Mounted);
+        r.map_err(|err| format!("bind {source} on {}: {err}", e.target))
+            .and_then(|()| {
+                // A bind mount takes its flags (ro, nosuid …) in a second call.
+                if o.flags.is_empty() {
+                    return Ok(());
+                }
+                rustix::mount::mount_remount(&*e.target, MountFlags::BIND | o.flags, "")
+                    .map_err(|err| format!("remount the bind mount {}: {err}", e.target))
+            })
+    } else {
+        rustix::mount::mount(&*source, &*e.target, &*fstype, o.flags, data_opt)
+            .map_err(|err| format!("mount {source} ({fstype}) on {}: {err}", e.target))
+    };
+    if let (Err(why), Some(options)) = (&result, replace) {
+        let options = std::ffi::CString::new(options).unwrap_or_default();
+        let back = rustix::mount::mount(
+            "tmpfs",
+            &*e.target,
+            "tmpfs",
+            crate::mounts::NOSUID_NODEV,
+            options.as_c_str(),
+        );
+        return Err(match back {
+            Ok(()) => format!("{why}; init's tmpfs is back on {}", e.target),
+            Err(err) => format!("{why}; init's tmpfs could not be mounted back: {err}"),
+        });
     }
-    rustix::mount::mount(&*source, &*e.target, &*e.fstype, o.flags, data_opt)
-        .map_err(|err| format!("mount {source} ({}) on {}: {err}", e.fstype, e.target))?;
-    Ok(Outcome::Mounted)
+    result.map(|()| Outcome::Mounted)
 }
+
+/// Init's own tmpfs mounts an fstab entry may take the place of, with
+/// their options (`/dev/shm` is remounted by a tmpfs entry, never replaced).
+const OWN_TMPFS: [(&str, &str); 3] = [
+    ("/run", crate::mounts::RUN_TMPFS),
+    ("/tmp", crate::mounts::TMP_TMPFS),
+    ("/dev/shm", "mode=1777"),
+];
+
+/// Network file systems: not mounted at boot.
+const NETWORK_FS: [&str; 9] = [
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "fuse.sshfs",
+    "9p",
+];
 
 /// Reads `path` and mounts its entries in order. A missing file is no
 /// error; every problem is logged, naming the line. Returns the mount

@@ -280,7 +280,11 @@ impl MountTable {
     }
 }
 
-const NOSUID_NODEV: MountFlags = MountFlags::NOSUID.union(MountFlags::NODEV);
+/// The options of init's own tmpfs on /run and /tmp (systemd's).
+pub const RUN_TMPFS: &str = "mode=0755,size=20%,nr_inodes=800k";
+pub const TMP_TMPFS: &str = "mode=1777,size=50%,nr_inodes=1m";
+
+pub const NOSUID_NODEV: MountFlags = MountFlags::NOSUID.union(MountFlags::NODEV);
 const NOSUID_NODEV_NOEXEC: MountFlags = NOSUID_NODEV.union(MountFlags::NOEXEC);
 
 /// Mounts /proc first. Returns the table the other mounts use: statx
@@ -391,20 +395,8 @@ pub fn mount_rest(table: &mut MountTable, mode: RunMode, cgroup_v1: bool) -> Vec
         // memory, /tmp 50 % (/dev/shm has the kernel's 50 %, as under
         // systemd); tmpfs pages are not reclaimable, so these bound what a
         // writer there can take, they do not add up to less than RAM.
-        table.mount(
-            "tmpfs",
-            "/run",
-            "tmpfs",
-            NOSUID_NODEV,
-            "mode=0755,size=20%,nr_inodes=800k",
-        ),
-        table.mount(
-            "tmpfs",
-            "/tmp",
-            "tmpfs",
-            NOSUID_NODEV,
-            "mode=1777,size=50%,nr_inodes=1m",
-        ),
+        table.mount("tmpfs", "/run", "tmpfs", NOSUID_NODEV, RUN_TMPFS),
+        table.mount("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, TMP_TMPFS),
     ];
     let mut errors = Vec::new();
     // In a container without /sys/fs/cgroup, init mounts cgroups in a cgroup

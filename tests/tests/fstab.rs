@@ -214,3 +214,36 @@ fn a_tmp_entry_of_another_type_replaces_inits_tmpfs() {
         "init's tmpfs on /tmp unmounted first: {tmp:?}"
     );
 }
+
+#[test]
+fn a_failed_tmp_entry_leaves_inits_tmpfs_and_api_mounts_stay() {
+    let fs = Rootfs::new("fstab-tmp-fail");
+    fs.write(
+        "etc/fstab",
+        "LABEL=minos-no-such-tmp /tmp ext4 nofail 0 0\n\
+         proc /proc proc defaults 0 0\n\
+         server:/export /mnt/nfs nfs defaults 0 0\n\
+         /srv/minos-missing /tmp none bind,nofail 0 0\n",
+    );
+    fs.unit(
+        "look.service",
+        "[Service]\nType=oneshot\n\
+         ExecStart=/bin/probe copy /proc/self/mountinfo /data/mountinfo\n\
+         SuccessAction=poweroff\n",
+    );
+    let end = fs.start(&[]).wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    let mountinfo = fs.read("data/mountinfo");
+    let tmp: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("/tmp"))
+        .collect();
+    assert_eq!(tmp.len(), 1, "{tmp:?}");
+    assert!(
+        tmp[0].contains(" - tmpfs "),
+        "init's tmpfs is still on /tmp: {tmp:?}"
+    );
+    end.assert_log("/etc/fstab:2: /proc: not mounted: an API file system init has mounted itself");
+    end.assert_log("/etc/fstab:3: /mnt/nfs: not mounted: a network file system (nfs, _netdev)");
+    end.assert_log("; init's tmpfs is back on /tmp");
+}
