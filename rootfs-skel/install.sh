@@ -62,13 +62,24 @@ done
 }
 [ -d "$root" ] || die "$root is not a directory"
 R=$(cd "$root" && pwd -P)
-[ "$R" != / ] || die "refusing to install into / (give the root file system tree an image is built from)"
+# Any spelling of the root directory (bash's pwd keeps a leading //).
+case $R in
+*[!/]*) ;;
+*) die "refusing to install into / (give the root file system tree an image is built from)" ;;
+esac
 [ -d "$here/rootfs" ] || die "$here/rootfs is missing: run install.sh from the unpacked release"
 
 # A top-level directory of the tree as a path inside it: on merged-/usr
 # trees sbin and bin are links (sbin -> usr/sbin); an absolute link target
 # is taken inside the tree, never on this machine.
 inside() {
+	case $1 in
+	*/*) ;;
+	*)
+		echo "$1"
+		return
+		;;
+	esac
 	top=${1%%/*}
 	rest=${1#"$top"}
 	if [ -L "$R/$top" ]; then
@@ -165,6 +176,10 @@ if [ $keep_chrony = no ]; then
 	fi
 	time="timesync answers for chronyd.service"
 else
+	# A link an earlier run made would still hide chrony.
+	if [ "$(readlink "$R/$units/chronyd.service" 2>/dev/null)" = timesync.service ]; then
+		rm -f "$R/$units/chronyd.service"
+	fi
 	time="the tree's chrony is kept"
 fi
 

@@ -88,6 +88,9 @@ pub fn run(mode: Mode, skip_run: bool) -> Option<[PathBuf; 3]> {
     }
     let outs = [EARLY, NORMAL, LATE].map(PathBuf::from);
     for d in &outs {
+        // Emptied first, as systemd does: a /run that is not fresh (a
+        // container's) may hold an earlier run's output.
+        let _ = std::fs::remove_dir_all(d);
         if let Err(e) = std::fs::create_dir_all(d) {
             log::error!(
                 "generators: create {}: {e}; generators not run",
@@ -96,9 +99,10 @@ pub fn run(mode: Mode, skip_run: bool) -> Option<[PathBuf; 3]> {
             return None;
         }
     }
+    // systemd's form, `vm:ID`; which hypervisor is not detected.
     let virtualization = match mode {
-        Mode::Vm => "vm",
-        Mode::Container => "container",
+        Mode::Vm => "vm:other",
+        Mode::Container => "container:other",
     };
     for (name, path) in &found {
         let started = Instant::now();

@@ -93,7 +93,11 @@ fn tree(top: &Path, dbus: bool) -> PathBuf {
 }
 
 fn install(rel: &Path, args: &[&str]) -> (bool, String) {
-    let o = Command::new("sh")
+    install_with("sh", rel, args)
+}
+
+fn install_with(shell: &str, rel: &Path, args: &[&str]) -> (bool, String) {
+    let o = Command::new(shell)
         .arg(rel.join("install.sh"))
         .args(args)
         .output()
@@ -216,6 +220,19 @@ fn without_dbus_daemon_busd_is_the_bus_and_chrony_may_stay() {
     let root = format!("--root={}", t.display());
     let (ok, out) = install(&rel, &[&root, "--keep-chrony", "--initrd"]);
     assert!(ok, "{out}");
+    // Twice: /init is a link to /sbin/init, which stays the binary.
+    let first = snapshot(&t);
+    let (ok, out) = install(&rel, &[&root, "--keep-chrony", "--initrd"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        snapshot(&t),
+        first,
+        "a second --initrd run changed the tree"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.join("usr/sbin/init")).unwrap(),
+        "#!/bin/sh\n# sbin/init\n"
+    );
     assert_eq!(
         std::fs::read_link(t.join("etc/systemd/system/sockets.target.wants/busd.socket")).unwrap(),
         Path::new("/etc/minos/units/busd.socket")
@@ -230,6 +247,13 @@ fn without_dbus_daemon_busd_is_the_bus_and_chrony_may_stay() {
         std::fs::read_link(t.join("init")).unwrap(),
         Path::new("/sbin/init")
     );
+    // timesync first, then --keep-chrony: chrony is chronyd.service again.
+    let (ok, out) = install(&rel, &[&root]);
+    assert!(ok, "{out}");
+    assert!(std::fs::symlink_metadata(t.join("etc/minos/units/chronyd.service")).is_ok());
+    let (ok, out) = install(&rel, &[&root, "--keep-chrony"]);
+    assert!(ok, "{out}");
+    assert!(std::fs::symlink_metadata(t.join("etc/minos/units/chronyd.service")).is_err());
     let _ = std::fs::remove_dir_all(&top);
 }
 
@@ -239,15 +263,19 @@ fn refuses_the_root_directory_and_bad_options() {
     let rel = release(&top);
     for args in [
         vec!["--root", "/"],
+        vec!["--root", "//"],
         vec!["--root", "/usr/.."],
         vec![],
         vec!["--root"],
         vec!["--root", "/nonexistent-minos"],
         vec!["--bogus"],
     ] {
-        let (ok, out) = install(&rel, &args);
-        assert!(!ok, "{args:?} accepted: {out}");
-        assert!(out.contains("install.sh: "), "{args:?}: {out}");
+        // Debian's sh (dash), and bash, whose pwd keeps a leading "//".
+        for shell in ["sh", "bash"] {
+            let (ok, out) = install_with(shell, &rel, &args);
+            assert!(!ok, "{shell} {args:?} accepted: {out}");
+            assert!(out.contains("install.sh: "), "{shell} {args:?}: {out}");
+        }
     }
     let _ = std::fs::remove_dir_all(&top);
 }

@@ -6,8 +6,9 @@
 //! file system), `on-dbus-daemon/busd.service` (busd on a tree with
 //! dbus-daemon), `install.sh` (`rootfs-skel/install.sh`) and `VERSION`
 //! (the workspace's version and the commit). `target/dist/SHA256SUMS`
-//! holds the tarball's checksum. The tarball is reproducible from a commit:
-//! sorted names, owner root, one fixed time.
+//! holds the tarball's checksum. The tarball is reproducible from a clean
+//! checkout of a commit: sorted names, owner root, one fixed time, no
+//! group- or world-writable mode.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,6 +102,8 @@ pub fn make(bin: &Path) -> Result<PathBuf> {
             "--group=0",
             "--numeric-owner",
             "--mtime=@0",
+            // Directory modes do not depend on the umask.
+            "--mode=go-w",
             "--zstd",
             "-cf",
         ])

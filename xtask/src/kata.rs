@@ -430,9 +430,9 @@ fn watched(line: &str, form: Form) -> Option<Watched> {
 fn refused_for_missing_source(out: &str) -> bool {
     out.rsplit_once("ERROR:")
         .and_then(|(_, err)| err.split_once(r#"message: \""#))
-        .is_some_and(|(_, msg)| {
-            msg.starts_with(r"No such file or directory (os error 2)\\n\\nStack")
-        })
+        .and_then(|(_, msg)| msg.strip_prefix("No such file or directory (os error 2)"))
+        // Then the end of the message, or the agent's backtrace.
+        .is_some_and(|rest| rest.starts_with(r#"\""#) || rest.starts_with(r"\\n\\nStack"))
 }
 
 /// The host's side of the lifecycle, step by step; each step's result is
@@ -735,6 +735,9 @@ mod tests {
         assert!(refused_for_missing_source(&format!("{request}\n{refusal}")));
         assert!(!refused_for_missing_source(&format!("{request}\n{no_bus}")));
         assert!(!refused_for_missing_source(request));
+        // An agent without backtraces ends the message there.
+        let bare = r#"ERROR: Error { source: "RpcStatus(Status { code: INTERNAL, message: \"No such file or directory (os error 2)\", details: [] })" }"#;
+        assert!(refused_for_missing_source(bare));
     }
 
     #[test]
