@@ -107,12 +107,14 @@ pub fn run(args: &[String]) -> ! {
     // As the kernel's own first process (a VM's), nothing has changed
     // fs.nr_open before init but `sysctl.fs.nr_open=` (or
     // `sysctl/fs/nr_open=`) on the command line: its value is known
-    // without a read that would cost the agent's exec. Anywhere else
-    // (a PID namespace of its own) it is read.
+    // without a read that would cost the agent's exec. That init mounted
+    // /proc itself says so for free: no process ran before it. Where /proc
+    // was there already (a PID namespace of its own, a harness, an
+    // initramfs that ran first) it is read.
     let nr_open = (mode == Mode::Vm
         && !text.contains("fs.nr_open")
         && !text.contains("fs/nr_open")
-        && sys::in_initial_pid_namespace())
+        && table.mounted_by_init("/proc"))
     .then_some(KERNEL_NR_OPEN);
     apply_nofile_limits(&mut units, mode, nr_open);
 

@@ -399,16 +399,6 @@ pub fn peer_uid(sock: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// Whether init runs in the kernel's initial PID namespace (as a VM's
-/// PID 1 does; a container or a test harness has one of its own): its
-/// `/proc/self/ns/pid` names the fixed inode of the initial namespace
-/// (`PROC_PID_INIT_INO`).
-pub fn in_initial_pid_namespace() -> bool {
-    const PROC_PID_INIT_INO: &str = "pid:[4026531836]";
-    rustix::fs::readlink("/proc/self/ns/pid", Vec::new())
-        .is_ok_and(|t| t.as_bytes() == PROC_PID_INIT_INO.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
