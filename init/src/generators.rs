@@ -58,7 +58,10 @@ pub fn find(dirs: &[&str], skip_run: bool) -> Vec<(String, PathBuf)> {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || chosen.contains_key(&name) {
+            // systemd's own are never run: not even looked at (a Debian
+            // tree has nine, and each look is a system call before the
+            // agent's fork).
+            if name.starts_with('.') || name.starts_with("systemd-") || chosen.contains_key(&name) {
                 continue;
             }
             let path = e.path();
@@ -69,7 +72,6 @@ pub fn find(dirs: &[&str], skip_run: bool) -> Vec<(String, PathBuf)> {
     chosen
         .into_iter()
         .filter_map(|(name, path)| Some((name, path?)))
-        .filter(|(name, _)| !name.starts_with("systemd-"))
         .filter(|(_, path)| is_executable(path))
         .collect()
 }
