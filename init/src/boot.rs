@@ -103,7 +103,7 @@ pub fn run(args: &[String]) -> ! {
         .filter(|d| !(fresh_run && d.starts_with("/run/")))
         .map(PathBuf::from)
         .collect();
-    let (mut units, later) = crate::load::load_units_with(&search, &cfg, mode, Some(fresh_run));
+    let (mut units, later) = crate::load::load_units(&search, &cfg, mode, Some(fresh_run));
     // As the kernel's own first process (a VM's), nothing has changed
     // fs.nr_open before init but `sysctl.fs.nr_open=` (or
     // `sysctl/fs/nr_open=`) on the command line: its value is known

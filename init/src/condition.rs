@@ -55,7 +55,7 @@ pub fn virtualization_is(what: &str, mode: Mode) -> bool {
 /// Whether a file system is mounted on `path` (statx's mount-root
 /// attribute; on kernels without it, a device differing from the
 /// parent's).
-fn is_mount_point(path: &std::path::Path) -> bool {
+pub fn is_mount_point(path: &std::path::Path) -> bool {
     let Some(text) = path.to_str() else {
         return false;
     };

@@ -49,13 +49,10 @@ pub struct Graph {
 /// Reads the boot's units from the directories of `search` (highest
 /// precedence first, the first being minos's own) and selects the ones to
 /// start ([`select`]); what is left for after the first fork, if any.
-pub fn load_units(search: &[PathBuf], cfg: &BootConfig, mode: Mode) -> (Vec<Unit>, Option<Later>) {
-    load_units_with(search, cfg, mode, None)
-}
-
-/// [`load_units`], running the generators first (`Some(skip_run)`, at
-/// boot) unless minos's own directory is self-contained.
-pub fn load_units_with(
+/// `generators`: at boot, `Some(skip_run)` runs the unit generators first
+/// (unless minos's own directory is self-contained; `skip_run` leaves out
+/// `/run/...`); `None` in tests.
+pub fn load_units(
     search: &[PathBuf],
     cfg: &BootConfig,
     mode: Mode,
@@ -738,8 +735,12 @@ mod tests {
         use crate::supervisor::LaterUnits;
         let other = ("timesync.service", "[Service]\nExecStart=/bin/ts\n");
         let dir = units_dir("later", &[AGENT, BUSD_SOCKET, BUSD, other]);
-        let (units, later) =
-            load_units(std::slice::from_ref(&dir), &BootConfig::default(), Mode::Vm);
+        let (units, later) = load_units(
+            std::slice::from_ref(&dir),
+            &BootConfig::default(),
+            Mode::Vm,
+            None,
+        );
         assert_eq!(
             names(&units),
             vec!["kata-agent.service", "timesync.service"]
@@ -775,8 +776,12 @@ mod tests {
             "[Unit]\nAfter=busd.socket\n[Service]\nExecStart=/bin/agent\n",
         );
         let dir = units_dir("now", &[agent, BUSD_SOCKET, BUSD]);
-        let (units, later) =
-            load_units(std::slice::from_ref(&dir), &BootConfig::default(), Mode::Vm);
+        let (units, later) = load_units(
+            std::slice::from_ref(&dir),
+            &BootConfig::default(),
+            Mode::Vm,
+            None,
+        );
         assert!(later.is_none());
         let mut got = names(&units);
         got.sort_unstable();

@@ -110,18 +110,7 @@ impl ShutdownRequest {
 /// fstab entry before the first unit, so ordering (`After=` a mount) holds
 /// by itself; only what failed (or was `noauto`) is missing.
 fn missing_mount(unit: &Unit, fstab: &[String]) -> Option<String> {
-    let mounted = |p: &str| {
-        crate::mounts::probe(p).map_or_else(
-            || {
-                std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| {
-                    crate::mounts::parse_mountinfo(&t)
-                        .iter()
-                        .any(|m| m.mount_point == p)
-                })
-            },
-            |t| t == crate::mounts::Target::Mounted,
-        )
-    };
+    let mounted = |p: &str| crate::condition::is_mount_point(std::path::Path::new(p));
     for r in unit.requires.iter().filter(|r| r.ends_with(".mount")) {
         let stem = r.trim_end_matches(".mount");
         let path = if stem == "-" {
@@ -1609,8 +1598,8 @@ impl Supervisor {
     /// few milliseconds even while the new process is busy — long before
     /// the agent has loaded, started its server and been asked by the host
     /// for a container. At nice 19 a busy agent (loading, logging, serving
-    /// queued host requests) left init no turn for over 10 ms of guest
-    /// time, and its first container found no D-Bus socket (two CI runs).
+    /// queued host requests) left init no turn at all, and the agent's
+    /// first container found no D-Bus socket (two CI runs).
     fn start_sockets_now(&mut self) {
         self.start_sockets();
         if let Err(e) = crate::sys::set_batch(false) {
