@@ -53,19 +53,23 @@ pub fn find(dirs: &[&str], skip_run: bool) -> Vec<(String, PathBuf)> {
             continue;
         }
         seen_dirs.push(id);
-        let Ok(rd) = std::fs::read_dir(dir) else {
+        // One getdents buffer on the stack (std's read_dir adds an fstat
+        // and a heap buffer): a boot pays for this before the agent's fork.
+        let Ok(entries) = crate::search::list_dir(Path::new(dir)) else {
             continue;
         };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+        for (name, kind) in entries {
             // systemd's own are never run: not even looked at (a Debian
             // tree has nine, and each look is a system call before the
             // agent's fork).
             if name.starts_with('.') || name.starts_with("systemd-") || chosen.contains_key(&name) {
                 continue;
             }
-            let path = e.path();
-            let masked = std::fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null"));
+            let path = Path::new(dir).join(&name);
+            // A file system that does not say (DT_UNKNOWN) may list a link
+            // as `Other`.
+            let masked = matches!(kind, crate::search::Kind::Link | crate::search::Kind::Other)
+                && std::fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null"));
             chosen.insert(name, (!masked).then_some(path));
         }
     }

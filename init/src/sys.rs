@@ -351,7 +351,6 @@ pub const MAX_READ: u64 = 1 << 20;
 /// without ever blocking PID 1 (a FIFO put in its place is refused instead
 /// of waited on) or letting a huge file take its memory.
 pub fn read_regular_file(path: &std::path::Path) -> io::Result<String> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -364,17 +363,39 @@ pub fn read_regular_file(path: &std::path::Path) -> io::Result<String> {
             "not a regular file",
         ));
     }
+    let bytes = read_sized(f, meta.len())?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The contents of a regular file opened as `f`, whose fstat said `len`
+/// bytes: one read(2) of `len + 1` (a regular file's read returns less
+/// than asked only at its end, so a short read is the whole file; one
+/// that grew since the fstat reads on). More than [`MAX_READ`] bytes is an
+/// error, `InvalidData`, "larger than 1 MiB".
+pub fn read_sized(mut f: std::fs::File, len: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
     let too_big = || io::Error::new(io::ErrorKind::InvalidData, "larger than 1 MiB");
-    if meta.len() > MAX_READ {
+    if len > MAX_READ {
         return Err(too_big());
     }
-    // A file grown since the fstat is cut off at the limit, and refused.
-    let mut s = String::new();
-    f.take(MAX_READ + 1).read_to_string(&mut s)?;
-    if s.len() as u64 > MAX_READ {
+    let room = len as usize + 1;
+    let mut bytes = vec![0u8; room];
+    let n = loop {
+        match f.read(&mut bytes) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    bytes.truncate(n);
+    if n == room {
+        (&mut f)
+            .take(MAX_READ + 1 - n as u64)
+            .read_to_end(&mut bytes)?;
+    }
+    if bytes.len() as u64 > MAX_READ {
         return Err(too_big());
     }
-    Ok(s)
+    Ok(bytes)
 }
 
 /// The uid of the peer of a unix stream socket (SO_PEERCRED).

@@ -362,7 +362,7 @@ pub const DEFAULT_RUNTIME_DIRECTORY_MODE: u32 = 0o755;
 /// `TTYPath=` default.
 pub const DEFAULT_TTY_PATH: &str = "/dev/console";
 /// [`load`] refuses files larger than this.
-pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+pub const MAX_FILE_SIZE: u64 = crate::sys::MAX_READ;
 /// Highest capability number known here (`CAP_CHECKPOINT_RESTORE`).
 pub const CAP_LAST: u32 = 40;
 
@@ -628,7 +628,6 @@ pub fn load_listed(path: &Path, listed_regular: bool) -> Parsed {
 /// directory gets (`.service`, `.socket`, `.target`): never a device or a
 /// FIFO, never more than the size limit; the error says why not.
 pub fn read_unit_file(path: &Path, listed_regular: bool) -> Result<String, String> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
 
     // stat first so that a device or FIFO is never opened; then fstat the
@@ -646,27 +645,10 @@ pub fn read_unit_file(path: &Path, listed_regular: bool) -> Result<String, Strin
         .map_err(|e| format!("cannot open: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     check_metadata(&meta)?;
-    // Room for the whole file and one byte more: a regular file's read(2)
-    // returns less than asked only at its end, so one read of less than
-    // the room is the whole file; a file grown since the fstat reads on.
-    let room = meta.len().min(MAX_FILE_SIZE) as usize + 1;
-    let mut bytes = vec![0u8; room];
-    let mut file = file;
-    let n = loop {
-        match file.read(&mut bytes) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => break r.map_err(|e| format!("cannot read: {e}"))?,
-        }
-    };
-    bytes.truncate(n);
-    if n == room {
-        file.take(MAX_FILE_SIZE + 1 - n as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read: {e}"))?;
-    }
-    if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err("larger than 1 MiB".to_owned());
-    }
+    let bytes = crate::sys::read_sized(file, meta.len()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => e.to_string(),
+        _ => format!("cannot read: {e}"),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
             "not valid UTF-8 (invalid byte at offset {})",
