@@ -9,7 +9,9 @@
 //! over its megabyte of text; in the order it runs, a few dozen.
 //!
 //! How: init boots as PID 1 of new PID, mount, UTS, network and IPC
-//! namespaces, chrooted into the image's own tree, in VM mode (no
+//! namespaces, chrooted into the image's own tree (then, a second time,
+//! into the bench's osbuilder-style tree with minos as /sbin/init, whose
+//! extra functions follow the first boot's), in VM mode (no
 //! `container` variable), with Kata's kernel command line bound over
 //! /proc/cmdline and a tmpfs /dev whose console and kmsg are plain files.
 //! It runs under ptrace with a breakpoint (int3) on the first byte of every
@@ -267,52 +269,43 @@ pub fn main(args: &[String]) -> Result<()> {
             funcs.len()
         ));
     }
-    let stage = std::env::temp_dir().join(format!("minos-boot-order-{}", std::process::id()));
+    // minos's own image first, then an osbuilder rootfs with minos dropped
+    // in as /sbin/init (the bench's tree): what only the second runs
+    // (systemd's unit directories, /etc/fstab, the generator directories)
+    // comes after the first's boot path, its own pages rather than
+    // scattered ones.
+    let own = std::env::temp_dir().join(format!("minos-boot-order-{}", std::process::id()));
     let entries = crate::image::rootfs(&bin, None, false, false, &[])?;
-    crate::image::stage(&entries, &stage, None)?;
-    // This machine may not let root raise a hard limit (no CAP_SYS_RESOURCE
-    // in some sandboxes): the agent's LimitNOFILE= becomes the limit it has.
-    let unit = stage.join("etc/minos/units/kata-agent.service");
-    let text =
-        std::fs::read_to_string(&unit).map_err(|e| format!("read {}: {e}", unit.display()))?;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit into a local.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    std::fs::write(
-        &unit,
-        text.replace(
-            "LimitNOFILE=1073741824",
-            &format!("LimitNOFILE={}", lim.rlim_max),
-        ),
-    )
-    .map_err(|e| format!("write {}: {e}", unit.display()))?;
-    let result = trace(&stage, &funcs, Duration::from_secs(seconds));
-    let _ = std::fs::remove_dir_all(&stage);
-    let (hits, log) = result?;
+    crate::image::stage(&entries, &own, None)?;
+    let osbuilder = own.with_extension("osbuilder");
+    let time = Duration::from_secs(seconds);
+    let result = (|| -> Result<Vec<Func>> {
+        let mut hits = trace_tree(&own, "etc/minos/units/kata-agent.service", &funcs, time)?;
+        crate::bench::systems::systemd_tree(&bin, "dax", &osbuilder)?;
+        crate::bench::systems::drop_in_minos(&bin, &osbuilder)?;
+        let more = trace_tree(
+            &osbuilder,
+            "usr/lib/systemd/system/kata-agent.service",
+            &funcs,
+            time,
+        )?;
+        let seen: std::collections::HashSet<u64> = hits.iter().map(|f| f.addr).collect();
+        hits.extend(more.into_iter().filter(|f| !seen.contains(&f.addr)));
+        Ok(hits)
+    })();
+    let _ = std::fs::remove_dir_all(&own);
+    let _ = std::fs::remove_dir_all(&osbuilder);
+    let hits = result?;
     println!(
-        "xtask: boot-order: {} of {} functions ran in {seconds} s of boot",
+        "xtask: boot-order: {} of {} functions ran in {seconds} s of two boots",
         hits.len(),
         funcs.len()
     );
-    if !log.contains("unit_started unit=kata-agent.service") {
-        let last: Vec<&str> = hits
-            .iter()
-            .rev()
-            .take(12)
-            .map(|f| f.pattern.as_str())
-            .collect();
-        return Err(format!(
-            "the traced boot did not start kata-agent.service; the last functions it ran: {}; its log:\n{log}",
-            last.join(" ")
-        ));
-    }
     let mut text = String::from(
         "# init's boot path: the sections of the functions it runs from exec until its\n\
          # units are started, in the order it first runs them, as linker-script input\n\
-         # section patterns. Written by `cargo xtask boot-order`; see init/build.rs.\n",
+         # section patterns: minos's own image, then what an osbuilder rootfs adds.\n\
+         # Written by `cargo xtask boot-order`; see init/build.rs.\n",
     );
     let mut written = std::collections::HashSet::new();
     for f in &hits {
@@ -355,6 +348,46 @@ pub fn main(args: &[String]) -> Result<()> {
         written.len()
     );
     Ok(())
+}
+
+/// Boots init in `stage` (see [`trace`]) with the agent's unit, `unit`
+/// under `stage`, limited to the file limit this machine lets root have
+/// (some sandboxes lack CAP_SYS_RESOURCE); the functions in the order they
+/// first ran. Fails when the agent's unit was not started.
+fn trace_tree(stage: &Path, unit: &str, funcs: &[Func], time: Duration) -> Result<Vec<Func>> {
+    let unit = stage.join(unit);
+    let text =
+        std::fs::read_to_string(&unit).map_err(|e| format!("read {}: {e}", unit.display()))?;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a local.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let _ = std::fs::remove_file(&unit);
+    std::fs::write(
+        &unit,
+        text.replace(
+            "LimitNOFILE=1073741824",
+            &format!("LimitNOFILE={}", lim.rlim_max),
+        ),
+    )
+    .map_err(|e| format!("write {}: {e}", unit.display()))?;
+    let (hits, log) = trace(stage, funcs, time)?;
+    if !log.contains("unit_started unit=kata-agent.service") {
+        let last: Vec<&str> = hits
+            .iter()
+            .rev()
+            .take(12)
+            .map(|f| f.pattern.as_str())
+            .collect();
+        return Err(format!(
+            "the traced boot in {} did not start kata-agent.service; the last functions it ran: {}; its log:\n{log}",
+            stage.display(),
+            last.join(" ")
+        ));
+    }
+    Ok(hits)
 }
 
 fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {

@@ -459,7 +459,7 @@ pub fn systemd_tree(bin: &Path, kind: &str, stage_dir: &Path) -> Result<()> {
 /// init as `/sbin/init` and `systemctl` pointing at it (kata-agent.service's
 /// `ExecStop=` calls it, and Debian's `poweroff` links to it). Nothing else
 /// changes: systemd stays installed, the units are the tree's own.
-fn drop_in_minos(bin: &Path, stage_dir: &Path) -> Result<()> {
+pub fn drop_in_minos(bin: &Path, stage_dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // Merged /usr: /sbin is a link to usr/sbin; the link /sbin/init →
     // systemd is replaced, never written through.
