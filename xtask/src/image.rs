@@ -15,7 +15,8 @@
 //!   so that the kernel can map its code with one 2 MiB page.
 //! - dax: the disk image behind Kata's 2 MiB DAX header (an MBR whose
 //!   partition starts at 3 MiB, and the NVDIMM PFN info block at 4 KiB), for
-//!   QEMU's nvdimm device, so the root is /dev/pmem0p1 with `rootflags=dax`.
+//!   QEMU's nvdimm device, so the root is /dev/pmem0p1 with `rootflags=dax`;
+//!   its ext4 superblock says `inode_readahead_blks=0` ([`DAX_MOUNT_OPTS`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -1068,7 +1069,39 @@ pub fn dax(disk_image: &Path, out: &Path) -> Result<()> {
         std::io::copy(&mut i, &mut o).map_err(|e| format!("write {}: {e}", out.display()))?;
     }
     let _ = std::fs::remove_file(&header);
-    Ok(())
+    drop(o);
+    no_inode_readahead(out)
+}
+
+/// The ext4 mount option a DAX root gets from its superblock
+/// (`tune2fs -E mount_opts=`): no inode-table readahead. On a block device
+/// ext4 reads up to 32 inode-table blocks ahead of the one it needs, in
+/// the background; on DAX (NVDIMM) every read is a copy made there and then
+/// by the CPU, so each first look at an inode in a new part of the table
+/// costs the boot those 32 blocks. A distribution's tree (an osbuilder
+/// rootfs) spreads the inodes a boot needs over many parts of the table.
+pub const DAX_MOUNT_OPTS: &str = "inode_readahead_blks=0";
+
+/// Stores [`DAX_MOUNT_OPTS`] in the superblock of the DAX image's root
+/// partition when it is ext4 (EROFS has no such option).
+fn no_inode_readahead(dax_image: &Path) -> Result<()> {
+    use std::io::{Read, Seek};
+    let part = DAX_HEADER + PART_START;
+    let mut magic = [0u8; 2];
+    let mut f =
+        std::fs::File::open(dax_image).map_err(|e| format!("open {}: {e}", dax_image.display()))?;
+    // s_magic, 0x38 into the superblock at 1024.
+    f.seek(std::io::SeekFrom::Start(part + 1024 + 0x38))
+        .and_then(|_| f.read_exact(&mut magic))
+        .map_err(|e| format!("read {}: {e}", dax_image.display()))?;
+    if magic != [0x53, 0xef] {
+        return Ok(());
+    }
+    run(std::process::Command::new("tune2fs")
+        .arg("-E")
+        .arg(format!("mount_opts={DAX_MOUNT_OPTS}"))
+        .arg(format!("{}?offset={part}", dax_image.display()))
+        .stdout(std::process::Stdio::null()))
 }
 
 /// Builds the image of `kind` under target/images (file names starting with
@@ -1386,8 +1419,29 @@ mod tests {
             )),
             "{dump}"
         );
-        // Behind the header: the disk image, byte for byte.
-        assert!(bytes[DAX_HEADER as usize..] == std::fs::read(&disk_img).unwrap()[..]);
+        // Behind the header: the disk image, byte for byte but for the
+        // superblock's mount options (and its checksum).
+        let disk = std::fs::read(&disk_img).unwrap();
+        let sb = (PART_START + 1024) as usize..(PART_START + 2048) as usize;
+        let behind = &bytes[DAX_HEADER as usize..];
+        assert!(behind[..sb.start] == disk[..sb.start]);
+        assert!(behind[sb.end..] == disk[sb.end..]);
+        let mount_opts = |image: &Path, offset: u64| {
+            let out = std::process::Command::new("dumpe2fs")
+                .arg("-h")
+                .arg(format!("{}?offset={offset}", image.display()))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+                l.strip_prefix("Mount options:")
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        assert_eq!(
+            mount_opts(&dax_img, DAX_HEADER + PART_START).as_deref(),
+            Some(DAX_MOUNT_OPTS)
+        );
+        assert_eq!(mount_opts(&disk_img, PART_START), None);
         let pfn = &bytes[4096..8192];
         assert_eq!(&pfn[..16], b"NVDIMM_PFN_INFO\0");
         let u64_at = |o: usize| u64::from_le_bytes(pfn[o..o + 8].try_into().unwrap());

@@ -141,10 +141,16 @@ fn scenarios() -> Vec<Scenario> {
             // A simple unit, so that all_started (and init's log line about
             // its 2 MiB page, written then) does not wait for it; it looks
             // for the line in the kernel log for up to 0.9 s.
-            extra: vec![unit(
-                "test-kmsg.service",
-                "[Service]\nExecStart=/usr/bin/probe kmsg \"KiB of code mapped with 2 MiB pages\" 900\n",
-            )],
+            extra: vec![
+                unit(
+                    "test-kmsg.service",
+                    "[Service]\nExecStart=/usr/bin/probe kmsg \"KiB of code mapped with 2 MiB pages\" 900\n",
+                ),
+                unit(
+                    "test-mounts.service",
+                    "[Service]\nStandardOutput=tty\nExecStart=/usr/bin/probe cat /proc/mounts\n",
+                ),
+            ],
             cmdline: "agent.exit_after=1s",
             data_disk: false,
             vsock: false,
@@ -858,6 +864,22 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
                     r.console
                         .contains("KiB of code mapped with 2 MiB pages (DAX)"),
                     "init's code was not mapped with a 2 MiB page",
+                    &r,
+                )?;
+                // The superblock's mount options reached the kernel: no
+                // inode-table readahead on the DAX root.
+                let root_line = r
+                    .console
+                    .split(" | ")
+                    .find(|m| m.contains(" / ext4 "))
+                    .unwrap_or_default();
+                check(
+                    s.name,
+                    root_line.contains(crate::image::DAX_MOUNT_OPTS),
+                    &format!(
+                        "the root's mount options lack {} ({root_line:?})",
+                        crate::image::DAX_MOUNT_OPTS
+                    ),
                     &r,
                 )?;
             }

@@ -439,7 +439,9 @@ VM (minos against tini, dumb-init, catatonit and busybox): [bench/pid1.md](bench
 - **Clock.** QEMU under TCG with `-icount shift=0,sleep=off`: guest time is instruction-counted
   and repeats run after run, so one boot per cell suffices. The image is on NVDIMM with Kata's
   DAX header (q35) or an initrd, never virtio-blk (a guest idling on block I/O makes icount skip
-  ahead unpredictably).
+  ahead unpredictably). Every system's image comes from the same builder (`cargo xtask image`'s
+  ext4 layout, docs/images.md): init's file 2 MiB-aligned where it is a file of its own, and no
+  inode-table readahead on the DAX root (`inode_readahead_blks=0` in the superblock).
 - **Markers.** Read by agent-shim (`agent.bench`) from the kernel log: *init exec* is the
   kernel's `Run /sbin/init as init process` record; *agent ready* is the record agent-shim
   writes once its ttRPC server listens; *agent exec* is agent ready less the CLOCK_BOOTTIME the
