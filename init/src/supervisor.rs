@@ -30,6 +30,16 @@ pub const DEFER_MAX: Duration = Duration::from_millis(100);
 /// ones it started have stopped running.
 pub const HOLD_POLL: Duration = Duration::from_micros(250);
 
+/// After the first service's fork, how often init looks whether that
+/// process has stopped running before it makes the held-back sockets
+/// ([`Supervisor::start_sockets_now`]): longer than an exec takes to reach
+/// `main`, so init does not wake in between.
+pub const SOCKETS_POLL: Duration = Duration::from_millis(1);
+
+/// The longest the held-back sockets wait for the first service to stop
+/// running.
+pub const SOCKETS_WAIT_MAX: Duration = Duration::from_millis(20);
+
 /// The most listening sockets init watches at once (all socket units).
 pub const MAX_LISTEN_FDS: usize = 64;
 
@@ -580,6 +590,8 @@ pub struct Supervisor {
     signals: SignalFd,
     notify: Option<OwnedFd>,
     control: Option<OwnedFd>,
+    /// The control connections being served (non-blocking, polled).
+    clients: control::Clients,
     pub timeline: Timeline,
     shutdown: Option<(ShutdownRequest, ShutdownPhase)>,
     all_started: bool,
@@ -591,6 +603,11 @@ pub struct Supervisor {
     /// unit waits until no other task is runnable (or [`DEFER_MAX`]). The
     /// open /proc/loadavg tells.
     hold: Option<std::fs::File>,
+    /// The first service has been forked and the socket units held back
+    /// for it are still to be made: since when, and /proc/loadavg, which
+    /// tells when that process has stopped running
+    /// ([`Self::sockets_due`]).
+    sockets_pending: Option<(Instant, Option<std::fs::File>)>,
     /// Deferring has ended; it does not start again.
     deferred: bool,
     /// init's own run directory, timeline file and sockets, not yet made
@@ -658,11 +675,13 @@ impl Supervisor {
             signals,
             notify: None,
             control: None,
+            clients: control::Clients::serving(0),
             timeline,
             shutdown: None,
             all_started: false,
             deferring: None,
             hold: None,
+            sockets_pending: None,
             deferred: false,
             late: None,
             later_units: None,
@@ -683,7 +702,7 @@ impl Supervisor {
             // In a VM, init's own directory, timeline file and sockets wait
             // like the next unit does: until the unit just forked (the
             // agent) has run, so that they do not delay its exec.
-            if self.hold.is_none() {
+            if self.hold.is_none() && self.sockets_pending.is_none() {
                 self.set_up_late();
             }
             if let Some((req, ShutdownPhase::Done)) = &self.shutdown {
@@ -710,13 +729,25 @@ impl Supervisor {
             tv_nsec: i64::from(d.subsec_nanos()),
         });
         // Fixed capacity: the loop does not allocate per wakeup.
-        let mut fds: heapless::Vec<PollFd<'_>, { 3 + MAX_LISTEN_FDS }> = heapless::Vec::new();
+        let mut fds: heapless::Vec<PollFd<'_>, { 3 + control::MAX_CLIENTS + MAX_LISTEN_FDS }> =
+            heapless::Vec::new();
         let _ = fds.push(PollFd::new(self.signals.fd(), PollFlags::IN));
         if let Some(n) = &self.notify {
             let _ = fds.push(PollFd::new(n, PollFlags::IN));
         }
-        if let Some(c) = &self.control {
+        let control_at = self.control.as_ref().map(|c| {
             let _ = fds.push(PollFd::new(c, PollFlags::IN));
+            fds.len() - 1
+        });
+        // Control clients: each waits in the poll set, none is waited on.
+        let first_client = fds.len();
+        let mut client_slots: heapless::Vec<usize, { control::MAX_CLIENTS }> = heapless::Vec::new();
+        for (slot, fd, flags) in self.clients.wanted() {
+            if client_slots.push(slot).is_ok()
+                && fds.push(PollFd::from_borrowed_fd(fd, flags)).is_err()
+            {
+                client_slots.pop();
+            }
         }
         // Listening sockets whose service is down: a pending connection
         // starts it. The unit of each polled socket, by position.
@@ -741,6 +772,16 @@ impl Supervisor {
             Err(e) => {
                 log::error!("poll: {e}");
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let accept = control_at
+            .and_then(|i| fds.get(i))
+            .is_some_and(|fd| !fd.revents().is_empty());
+        let mut ready_clients: heapless::Vec<usize, { control::MAX_CLIENTS }> =
+            heapless::Vec::new();
+        for (fd, &slot) in fds.iter().skip(first_client).zip(client_slots.iter()) {
+            if !fd.revents().is_empty() {
+                let _ = ready_clients.push(slot);
             }
         }
         let mut pending: heapless::Vec<(usize, bool), MAX_LISTEN_FDS> = heapless::Vec::new();
@@ -768,7 +809,7 @@ impl Supervisor {
         // be seen as ready before its exit is reaped (as systemd orders it).
         self.read_notify();
         self.read_signals();
-        self.serve_control();
+        self.serve_control(accept, &ready_clients);
     }
 
     fn read_signals(&mut self) {
@@ -1080,8 +1121,9 @@ impl Supervisor {
             return;
         }
         // Socket units held back for this process (the first service of a
-        // VM boot) are made once its exec has happened, by init at nice 0
-        // but SCHED_BATCH ([`Self::start_sockets_now`]).
+        // VM boot) are made once it has run after its exec, by init at
+        // nice 0 but SCHED_BATCH ([`Self::sockets_due`],
+        // [`Self::start_sockets_now`]).
         let sockets_after = self.sockets_held();
         if !sockets_after {
             // At BOOT_NICE before the clone, not after: the exec that ends
@@ -1112,7 +1154,8 @@ impl Supervisor {
                     deadline_after(u.unit.service.timeout_start).map(|d| (d, Timer::StartTimeout));
                 let name = u.unit.name.clone();
                 if sockets_after {
-                    self.start_sockets_now();
+                    self.sockets_pending =
+                        Some((Instant::now(), std::fs::File::open("/proc/loadavg").ok()));
                 }
                 self.hold_next_unit();
                 self.timeline.mark(Event::UnitStarted, Some(&name));
@@ -1121,7 +1164,8 @@ impl Supervisor {
                 let pid = child.id();
                 u.main = Some(child);
                 if sockets_after {
-                    self.start_sockets_now();
+                    self.sockets_pending =
+                        Some((Instant::now(), std::fs::File::open("/proc/loadavg").ok()));
                 }
                 self.hold_next_unit();
                 let Some(u) = self.units.get_mut(i) else {
@@ -1545,7 +1589,19 @@ impl Supervisor {
             .deferring
             .and_then(|since| since.checked_add(DEFER_MAX));
         let hold = self.hold.as_ref().map(|_| Instant::now() + HOLD_POLL);
-        units.chain(shutdown).chain(deferring).chain(hold).min()
+        let clients = self.clients.next_deadline();
+        // The first look SOCKETS_POLL after the fork, then every SOCKETS_POLL.
+        let sockets = self.sockets_pending.as_ref().map(|(since, _)| {
+            let polls = since.elapsed().as_micros() / SOCKETS_POLL.as_micros() + 1;
+            *since + SOCKETS_POLL * u32::try_from(polls).unwrap_or(u32::MAX)
+        });
+        units
+            .chain(shutdown)
+            .chain(deferring)
+            .chain(hold)
+            .chain(clients)
+            .chain(sockets)
+            .min()
     }
 
     fn is_after(&self, later: &Unit, earlier: &Unit) -> bool {
@@ -1558,8 +1614,8 @@ impl Supervisor {
     /// any time — kata-agent's systemd cgroup driver does at its first
     /// container — and must never find it missing. The one exception is the
     /// first service of a VM boot (the agent), forked first so that binding
-    /// costs its exec nothing; its sockets are made right after that exec
-    /// ([`Self::start_sockets_now`]). A socket unit ordered after another
+    /// costs its exec nothing; its sockets are made once it has run after
+    /// that exec ([`Self::sockets_due`], [`Self::start_sockets_now`]). A socket unit ordered after another
     /// unit waits in [`Self::schedule`].
     fn start_sockets(&mut self) {
         if let Some(later) = self.later_units.take() {
@@ -1590,10 +1646,29 @@ impl Supervisor {
         }
     }
 
-    /// Makes the held-back socket units after the first service's exec,
-    /// then lowers init to BOOT_NICE. Until here init is SCHED_BATCH at
-    /// nice 0: the exec's wake-up does not let it preempt the new process
-    /// (whose exec → main is not init's to slow down), but it keeps a fair
+    /// Whether the socket units held back for the first service are to be
+    /// made now: once no task but init is runnable (that service has
+    /// reached `main` and waits, typically for the host), at most
+    /// [`SOCKETS_WAIT_MAX`] after its fork. Until then init does nothing
+    /// else of the boot: reading socket units and what they pull in (over
+    /// a hundred lookups on an osbuilder rootfs) would take turns from the
+    /// new process's exec → `main`.
+    fn sockets_due(&self) -> bool {
+        let Some((since, loadavg)) = &self.sockets_pending else {
+            return false;
+        };
+        since.elapsed() >= SOCKETS_WAIT_MAX
+            || loadavg
+                .as_ref()
+                .and_then(runnable_tasks)
+                .is_none_or(|n| n <= 1)
+    }
+
+    /// Makes the held-back socket units once the first service has run
+    /// ([`Self::sockets_due`]), then lowers init to BOOT_NICE. Until here
+    /// init is SCHED_BATCH at nice 0: neither the exec's wake-up nor its
+    /// own timer lets it preempt the new process (whose exec → main is not
+    /// init's to slow down), but it keeps a fair
     /// share of the CPU, so the scheduler tick gives it a turn within a
     /// few milliseconds even while the new process is busy — long before
     /// the agent has loaded, started its server and been asked by the host
@@ -1601,6 +1676,7 @@ impl Supervisor {
     /// queued host requests) left init no turn at all, and the agent's
     /// first container found no D-Bus socket (two CI runs).
     fn start_sockets_now(&mut self) {
+        self.sockets_pending = None;
         self.start_sockets();
         if let Err(e) = crate::sys::set_batch(false) {
             log::warn!("sched_setscheduler(SCHED_OTHER) after making sockets: {e}");
@@ -1612,6 +1688,7 @@ impl Supervisor {
     /// started (see [`Self::start_sockets`]).
     fn sockets_held(&self) -> bool {
         self.settings.mode == Mode::Vm
+            && self.sockets_pending.is_none()
             && self.deferring.is_none()
             && !self.deferred
             && (self.later_units.is_some()
@@ -1637,6 +1714,12 @@ impl Supervisor {
             if idle {
                 self.start_unit(j);
             }
+        }
+        if self.sockets_pending.is_some() {
+            if !self.sockets_due() {
+                return;
+            }
+            self.start_sockets_now();
         }
         if self.holding() {
             return;
@@ -1698,8 +1781,13 @@ impl Supervisor {
                         self.set_up_late();
                     }
                     self.start_unit(i);
-                    // Its process has exec'd (CLONE_VFORK): the sockets
-                    // held back for it are made now, before init waits.
+                    if self.sockets_pending.is_some() {
+                        // The sockets held back for it, and every unit
+                        // after them, wait until it has run.
+                        return;
+                    }
+                    // Its process has exec'd (CLONE_VFORK): sockets
+                    // waiting for it are made now, before init waits.
                     self.start_sockets();
                     progressed = true;
                     if self.hold.is_some() {
@@ -2218,16 +2306,31 @@ impl Supervisor {
         }
     }
 
-    fn serve_control(&mut self) {
-        let Some(fd) = &self.control else { return };
-        let Some(conn) = control::accept(fd.as_fd()) else {
-            return;
-        };
-        let reply_req = control::serve(conn, |req| match req {
-            control::Request::Status => (self.status_text(), None),
-            control::Request::Power(r) => (format!("ok: {}\n", r.kind.name()), Some(r)),
-        });
-        if let Some(req) = reply_req {
+    /// Serves the control clients poll found ready (reading and writing
+    /// only what is there, never waiting), accepts new ones when the
+    /// listening socket was ready, and closes those past their deadline.
+    fn serve_control(&mut self, accept: bool, ready: &[usize]) {
+        // Out of `self` while serving: an answer reads the units.
+        let mut clients = std::mem::take(&mut self.clients);
+        let mut acts: heapless::Vec<ShutdownRequest, { control::MAX_CLIENTS }> =
+            heapless::Vec::new();
+        for &slot in ready {
+            let act = clients.serve(slot, |req| match req {
+                control::Request::Status => (self.status_text(), None),
+                control::Request::Power(r) => (format!("ok: {}\n", r.kind.name()), Some(r)),
+            });
+            if let Some(req) = act {
+                let _ = acts.push(req);
+            }
+        }
+        if accept {
+            if let Some(fd) = &self.control {
+                clients.accept_from(fd.as_fd(), Instant::now());
+            }
+        }
+        clients.expire(Instant::now());
+        self.clients = clients;
+        for req in acts {
             self.request_shutdown(req);
         }
     }

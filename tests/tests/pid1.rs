@@ -946,3 +946,110 @@ fn non_root_notify_units_remain_after_exit_and_dependency_failures() {
         "{report}"
     );
 }
+
+/// Monotonic µs, the clock `probe append` stamps with.
+fn monotonic_us() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+}
+
+#[test]
+fn control_clients_that_idle_or_trickle_do_not_stall_pid1() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let fs = Rootfs::new("ctl-stall");
+    fs.unit(
+        "flappy.service",
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nRestart=always\nRestartSec=100ms\n\
+         ExecStart=/bin/probe append /data/runs run\n",
+    );
+    let mut pid1 = fs.start(&[]);
+    pid1.wait_for("timeline event=all_started", WAIT);
+    let sock = std::path::PathBuf::from(format!(
+        "/proc/{}/root/run/minos/control.sock",
+        pid1.host_pid()
+    ));
+    let window = Duration::from_secs(3);
+    let runs_between = |from: u64, to: u64| {
+        stamps(&fs.read("data/runs"))
+            .iter()
+            .filter(|(_, t)| (from..to).contains(t))
+            .count()
+    };
+    let a0 = monotonic_us();
+    std::thread::sleep(window);
+    let unattacked = runs_between(a0, monotonic_us());
+
+    // Every slot taken by clients that never write, renewed as init cuts
+    // them off, one more that sends a byte every 0.9 s, and a stream of
+    // connections beyond the limit.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            let mut idle: Vec<(UnixStream, std::time::Instant)> = Vec::new();
+            let mut trickle: Option<(UnixStream, std::time::Instant)> = None;
+            let mut refused = 0;
+            while !stop.load(Ordering::Relaxed) {
+                idle.retain(|(_, t)| t.elapsed() < Duration::from_millis(1500));
+                while idle.len() < 20 {
+                    match UnixStream::connect(&sock) {
+                        Ok(c) => idle.push((c, std::time::Instant::now())),
+                        Err(_) => {
+                            refused += 1;
+                            break;
+                        }
+                    }
+                }
+                let due = trickle
+                    .as_ref()
+                    .is_none_or(|(_, t)| t.elapsed() >= Duration::from_millis(900));
+                if due {
+                    let alive = trickle
+                        .as_mut()
+                        .is_some_and(|(c, _)| c.write_all(b"s").is_ok());
+                    if !alive {
+                        trickle = UnixStream::connect(&sock)
+                            .ok()
+                            .map(|c| (c, std::time::Instant::now()));
+                    } else if let Some((_, t)) = trickle.as_mut() {
+                        *t = std::time::Instant::now();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            refused
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let b0 = monotonic_us();
+    std::thread::sleep(window);
+    let attacked = runs_between(b0, monotonic_us());
+
+    // SIGTERM while attacked: handled at once.
+    let t = std::time::Instant::now();
+    pid1.signal(libc::SIGTERM);
+    while !pid1.output().contains("signal 15: poweroff") && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let handled = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = attacker.join();
+    let end = pid1.wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    assert!(unattacked >= 10, "{unattacked} runs in {window:?}");
+    assert!(
+        attacked * 10 >= unattacked * 9,
+        "restarts: {attacked} attacked against {unattacked} unattacked in {window:?}\n{}",
+        end.output
+    );
+    assert!(
+        handled < Duration::from_millis(100),
+        "SIGTERM handled after {handled:?}"
+    );
+    end.assert_log("control socket: ");
+}
