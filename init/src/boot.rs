@@ -38,6 +38,11 @@ pub fn run(args: &[String]) -> ! {
             mounts::MountTable::default()
         }
     };
+    if mode == Mode::Container {
+        // A non-blocking descriptor of the log's own on stderr, now that
+        // /proc is there.
+        logger::stderr_own_descriptor();
+    }
     let mut errors = Vec::new();
     mounts::mount_dev(&mut table, mode, &mut errors);
     if mode == Mode::Vm {
@@ -240,7 +245,7 @@ pub fn shutdown_fs(unmount: bool) {
 }
 
 /// PID 1's panic hook: the message to the kernel log (and stderr in a
-/// container), sync, power off — never PID 1 ending (a kernel panic).
+/// container, never blocking), sync, power off — never PID 1 ending (a kernel panic).
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         logger::release_held_lines();
@@ -253,7 +258,7 @@ pub fn install_panic_hook() {
                 f.write_all(msg.as_bytes())
             });
         if wrote.is_err() || std::env::var_os("container").is_some() {
-            eprint!("{}", msg.trim_start_matches("<2>"));
+            logger::stderr_now(msg.trim_start_matches("<2>"));
         }
         rustix::fs::sync();
         let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);

@@ -4,9 +4,15 @@
 //! 0-2 may be closed in an initrd), lines are kept in a fixed buffer and
 //! flushed once the sink exists. kmsg records carry the kernel's timestamp,
 //! so they also appear in dmesg and on the console at the right level.
+//!
+//! stderr never blocks init: a console pipe nobody drains (a unit flooding
+//! it, a runtime that stopped reading) would otherwise freeze PID 1 in a
+//! write. Lines go out non-blocking ([`StderrSink`]); what does not fit
+//! waits in a bounded queue, written as the pipe drains (the supervisor's
+//! loop calls [`drain`]), and lines beyond the queue are counted and
+//! reported once it has drained ("N log lines dropped").
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
@@ -19,12 +25,173 @@ const EARLY_LINES: usize = 32;
 
 type Line = heapless::String<LINE_MAX>;
 
+/// `repr(u8)` with `Pending` first: the logger's static (with its 31 KiB
+/// `early` buffer) starts all zeros and stays in .bss, out of the file;
+/// left to rustc, `Pending` took a niche in `StdioSink` and the static
+/// moved to .data.
 #[derive(Debug)]
+#[repr(u8)]
 enum Sink {
     /// Nothing opened yet: keep lines in `early`.
     Pending,
     Kmsg(OwnedFd),
-    Stderr,
+    Stderr(StdioSink),
+}
+
+/// The most bytes of log lines waiting for stderr to drain.
+const STDERR_QUEUE_MAX: usize = 64 * 1024;
+
+/// init's stderr (its log) or stdout (unit status lines in a container),
+/// written without ever blocking.
+#[derive(Debug)]
+struct StdioSink {
+    /// 1 or 2.
+    stdio: i32,
+    /// A non-blocking descriptor of its own on what `stdio` is (opened
+    /// through /proc/self/fd/N: a new open file description, so the units
+    /// that share init's stdio keep theirs blocking). Without one (no
+    /// /proc yet, a socket), `stdio` itself, written only when poll(2)
+    /// says it has room.
+    own: Option<OwnedFd>,
+    /// Lines that did not fit yet; the first may be partly written
+    /// (`sent` bytes of it).
+    queue: std::collections::VecDeque<Vec<u8>>,
+    queued: usize,
+    sent: usize,
+    /// Lines dropped because the queue was full, not yet reported.
+    dropped: usize,
+}
+
+/// What one non-blocking write did.
+enum Wrote {
+    All,
+    Part(usize),
+    /// No room now: try again later.
+    Later,
+    /// The descriptor is gone (closed, EPIPE): the line is lost.
+    Lost,
+}
+
+impl StdioSink {
+    fn new(stdio: i32) -> StdioSink {
+        StdioSink {
+            stdio,
+            own: None,
+            queue: std::collections::VecDeque::new(),
+            queued: 0,
+            sent: 0,
+            dropped: 0,
+        }
+    }
+
+    /// `stdio` borrowed for one call.
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: fds 1 and 2 are init's stdio for the whole process's
+        // life (init never closes them); borrowed for one call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.stdio) }
+    }
+
+    /// Opens the descriptor of its own (see [`stderr_own_descriptor`]).
+    fn open_own(&mut self) {
+        use rustix::fs::{Mode, OFlags};
+        if self.own.is_some() {
+            return;
+        }
+        let Ok(fd) = rustix::fs::open(
+            format!("/proc/self/fd/{}", self.stdio).as_str(),
+            OFlags::WRONLY | OFlags::NONBLOCK | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let same = match (rustix::fs::fstat(&fd), rustix::fs::fstat(self.fd())) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        };
+        if same {
+            self.own = Some(fd);
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) -> Wrote {
+        use rustix::event::{PollFd, PollFlags};
+        let result = match &self.own {
+            Some(fd) => rustix::io::write(fd, bytes),
+            None => {
+                let fd = self.fd();
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                match rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())) {
+                    Ok(1) if fds[0].revents().contains(PollFlags::OUT) => {
+                        rustix::io::write(fd, bytes)
+                    }
+                    Ok(_) => Err(rustix::io::Errno::AGAIN),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(n) if n >= bytes.len() => Wrote::All,
+            Ok(n) => Wrote::Part(n),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Wrote::Later,
+            Err(_) => Wrote::Lost,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        !self.queue.is_empty() || self.dropped > 0
+    }
+
+    /// Writes what waits, as far as there is room; reports dropped lines
+    /// once everything before them is out.
+    fn drain(&mut self) {
+        while let Some(front) = self.queue.front() {
+            let rest = front.get(self.sent..).unwrap_or_default();
+            match self.write(rest) {
+                Wrote::All | Wrote::Lost => {
+                    self.queued -= front.len();
+                    self.sent = 0;
+                    self.queue.pop_front();
+                }
+                Wrote::Part(n) => {
+                    self.sent += n;
+                    return;
+                }
+                Wrote::Later => return,
+            }
+        }
+        if self.dropped > 0 {
+            let line = match self.stdio {
+                1 => format!(
+                    "minos-init: {} status lines dropped (stdout full)\n",
+                    self.dropped
+                ),
+                _ => format!(
+                    "minos-init: {} log lines dropped (stderr full)\n",
+                    self.dropped
+                ),
+            };
+            self.dropped = 0;
+            self.push(line.into_bytes());
+        }
+    }
+
+    /// Writes one line, or queues it behind those waiting.
+    fn push(&mut self, rec: Vec<u8>) {
+        self.drain();
+        if self.queue.is_empty() {
+            match self.write(&rec) {
+                Wrote::All | Wrote::Lost => return,
+                Wrote::Part(n) => self.sent = n,
+                Wrote::Later => {}
+            }
+        }
+        if self.queued + rec.len() > STDERR_QUEUE_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.queued += rec.len();
+        self.queue.push_back(rec);
+    }
 }
 
 #[derive(Debug)]
@@ -82,7 +249,7 @@ pub fn use_kmsg() {
         rustix::fs::Mode::empty(),
     ) {
         Ok(fd) => Sink::Kmsg(fd),
-        Err(_) => Sink::Stderr,
+        Err(_) => Sink::Stderr(StdioSink::new(2)),
     };
     LOGGER.set_sink(sink);
 }
@@ -142,9 +309,86 @@ fn unlimit(state: &mut State) {
     }
 }
 
-/// Uses stderr as the sink (container mode: the console is init's own stdio).
+/// Uses stderr as the sink (container mode: the console is init's own
+/// stdio), written without blocking; a descriptor of its own once /proc
+/// is there ([`stderr_own_descriptor`]).
 pub fn use_stderr() {
-    LOGGER.set_sink(Sink::Stderr);
+    LOGGER.set_sink(Sink::Stderr(StdioSink::new(2)));
+    stderr_own_descriptor();
+}
+
+/// Opens a non-blocking descriptor of the stderr sink's own on what fd 2
+/// is, through /proc/self/fd/2, when it has none yet: a new open file
+/// description (`O_APPEND` for a file), so that setting `O_NONBLOCK` on it
+/// changes nothing for the units sharing init's stderr. Checked to be the
+/// same file as fd 2; where it cannot be opened (no /proc yet, a socket,
+/// a pipe without a reader), fd 2 stays, written only when poll(2) says it
+/// has room.
+pub fn stderr_own_descriptor() {
+    if let Ok(mut state) = LOGGER.state.lock() {
+        if let Sink::Stderr(sink) = &mut state.sink {
+            sink.open_own();
+        }
+    }
+}
+
+/// Unit status lines on stdout (container mode), written as the log is.
+static STATUS: Mutex<Option<StdioSink>> = Mutex::new(None);
+
+/// Writes one unit status line to stdout without blocking (queued, or
+/// counted when the queue is full, as log lines are).
+pub fn status_line(line: &str) {
+    if let Ok(mut status) = STATUS.lock() {
+        let sink = status.get_or_insert_with(|| {
+            let mut sink = StdioSink::new(1);
+            sink.open_own();
+            sink
+        });
+        sink.push(line.as_bytes().to_vec());
+    }
+}
+
+/// Writes the log and status lines waiting for stderr and stdout to
+/// drain, as far as there is room; never blocks. Called by the supervisor
+/// at every turn of its loop.
+pub fn drain() {
+    if let Ok(mut state) = LOGGER.state.try_lock() {
+        if let Sink::Stderr(sink) = &mut state.sink {
+            if sink.waiting() {
+                sink.drain();
+            }
+        }
+    }
+    if let Ok(mut status) = STATUS.try_lock() {
+        if let Some(sink) = status.as_mut().filter(|s| s.waiting()) {
+            sink.drain();
+        }
+    }
+}
+
+/// Whether lines wait for stderr or stdout to drain (the supervisor then
+/// wakes to retry).
+pub fn waiting() -> bool {
+    let log = LOGGER
+        .state
+        .try_lock()
+        .is_ok_and(|state| matches!(&state.sink, Sink::Stderr(sink) if sink.waiting()));
+    let status = STATUS
+        .try_lock()
+        .is_ok_and(|s| s.as_ref().is_some_and(StdioSink::waiting));
+    log || status
+}
+
+/// One line to stderr at once, for the panic hook: never blocks (lost
+/// when stderr has no room), never waits for the logger's lock.
+pub fn stderr_now(line: &str) {
+    if let Ok(mut state) = LOGGER.state.try_lock() {
+        if let Sink::Stderr(sink) = &mut state.sink {
+            let _ = sink.write(line.as_bytes());
+            return;
+        }
+    }
+    let _ = StdioSink::new(2).write(line.as_bytes());
 }
 
 /// Writes one line straight to the sink, bypassing the level filter: for
@@ -235,7 +479,7 @@ fn emit(state: &mut State, level: Level, line: &str) {
             unlimit(state);
         }
     }
-    match &state.sink {
+    match &mut state.sink {
         Sink::Pending => {}
         Sink::Kmsg(fd) => {
             let mut rec = heapless::Vec::<u8, { LINE_MAX + 8 }>::new();
@@ -247,14 +491,15 @@ fn emit(state: &mut State, level: Level, line: &str) {
             let _ = rec.push(b'\n');
             let _ = rustix::io::write(fd, &rec);
         }
-        Sink::Stderr => {
-            // One write(2) per line: stderr is unbuffered, and a reader of a
-            // pipe shared with the units' output must never see a line cut
-            // by another process's write between its text and its newline.
+        Sink::Stderr(sink) => {
+            // One write(2) per line: a reader of a pipe shared with the
+            // units' output must never see a line cut by another process's
+            // write between its text and its newline (a line is less than
+            // PIPE_BUF: all of it or nothing).
             let mut rec = Vec::with_capacity(line.len() + 1);
             rec.extend_from_slice(line.as_bytes());
             rec.push(b'\n');
-            let _ = std::io::stderr().lock().write_all(&rec);
+            sink.push(rec);
         }
     }
 }
@@ -288,8 +533,10 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn a_kmsg_record_is_one_line_with_its_level_and_newline() {
@@ -374,5 +621,79 @@ mod tests {
         assert_eq!(parse_level("3"), Some(LevelFilter::Error));
         assert_eq!(parse_level("notice"), Some(LevelFilter::Info));
         assert_eq!(parse_level("loud"), None);
+    }
+
+    // stdout and stderr that nobody drains.
+
+    /// A sink on a pipe of its own, the pipe full; the read end.
+    fn full_pipe() -> (StdioSink, std::fs::File) {
+        let (read, write) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .unwrap();
+        let chunk = [b'.'; 4096];
+        while rustix::io::write(&write, &chunk).is_ok() {}
+        let mut sink = StdioSink::new(2);
+        sink.own = Some(write);
+        (sink, std::fs::File::from(read))
+    }
+
+    fn read_all(pipe: &mut std::fs::File) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).replace('.', "")
+    }
+
+    #[test]
+    fn a_full_pipe_queues_then_counts_and_reports_once_drained() {
+        let (mut sink, mut pipe) = full_pipe();
+        rustix::fs::fcntl_setfl(&pipe, rustix::fs::OFlags::NONBLOCK).unwrap();
+        let line = |i: usize| format!("line {i:05} {}\n", "x".repeat(90)).into_bytes();
+        let n = STDERR_QUEUE_MAX / line(0).len() + 50;
+        for i in 0..n {
+            sink.push(line(i));
+        }
+        // Nothing written, nothing lost but what the queue could not hold.
+        assert!(sink.queued <= STDERR_QUEUE_MAX);
+        assert_eq!(sink.queue.len() + sink.dropped, n);
+        let kept = sink.queue.len();
+        // The reader comes back: the queue goes out in order, then the count.
+        let mut text = read_all(&mut pipe);
+        for _ in 0..100 {
+            sink.drain();
+            text.push_str(&read_all(&mut pipe));
+            if !sink.waiting() {
+                break;
+            }
+        }
+        assert!(!sink.waiting());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), kept + 1, "{}", lines.len());
+        for (i, l) in lines[..kept].iter().enumerate() {
+            assert!(l.starts_with(&format!("line {i:05} ")), "{l}");
+        }
+        assert_eq!(
+            lines[kept],
+            format!("minos-init: {} log lines dropped (stderr full)", n - kept)
+        );
+    }
+
+    #[test]
+    fn a_line_to_a_pipe_with_room_goes_out_at_once() {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let mut sink = StdioSink::new(1);
+        sink.own = Some(write);
+        sink.push(b"hello\n".to_vec());
+        assert!(!sink.waiting());
+        let mut pipe = std::fs::File::from(read);
+        let mut buf = [0u8; 6];
+        pipe.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello\n");
     }
 }

@@ -40,6 +40,10 @@ pub const SOCKETS_POLL: Duration = Duration::from_millis(1);
 /// running.
 pub const SOCKETS_WAIT_MAX: Duration = Duration::from_millis(20);
 
+/// How often init tries again to write log lines waiting for a full
+/// stderr (container mode).
+pub const LOG_RETRY: Duration = Duration::from_millis(100);
+
 /// The most listening sockets init watches at once (all socket units).
 pub const MAX_LISTEN_FDS: usize = 64;
 
@@ -717,6 +721,7 @@ impl Supervisor {
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             self.wait(timeout);
+            crate::logger::drain();
             self.handle_timers();
             self.schedule();
             self.advance_shutdown();
@@ -1590,6 +1595,8 @@ impl Supervisor {
             .and_then(|since| since.checked_add(DEFER_MAX));
         let hold = self.hold.as_ref().map(|_| Instant::now() + HOLD_POLL);
         let clients = self.clients.next_deadline();
+        // Log lines waiting for stderr to drain: tried again.
+        let log = crate::logger::waiting().then(|| Instant::now() + LOG_RETRY);
         // The first look SOCKETS_POLL after the fork, then every SOCKETS_POLL.
         let sockets = self.sockets_pending.as_ref().map(|(since, _)| {
             let polls = since.elapsed().as_micros() / SOCKETS_POLL.as_micros() + 1;
@@ -1601,6 +1608,7 @@ impl Supervisor {
             .chain(hold)
             .chain(clients)
             .chain(sockets)
+            .chain(log)
             .min()
     }
 
@@ -2388,10 +2396,9 @@ impl Supervisor {
         }
         let line = format!("[{tag}] {text}\n");
         match self.settings.mode {
-            Mode::Container => {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(line.as_bytes());
-            }
+            // Non-blocking: a console pipe nobody drains queues or drops
+            // the line rather than stalling PID 1.
+            Mode::Container => crate::logger::status_line(&line),
             Mode::Vm => {
                 // Non-blocking: a console stopped by flow control drops the
                 // line rather than stalling PID 1.

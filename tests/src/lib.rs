@@ -221,6 +221,36 @@ impl Rootfs {
         self.spawn(cmd)
     }
 
+    /// Like [`start`], with init's stdout and stderr on a pipe that
+    /// nobody reads until the caller does: its read end is returned (a
+    /// console nobody drains). [`Pid1::output`] stays empty.
+    pub fn start_undrained(&self, args: &[&str]) -> (Pid1, std::fs::File) {
+        let (read, write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+        let write2 = write.try_clone().expect("dup");
+        let mut cmd = Command::new("unshare");
+        cmd.args(UNSHARE)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("/sbin/init")
+            .args(args)
+            .env_clear()
+            .env("container", "minos-test")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(write2));
+        let child = cmd.spawn().expect("spawn unshare");
+        drop(cmd);
+        let pid1 = Pid1 {
+            child,
+            output: Arc::new(Mutex::new(String::new())),
+            readers: Vec::new(),
+            started: Instant::now(),
+        };
+        (pid1, std::fs::File::from(read))
+    }
+
     fn spawn(&self, mut cmd: Command) -> Pid1 {
         cmd.env_clear()
             .env("container", "minos-test")

@@ -1053,3 +1053,85 @@ fn control_clients_that_idle_or_trickle_do_not_stall_pid1() {
     );
     end.assert_log("control socket: ");
 }
+
+/// Sends one control request to init through its namespace's root; the
+/// answer, within `within`.
+fn control_request(pid1: &minos_tests::Pid1, line: &str, within: Duration) -> String {
+    use std::io::{Read, Write};
+    let path = format!("/proc/{}/root/run/minos/control.sock", pid1.host_pid());
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(within)).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn a_console_nobody_drains_neither_blocks_nor_silences_pid1() {
+    use std::io::Read;
+    let fs = Rootfs::new("undrained");
+    // One unit fills the console pipe; another keeps init logging (a
+    // restart every 100 ms).
+    fs.unit("flood.service", "[Service]\nExecStart=/bin/probe flood\n");
+    fs.unit(
+        "flappy.service",
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nRestart=always\nRestartSec=100ms\n\
+         ExecStart=/bin/probe exit 3\n",
+    );
+    let (pid1, mut console) = fs.start_undrained(&[]);
+    // The pipe (64 KiB) is full long before this.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = std::time::Instant::now();
+    let status = control_request(&pid1, "status", Duration::from_secs(5));
+    let took = t.elapsed();
+    let hp = pid1.host_pid();
+    let wchan = std::fs::read_to_string(format!("/proc/{hp}/wchan")).unwrap_or_default();
+    assert!(
+        status.contains("flappy.service"),
+        "{status:?} after {took:?}; init waits in {wchan:?}"
+    );
+    assert!(took < Duration::from_millis(500), "status took {took:?}");
+    // Drained now: the lines init queued meanwhile come out, in order.
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 65536];
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            match console.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    seen.extend(
+                        text.lines()
+                            .filter(|l| l.starts_with("minos-init: "))
+                            .map(|l| format!("{l}\n")),
+                    );
+                }
+            }
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let t = std::time::Instant::now();
+    pid1.signal(libc::SIGTERM);
+    let end = pid1.wait(WAIT);
+    let stopped = t.elapsed();
+    assert_eq!(end.signal(), Some(SIGINT));
+    assert!(
+        stopped < Duration::from_secs(10),
+        "SIGTERM to the end: {stopped:?}"
+    );
+    let log = reader.join().unwrap();
+    let restarts: Vec<u32> = log
+        .lines()
+        .filter_map(|l| l.split("(restart ").nth(1)?.strip_suffix(')')?.parse().ok())
+        .collect();
+    assert!(restarts.len() >= 20, "{log}");
+    assert!(
+        restarts.windows(2).all(|w| w[1] == w[0] + 1),
+        "queued lines lost or out of order: {restarts:?}"
+    );
+    assert!(log.contains("signal 15: poweroff"), "{log}");
+}

@@ -70,6 +70,13 @@ fn main() {
             Err(e) => fail(&format!("read {path}: {e}")),
         },
         ["pidof", comm] => pidof(comm),
+        // Writes lines to stdout for ever (blocked when nobody reads).
+        ["flood"] => {
+            let line = format!("{}\n", "flood ".repeat(40));
+            let mut out = std::io::stdout().lock();
+            while out.write_all(line.as_bytes()).is_ok() {}
+            1
+        }
         ["kmsg", needle, within_ms] => kmsg(
             needle,
             Duration::from_millis(within_ms.parse().unwrap_or(0)),
