@@ -27,7 +27,8 @@
 //! As PID 1 (Kata's agent-as-init image) the shim first does what init
 //! would have done and powers off instead of exiting ([`asinit`]).
 
-// The one exception, reading the TSC, is in [`bench`] with its invariant.
+// The two exceptions, reading the TSC in [`bench`] and registering a socket
+// with tokio's reactor in [`limits`], carry their invariants.
 #![deny(unsafe_code)]
 
 pub mod address;
@@ -37,6 +38,7 @@ pub mod bench;
 pub mod client;
 pub mod cmdline;
 pub mod duration;
+pub mod limits;
 pub mod logging;
 pub mod memory;
 pub use minos_common::notify;

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,7 @@ use std::sync::Arc;
 use crate::address::Address;
 #[cfg(doc)]
 use crate::address::DEFAULT_SERVER_ADDR;
+use crate::limits::{Accept, Limits, Registry};
 use crate::protocols::health::health_check_response::ServingStatus;
 use crate::protocols::health::{CheckRequest, HealthCheckResponse, VersionCheckResponse};
 use crate::protocols::health_ttrpc::{create_health, Health};
@@ -242,6 +243,7 @@ pub struct AgentServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     address: Address,
+    registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -252,14 +254,13 @@ impl std::fmt::Debug for AgentServer {
     }
 }
 
-/// The server's own thread: a current-thread runtime that takes over
-/// `listener` (the crate's one `unsafe` outside the benchmark's port reads),
-/// serves until `stop`, then shuts the server down. The first message on
-/// `started` says whether it is serving.
-#[allow(unsafe_code)]
+/// The server's own thread: a current-thread runtime that serves the
+/// connections `listener` accepts, within the registry's limits
+/// ([`crate::limits`]), until `stop`, then shuts the server down. The first
+/// message on `started` says whether it is serving.
 fn serve(
     listener: OwnedFd,
-    vsock: bool,
+    registry: Arc<Registry>,
     health: HealthService,
     started: std::sync::mpsc::Sender<Result<(), ttrpc::Error>>,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -277,19 +278,8 @@ fn serve(
         }
     };
     runtime.block_on(async move {
-        let fd = listener.into_raw_fd();
-        // SAFETY: `fd` is a listening socket this function owned (from
-        // `listen`, unix or vsock as `vsock` says); into_raw_fd gave up that
-        // ownership, so the listener created here is its only owner.
-        let listener = unsafe {
-            if vsock {
-                ttrpc::r#async::transport::Listener::from_raw_vsock_listener_fd(fd)
-            } else {
-                ttrpc::r#async::transport::Listener::from_raw_unix_listener_fd(fd)
-            }
-        };
-        let listener = match listener {
-            Ok(listener) => listener,
+        let listener = match Accept::new(listener, registry) {
+            Ok(accept) => ttrpc::r#async::transport::Listener::new(accept),
             Err(err) => {
                 let _ = started.send(Err(ttrpc::Error::Others(format!(
                     "take over the listener: {err}"
@@ -323,8 +313,18 @@ impl AgentServer {
 
     /// [`AgentServer::start`] with the given health service.
     pub fn start_with(address: &Address, health: HealthService) -> Result<Self, ServerError> {
+        Self::start_limited(address, health, Limits::default())
+    }
+
+    /// [`AgentServer::start_with`] within the given limits.
+    pub fn start_limited(
+        address: &Address,
+        health: HealthService,
+        limits: Limits,
+    ) -> Result<Self, ServerError> {
         let listener = listen(address)?;
-        let vsock = matches!(address, Address::Vsock { .. });
+        let registry = Registry::new(limits);
+        let serving = Arc::clone(&registry);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let fail = |source: ttrpc::Error| {
@@ -336,13 +336,14 @@ impl AgentServer {
         };
         let thread = std::thread::Builder::new()
             .name("agent-server".into())
-            .spawn(move || serve(listener, vsock, health, started_tx, stop_rx))
+            .spawn(move || serve(listener, serving, health, started_tx, stop_rx))
             .map_err(|err| fail(ttrpc::Error::Others(format!("spawn its thread: {err}"))))?;
         match started_rx.recv() {
             Ok(Ok(())) => Ok(Self {
                 stop: Some(stop_tx),
                 thread: Some(thread),
                 address: address.clone(),
+                registry,
             }),
             Ok(Err(source)) => {
                 let _ = thread.join();
@@ -359,6 +360,16 @@ impl AgentServer {
 
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// Connections counted against the limit now.
+    pub fn connections(&self) -> usize {
+        self.registry.connections()
+    }
+
+    /// Payload bytes pinned by partial frames now.
+    pub fn pinned(&self) -> usize {
+        self.registry.pinned()
     }
 
     /// Stops the server (the same as dropping it).

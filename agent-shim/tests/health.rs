@@ -551,3 +551,179 @@ fn connections_announcing_oversized_frames_cost_next_to_nothing() {
     let (status, _) = shim.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Raises this process's open-file limit to its hard limit (allowed
+/// without privileges): the attacks below hold thousands of sockets.
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    setrlimit(Resource::Nofile, limit).unwrap();
+}
+
+/// Whether the server has closed or shut down its end of `stream`: a
+/// read sees the end of the stream or a reset, not "nothing yet".
+fn closed_by_server(stream: &mut UnixStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Issue 19's attack: 2,000 connections that never send a whole header
+/// (half of them nothing at all). The server holds at most its limit of
+/// them, the runtime's own connection (which has sent frames) keeps
+/// working and new health checks get in while they are open, and every
+/// one is closed by the frame deadline.
+#[test]
+fn idle_and_half_header_connections_cannot_crowd_out_the_runtime() {
+    use agent_shim::limits::Limits;
+    raise_nofile();
+    let dir = TempDir::new();
+    let path = dir.join("agent.sock");
+    let limits = Limits {
+        frame_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let server =
+        AgentServer::start_limited(&unix(&path), server::HealthService::new(false), limits)
+            .unwrap();
+    let runtime = client(&path);
+    runtime.check(ctx(), &CheckRequest::new()).unwrap();
+
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for i in 0..2000 {
+        let mut s = UnixStream::connect(&path).unwrap();
+        if i % 2 == 1 {
+            s.write_all(&[0, 0, 0, 1, 0]).unwrap();
+        }
+        attackers.push(s);
+        if i % 250 == 249 {
+            assert!(
+                server.connections() <= limits.max_connections,
+                "{} connections held",
+                server.connections()
+            );
+            assert_serving(&path);
+            runtime.check(ctx(), &CheckRequest::new()).unwrap();
+        }
+    }
+    let flood = started.elapsed();
+    assert!(server.connections() <= limits.max_connections);
+    // Past the deadline every attacker is gone; the runtime's stays.
+    thread::sleep(limits.frame_timeout + Duration::from_millis(500));
+    let open = attackers
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 0, "{open} attacking connections still open");
+    assert_eq!(server.connections(), 1, "only the runtime's is left");
+    runtime.check(ctx(), &CheckRequest::new()).unwrap();
+    eprintln!("2,000 connections in {flood:?}; all closed by the deadline");
+}
+
+/// Partial frames above the small-frame size pin at most `pinned_max`
+/// between them: the frame that would pass it closes its connection
+/// before the server allocates it, and a whole frame gives its share back.
+#[test]
+fn partial_large_frames_pin_at_most_the_cap() {
+    use agent_shim::limits::Limits;
+    let dir = TempDir::new();
+    let path = dir.join("agent.sock");
+    let limits = Limits {
+        small_frame: 1024,
+        pinned_max: 1 << 20,
+        ..Limits::default()
+    };
+    let server =
+        AgentServer::start_limited(&unix(&path), server::HealthService::new(false), limits)
+            .unwrap();
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut first = UnixStream::connect(&path).unwrap();
+    first.write_all(&header(600 << 10, 1, 1)).unwrap();
+    first.write_all(&[7; 1000]).unwrap();
+    wait_for("the first frame reserved", &|| server.pinned() == 600 << 10);
+    // A second would pass the cap: closed, nothing more pinned.
+    let mut second = UnixStream::connect(&path).unwrap();
+    second.write_all(&header(600 << 10, 1, 1)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(second.read(&mut byte), Ok(0) | Err(_)),
+        "the second connection is closed"
+    );
+    assert_eq!(server.pinned(), 600 << 10);
+    // Small frames are not counted: health checks go on.
+    assert_serving(&path);
+    // The first frame completes (its body does not decode; it is answered
+    // with an error): its reservation is released.
+    first.write_all(&vec![7; (600 << 10) - 1000]).unwrap();
+    wait_for("the reservation released", &|| server.pinned() == 0);
+    assert_serving(&path);
+}
+
+/// Issue 19's other attack, on the built binary with its own limits: 300
+/// connections announcing frames just under ttRPC's 4 MiB and sending all
+/// but the last byte. Unbounded, each pinned its 4 MiB; now at most
+/// `PINNED_MAX` of payload is pinned, and the health check still answers.
+#[test]
+fn three_hundred_near_4_mib_partial_frames_stay_within_the_memory_cap() {
+    use agent_shim::limits::{FRAME_MAX, PINNED_MAX};
+    raise_nofile();
+    let dir = TempDir::new();
+    let path = dir.join("agent.sock");
+    let addr = format!("unix://{}", path.display());
+    let shim = Shim::start(&["--server-addr", &addr]);
+    let pid = shim.child.id();
+    let len = FRAME_MAX - 16;
+    let body = vec![0x5a; len - 1];
+    let mut streams = Vec::new();
+    let mut cut = 0;
+    for _ in 0..300 {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let sent = s
+            .write_all(&header(len as u32, 1, 1))
+            .and_then(|()| s.write_all(&body));
+        match sent {
+            Ok(()) => streams.push(s),
+            Err(e) => {
+                assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "write timed out");
+                cut += 1;
+            }
+        }
+    }
+    assert_serving(&path);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| -> usize {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let (rss, peak) = (kib("VmRSS:"), kib("VmHWM:"));
+    eprintln!("300 partial frames: {cut} cut off; agent-shim rss={rss} KiB peak={peak} KiB");
+    let bound_kib = (PINNED_MAX + (64 << 20)) / 1024;
+    assert!(peak <= bound_kib, "peak RSS {peak} KiB > {bound_kib} KiB");
+    assert!(
+        cut >= 300 - PINNED_MAX / len,
+        "only {cut} connections cut off"
+    );
+    drop(streams);
+    let (status, _) = shim.terminate();
+    assert_eq!(status.code(), Some(0));
+}
