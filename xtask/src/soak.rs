@@ -84,11 +84,38 @@ fn check_disk(disk: &Path, n: u64, scratch: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What the boot loop measured.
+/// One boot of the loop, as the page and the log record it.
+#[derive(Debug, Clone)]
+struct Boot {
+    n: u64,
+    /// The unit wrote its files, the agent exited as asked, the guest
+    /// powered off cleanly.
+    clean: bool,
+    /// `e2fsck -fn` clean and every file of every boot so far intact.
+    disk: std::result::Result<(), String>,
+    agent_ready_ms: Option<u64>,
+    /// The boot's summary line (`BootResult::summary`), or why it failed.
+    line: String,
+}
+
+/// What the boot loop measured. A failed boot ends the loop and is
+/// recorded with the rest.
 struct BootLoop {
-    boots: u64,
+    asked: u64,
     wall: Duration,
-    guest_agent_ready_ms: Vec<u64>,
+    boots: Vec<Boot>,
+}
+
+impl BootLoop {
+    fn failure(&self) -> Option<String> {
+        self.boots.iter().find_map(|b| {
+            if !b.clean {
+                Some(format!("boot {}: {}", b.n, b.line))
+            } else {
+                b.disk.as_ref().err().map(|e| format!("boot {}: {e}", b.n))
+            }
+        })
+    }
 }
 
 fn boot_loop(boots: u64) -> Result<BootLoop> {
@@ -123,7 +150,7 @@ fn boot_loop(boots: u64) -> Result<BootLoop> {
             .stdout(std::process::Stdio::null()),
     )?;
     let started = Instant::now();
-    let mut ready = Vec::new();
+    let mut done = Vec::new();
     for n in 1..=boots {
         let o = BootOptions {
             kernel: kernel.clone(),
@@ -139,39 +166,79 @@ fn boot_loop(boots: u64) -> Result<BootLoop> {
             vsock: None,
             host: None,
         };
-        let r = boot(&o)?;
-        let written = format!("probe soakwrite: boot {n} written");
-        if !(r.console.contains(&written)
-            && r.console
-                .contains("agent-shim: exiting status=0 reason=exit-after")
-            && r.shutdown_seen
-            && r.exited_cleanly)
-        {
-            return Err(format!(
-                "boot {n}: no write, no agent exit or no clean poweroff\n--- console ---\n{}",
-                r.console
-            ));
+        let boot = match boot(&o) {
+            Ok(r) => {
+                let written = format!("probe soakwrite: boot {n} written");
+                let clean = r.console.contains(&written)
+                    && r.console
+                        .contains("agent-shim: exiting status=0 reason=exit-after")
+                    && r.shutdown_seen
+                    && r.exited_cleanly;
+                let line = if clean {
+                    r.summary()
+                } else {
+                    let tail: Vec<&str> = r.console.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!(
+                        "no write, no agent exit or no clean poweroff; {}; console ends: {}",
+                        r.summary(),
+                        tail.join(" | ")
+                    )
+                };
+                Boot {
+                    n,
+                    clean,
+                    disk: check_disk(&disk, n, &scratch),
+                    agent_ready_ms: r.agent_ready_us.map(|us| us / 1000),
+                    line,
+                }
+            }
+            Err(e) => Boot {
+                n,
+                clean: false,
+                disk: Err("not checked".into()),
+                agent_ready_ms: None,
+                line: e,
+            },
+        };
+        println!("soak: {}", boot_line(&boot));
+        let stop = !boot.clean || boot.disk.is_err();
+        done.push(boot);
+        if stop {
+            break;
         }
-        check_disk(&disk, n, &scratch)?;
-        if let Some(us) = r.agent_ready_us {
-            ready.push(us / 1000);
-        }
-        println!(
-            "soak: boot {n}/{boots} ok (e2fsck clean, {n} files intact) {}",
-            r.summary()
-        );
     }
     Ok(BootLoop {
-        boots,
+        asked: boots,
         wall: started.elapsed(),
-        guest_agent_ready_ms: ready,
+        boots: done,
     })
+}
+
+/// One boot's line in the log and on stdout.
+fn boot_line(b: &Boot) -> String {
+    let disk = match &b.disk {
+        Ok(()) => format!("e2fsck clean, {} files intact", b.n),
+        Err(e) => format!("disk: {e}"),
+    };
+    let state = if b.clean && b.disk.is_ok() {
+        "ok"
+    } else {
+        "FAILED"
+    };
+    format!("boot {} {state} ({disk}) {}", b.n, b.line)
 }
 
 pub fn main(args: &[String]) -> Result<()> {
     let boots: u64 = crate::util::arg_number(args, "--boots", 100)?;
     let fuzz_seconds: u64 = crate::util::arg_number(args, "--fuzz-seconds", 600)?;
     let record = args.iter().any(|a| a == "--record");
+    let run = Run {
+        command: format!("cargo xtask soak {}", args.join(" ")),
+        commit: crate::util::commit(),
+        dirty: work_tree_dirty(),
+        date: today(),
+    };
     let boot = if boots > 0 {
         Some(boot_loop(boots)?)
     } else {
@@ -186,15 +253,25 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     if record {
         let path = root().join("docs/soak.md");
-        std::fs::write(&path, render(boot.as_ref(), &fuzz))
+        std::fs::write(&path, render(&run, boot.as_ref(), &fuzz))
             .map_err(|e| format!("write {}: {e}", path.display()))?;
-        println!("soak: results in {}", path.display());
+        let log = root().join("docs/soak/soak.log");
+        std::fs::create_dir_all(root().join("docs/soak"))
+            .map_err(|e| format!("create docs/soak: {e}"))?;
+        std::fs::write(&log, log_text(&run, boot.as_ref(), &fuzz))
+            .map_err(|e| format!("write {}: {e}", log.display()))?;
+        println!("soak: results in {} and {}", path.display(), log.display());
     }
-    let failed: Vec<String> = fuzz
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .map(|(t, e)| format!("{t}: {e}"))
+    let mut failed: Vec<String> = boot
+        .as_ref()
+        .and_then(BootLoop::failure)
+        .into_iter()
         .collect();
+    failed.extend(
+        fuzz.iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(|(t, e)| format!("{t}: {e}")),
+    );
     if failed.is_empty() {
         Ok(())
     } else {
@@ -202,40 +279,89 @@ pub fn main(args: &[String]) -> Result<()> {
     }
 }
 
+/// Where and when a run was made, for its page.
+struct Run {
+    command: String,
+    commit: String,
+    dirty: bool,
+    date: String,
+}
+
+fn work_tree_dirty() -> bool {
+    Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(root())
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(true)
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
 type FuzzResult = std::result::Result<crate::fuzz::Run, (&'static str, String)>;
 
-fn render(boot: Option<&BootLoop>, fuzz: &[FuzzResult]) -> String {
-    let mut s = String::from(
-        "# Soak results\n\nWritten by `cargo xtask soak --record` (issue 7's long runs): the last \
-         results on this project's machine (2 cores, QEMU under TCG). The shorter versions run in \
+fn render(run: &Run, boot: Option<&BootLoop>, fuzz: &[FuzzResult]) -> String {
+    let mut s = format!(
+        "# Soak results\n\nWritten by `{}` on {} at commit {}{}, on this project's machine \
+         (2 cores, QEMU under TCG); each boot's line and each fuzz target's result are in \
+         [soak/soak.log](soak/soak.log), written by the same run. The shorter versions run in \
          `cargo xtask test` (3 boots, the fuzz corpora replayed).\n",
+        run.command.trim_end(),
+        run.date,
+        run.commit,
+        if run.dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
     );
     if let Some(b) = boot {
-        let min = b.guest_agent_ready_ms.iter().min().copied().unwrap_or(0);
-        let max = b.guest_agent_ready_ms.iter().max().copied().unwrap_or(0);
+        let ran = b.boots.len();
+        let clean = b.boots.iter().filter(|x| x.clean).count();
+        let disk_ok = b.boots.iter().filter(|x| x.disk.is_ok()).count();
+        let intact = b
+            .boots
+            .iter()
+            .rev()
+            .find(|x| x.disk.is_ok())
+            .map_or(0, |x| x.n);
+        let ready: Vec<u64> = b.boots.iter().filter_map(|x| x.agent_ready_ms).collect();
+        let span = match (ready.iter().min(), ready.iter().max()) {
+            (Some(lo), Some(hi)) => format!("{lo}–{hi}"),
+            _ => "none".into(),
+        };
         let _ = write!(
             s,
             "\n## {} boots writing to a data disk\n\n\
              Each boot of the DAX image (test kernel, q35, 512 MiB) mounted one ext4 data disk kept \
              across all boots, wrote `boot-K` (256 KiB), appended to `log` and rewrote `current` \
-             without fsync; then the agent exited and Kata's unit powered the guest off. After \
-             each boot the host ran `e2fsck -fn` and read the whole disk back.\n\n\
-             | boots | clean power-offs | e2fsck clean | files intact after the last boot | wall time | agent ready (guest ms) |\n\
-             |---:|---:|---:|---:|---:|---|\n\
-             | {} | {} | {} | {} of {} | {:.0} s | {min}–{max} |\n",
-            b.boots,
-            b.boots,
-            b.boots,
-            b.boots,
-            b.boots,
-            b.boots,
+             without fsync; then the agent exited (`agent.exit_after=2s`) and Kata's unit powered \
+             the guest off. After each boot the host ran `e2fsck -fn` and read the whole disk back \
+             (`debugfs rdump`): every file of every boot so far had to be intact. A failed boot \
+             ends the loop.\n\n\
+             | boots asked | boots run | clean power-offs | e2fsck clean, files intact | files intact after the last good check | wall time | agent ready (guest ms) |\n\
+             |---:|---:|---:|---:|---:|---:|---|\n\
+             | {} | {ran} | {clean} | {disk_ok} | {intact} of {ran} | {:.0} s | {span} |\n",
+            b.asked,
+            b.asked,
             b.wall.as_secs_f64()
         );
+        if let Some(f) = b.failure() {
+            let _ = writeln!(s, "\n**Failed:** {}", f.replace('\n', " "));
+        }
     }
     if !fuzz.is_empty() {
         s.push_str(
             "\n## Fuzzing\n\n`cargo fuzz run` (libFuzzer, AddressSanitizer) per target, from the \
-             committed corpus ([docs/fuzzing.md](fuzzing.md)).\n\n\
+             committed corpus ([fuzzing.md](fuzzing.md)).\n\n\
              | target | seconds | executions | corpus files after | findings |\n|---|---:|---:|---:|---|\n",
         );
         for r in fuzz {
@@ -252,16 +378,69 @@ fn render(boot: Option<&BootLoop>, fuzz: &[FuzzResult]) -> String {
     s
 }
 
+/// The run's log: one line per boot, one per fuzz target.
+fn log_text(run: &Run, boot: Option<&BootLoop>, fuzz: &[FuzzResult]) -> String {
+    let mut s = format!(
+        "# {} on {} at {}{}\n",
+        run.command.trim_end(),
+        run.date,
+        run.commit,
+        if run.dirty { "-dirty" } else { "" }
+    );
+    if let Some(b) = boot {
+        for x in &b.boots {
+            let _ = writeln!(s, "{}", boot_line(x));
+        }
+        let _ = writeln!(
+            s,
+            "boots: {} of {} run in {:.0} s",
+            b.boots.len(),
+            b.asked,
+            b.wall.as_secs_f64()
+        );
+    }
+    for r in fuzz {
+        let _ = match r {
+            Ok(r) => writeln!(
+                s,
+                "fuzz {}: {} s, {} executions, {} corpus files, no finding",
+                r.target, r.seconds, r.executions, r.corpus_files
+            ),
+            Err((t, e)) => writeln!(s, "fuzz {t}: FAILED: {}", e.replace('\n', " ")),
+        };
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn run() -> Run {
+        Run {
+            command: "cargo xtask soak --record".into(),
+            commit: "0123456789ab".into(),
+            dirty: false,
+            date: "2026-12-07".into(),
+        }
+    }
+
+    fn ok_boot(n: u64, ms: u64) -> Boot {
+        Boot {
+            n,
+            clean: true,
+            disk: Ok(()),
+            agent_ready_ms: Some(ms),
+            line: format!("boot: agent_ready_ms={ms}"),
+        }
+    }
+
     #[test]
     fn the_record_lists_boots_runs_and_findings() {
         let boot = BootLoop {
-            boots: 100,
-            wall: Duration::from_secs(700),
-            guest_agent_ready_ms: vec![317, 320, 317],
+            asked: 3,
+            wall: Duration::from_secs(21),
+            boots: vec![ok_boot(1, 317), ok_boot(2, 320), ok_boot(3, 318)],
         };
         let fuzz = vec![
             Ok(crate::fuzz::Run {
@@ -275,11 +454,18 @@ mod tests {
                 "fuzz target failed:\nout of memory".to_owned(),
             )),
         ];
-        let md = render(Some(&boot), &fuzz);
+        let md = render(&run(), Some(&boot), &fuzz);
         assert!(
-            md.contains("| 100 | 100 | 100 | 100 of 100 | 700 s | 317–320 |"),
+            md.contains(
+                "Written by `cargo xtask soak --record` on 2026-12-07 at commit 0123456789ab,"
+            ),
             "{md}"
         );
+        assert!(
+            md.contains("| 3 | 3 | 3 | 3 | 3 of 3 | 21 s | 317–320 |"),
+            "{md}"
+        );
+        assert!(!md.contains("**Failed:**"), "{md}");
         assert!(
             md.contains("| `unit_file` | 600 | 2519343 | 13542 | none |"),
             "{md}"
@@ -288,6 +474,37 @@ mod tests {
             md.contains("| `ttrpc_frames` | | | | **fuzz target failed: out of memory** |"),
             "{md}"
         );
+        let log = log_text(&run(), Some(&boot), &fuzz);
+        assert!(
+            log.contains("boot 2 ok (e2fsck clean, 2 files intact) boot: agent_ready_ms=320\n"),
+            "{log}"
+        );
+        assert!(
+            log.contains("fuzz ttrpc_frames: FAILED: fuzz target failed: out of memory\n"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn a_failed_boot_is_counted_and_named_not_hidden() {
+        let mut bad = ok_boot(2, 330);
+        bad.disk = Err("after boot 2: boot-1 differs".into());
+        let boot = BootLoop {
+            asked: 100,
+            wall: Duration::from_secs(14),
+            boots: vec![ok_boot(1, 317), bad],
+        };
+        let md = render(&run(), Some(&boot), &[]);
+        assert!(
+            md.contains("| 100 | 2 | 2 | 1 | 1 of 2 | 14 s | 317–330 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**Failed:** boot 2: after boot 2: boot-1 differs"),
+            "{md}"
+        );
+        assert!(log_text(&run(), Some(&boot), &[])
+            .contains("boot 2 FAILED (disk: after boot 2: boot-1 differs)"));
     }
 
     #[test]
