@@ -135,7 +135,7 @@ fn read_boot_units_with(
         None => {
             // Named nowhere: every service and socket of minos's directory.
             sel_cfg.unit = None;
-            let stems: Vec<&str> = own
+            let stems: BTreeSet<&str> = own
                 .iter()
                 .filter_map(|(n, _, _)| n.strip_suffix(".socket"))
                 .collect();
@@ -145,7 +145,7 @@ fn read_boot_units_with(
                     .strip_suffix(".socket")
                     .or_else(|| name.strip_suffix(".service"));
                 if stem.is_some_and(|s| stems.contains(&s)) {
-                    loader.deferred.push((name.clone(), true));
+                    loader.defer(name, true);
                 } else {
                     now.push((name.clone(), true));
                 }
@@ -157,11 +157,12 @@ fn read_boot_units_with(
     loader.run(queue, true);
     // A unit read now that is ordered against (or requires) a deferred one
     // has them all read now, so that the ordering is seen.
-    let named_now = loader.deferred.iter().any(|(d, _)| {
-        loader
-            .units
+    let named_now = loader.units.iter().any(|u| {
+        u.requires
             .iter()
-            .any(|u| u.requires.contains(d) || u.after.contains(d) || u.before.contains(d))
+            .chain(&u.after)
+            .chain(&u.before)
+            .any(|n| loader.deferred_names.contains(n))
     });
     if named_now {
         loader.load_deferred();
@@ -182,6 +183,8 @@ struct Loader {
     seen: BTreeSet<String>,
     /// Units left for [`Later`], each with whether it was named directly.
     deferred: Vec<(String, bool)>,
+    /// The names in `deferred`.
+    deferred_names: BTreeSet<String>,
     /// Names of unit types init does not run that were pulled in, and how
     /// many of them [`Self::report`] has logged.
     not_run: Vec<String>,
@@ -210,6 +213,7 @@ impl Loader {
             aliases: BTreeMap::new(),
             seen: BTreeSet::new(),
             deferred: Vec::new(),
+            deferred_names: BTreeSet::new(),
             not_run: Vec::new(),
             reported: 0,
             boot: false,
@@ -228,8 +232,8 @@ impl Loader {
         while let Some((name, direct)) = queue.pop_front() {
             for (dep, required) in self.visit(&name, direct, boot) {
                 if boot && !required {
-                    if !self.seen.contains(&dep) && !self.deferred.iter().any(|(d, _)| *d == dep) {
-                        self.deferred.push((dep, false));
+                    if !self.seen.contains(&dep) {
+                        self.defer(&dep, false);
                     }
                 } else {
                     queue.push_back((dep, false));
@@ -238,8 +242,22 @@ impl Loader {
         }
     }
 
+    /// Leaves `name` for [`Later`] (once).
+    fn defer(&mut self, name: &str, direct: bool) {
+        if self.deferred_names.insert(name.to_owned()) {
+            self.deferred.push((name.to_owned(), direct));
+        }
+    }
+
     fn load_deferred(&mut self) {
         let mut queue = std::mem::take(&mut self.deferred);
+        self.deferred_names.clear();
+        let by_name: BTreeMap<String, usize> = self
+            .units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.clone(), i))
+            .collect();
         // The `.wants/` directories of what boot read; for a target, its
         // drop-ins and `.requires/` too.
         for name in std::mem::take(&mut self.wants_dirs) {
@@ -255,7 +273,7 @@ impl Loader {
             wanted.extend(self.index.deps_dirs(&name, "wants"));
             if let Some(deps) = self.graph.targets.get_mut(&name) {
                 deps.extend(wanted.iter().cloned());
-            } else if let Some(u) = self.units.iter_mut().find(|u| u.name == name) {
+            } else if let Some(u) = by_name.get(&name).and_then(|&i| self.units.get_mut(i)) {
                 for w in &wanted {
                     if !u.wants.contains(w) {
                         u.wants.push(w.clone());
@@ -295,9 +313,7 @@ impl Loader {
             return Vec::new();
         }
         if defer_sockets && kind == "socket" {
-            if !self.deferred.iter().any(|(d, _)| d == name) {
-                self.deferred.push((name.to_owned(), direct));
-            }
+            self.defer(name, direct);
             return Vec::new();
         }
         self.seen.insert(name.to_owned());
@@ -586,16 +602,20 @@ impl supervisor::LaterUnits for Later {
 /// pulled in: it is kept, not started ([`Unit::on_demand`]). The order is
 /// the order read.
 pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
+    // Sets and maps by name, so that the selection is O(n log n) in the
+    // units and their dependencies (100,000 units: docs/SPECIFICATION.md).
     let targets = &graph.targets;
-    let broken = &graph.broken;
-    let by_name = |n: &str| all.iter().any(|u| u.name == n);
+    let broken: BTreeSet<&str> = graph.broken.iter().map(String::as_str).collect();
+    let masked: BTreeSet<&str> = cfg.masked.iter().map(String::as_str).collect();
+    let by_name: BTreeMap<&str, &Unit> = all.iter().map(|u| (u.name.as_str(), u)).collect();
     // The services socket units start (a refused or masked socket file's
     // default one too: it is not started for want of its socket either).
-    let activated: Vec<String> = all
+    let activated: BTreeSet<String> = all
         .iter()
         .filter_map(|u| u.socket.as_ref().map(|s| s.service.clone()))
         .chain(
-            broken
+            graph
+                .broken
                 .iter()
                 .chain(&cfg.masked)
                 .filter_map(|b| b.strip_suffix(".socket"))
@@ -603,7 +623,7 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
         )
         .collect();
     let mut roots: Vec<String> = match cfg.unit.as_deref() {
-        Some(n) if by_name(n) => vec![n.to_string()],
+        Some(n) if by_name.contains_key(n) => vec![n.to_string()],
         Some(n) if targets.contains_key(n) => targets.get(n).cloned().unwrap_or_default(),
         _ => all
             .iter()
@@ -614,12 +634,11 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
     roots.extend(cfg.wants.iter().cloned());
     roots.extend(all.iter().filter(|u| u.is_socket()).map(|u| u.name.clone()));
     // Closure over Requires=/Wants= (through targets too).
-    let mut chosen: Vec<String> = Vec::new();
-    let mut seen_targets: Vec<String> = Vec::new();
+    let mut chosen: BTreeSet<String> = BTreeSet::new();
+    let mut seen_targets: BTreeSet<String> = BTreeSet::new();
     while let Some(n) = roots.pop() {
         if let Some(deps) = targets.get(&n) {
-            if !seen_targets.contains(&n) {
-                seen_targets.push(n.clone());
+            if seen_targets.insert(n) {
                 roots.extend(deps.iter().cloned());
             }
             continue;
@@ -627,36 +646,35 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
         if chosen.contains(&n) {
             continue;
         }
-        if let Some(u) = all.iter().find(|u| u.name == n) {
+        if let Some(u) = by_name.get(n.as_str()) {
             roots.extend(u.requires.iter().chain(&u.wants).cloned());
-            chosen.push(n);
+            chosen.insert(n);
         }
     }
-    // A service is kept for its socket unit when that one starts.
-    let wanted_by_socket = |name: &str| {
-        all.iter().any(|s| {
-            s.socket.as_ref().is_some_and(|k| k.service == name)
-                && chosen.contains(&s.name)
-                && !cfg.masked.contains(&s.name)
-        })
-    };
-    // And one for a chosen unit's OnFailure=, when that one fails.
-    let on_failure_of_chosen = |name: &str| {
-        all.iter()
-            .any(|u| chosen.contains(&u.name) && u.on_failure.iter().any(|f| f == name))
-    };
-    let on_demand: Vec<String> = all
+    // A service is kept for its socket unit when that one starts, and one
+    // for a chosen unit's OnFailure=, when that one fails.
+    let kept: BTreeSet<&str> = all
         .iter()
-        .filter(|u| {
-            !chosen.contains(&u.name)
-                && (wanted_by_socket(&u.name) || on_failure_of_chosen(&u.name))
-        })
+        .filter(|s| chosen.contains(&s.name) && !masked.contains(s.name.as_str()))
+        .filter_map(|s| s.socket.as_ref().map(|k| k.service.as_str()))
+        .chain(
+            all.iter()
+                .filter(|u| chosen.contains(&u.name))
+                .flat_map(|u| u.on_failure.iter().map(String::as_str)),
+        )
+        .collect();
+    let on_demand: BTreeSet<String> = all
+        .iter()
+        .filter(|u| !chosen.contains(&u.name) && kept.contains(u.name.as_str()))
         .map(|u| u.name.clone())
         .collect();
+    let by_init: BTreeSet<&str> = graph.by_init.iter().map(String::as_str).collect();
+    drop(kept);
+    drop(by_name);
     let mut out = Vec::new();
     for mut u in all {
         if on_demand.contains(&u.name) {
-            if cfg.masked.contains(&u.name) {
+            if masked.contains(u.name.as_str()) {
                 log::info!("{}: masked; not started", u.name);
                 continue;
             }
@@ -667,7 +685,7 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
         if !chosen.contains(&u.name) {
             continue;
         }
-        if cfg.masked.contains(&u.name) {
+        if masked.contains(u.name.as_str()) {
             log::info!("{}: masked; not started", u.name);
             continue;
         }
@@ -676,8 +694,10 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
             .iter()
             .filter(|r| {
                 r.ends_with(".service")
-                    && !graph.by_init.contains(r)
-                    && (cfg.masked.contains(r) || broken.contains(r) || !chosen.contains(r))
+                    && !by_init.contains(r.as_str())
+                    && (masked.contains(r.as_str())
+                        || broken.contains(r.as_str())
+                        || !chosen.contains(r.as_str()))
             })
             .collect();
         if let Some(m) = missing.first() {

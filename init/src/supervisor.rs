@@ -2,6 +2,7 @@
 //! restarts with start limits, success/failure actions, and stopping units
 //! in reverse order at shutdown. One thread, one poll(2) loop.
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -590,6 +591,9 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Supervisor {
     pub units: Vec<UnitRt>,
+    /// `units`' names and ordering as indices (rebuilt when units are
+    /// added).
+    order: Order,
     settings: Settings,
     signals: SignalFd,
     notify: Option<OwnedFd>,
@@ -641,6 +645,20 @@ pub trait LaterUnits: std::fmt::Debug {
 /// demand service is inactive until its socket unit starts it; a socket
 /// unit knows its service's place.
 fn adopt(units: &mut [UnitRt]) {
+    // Each socket unit's service's index, looked up by name once.
+    let by_name: BTreeMap<&str, usize> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.unit.name.as_str(), i))
+        .collect();
+    let services: Vec<Option<usize>> = units
+        .iter()
+        .map(|u| {
+            let sock = u.unit.socket.as_ref()?;
+            by_name.get(sock.service.as_str()).copied()
+        })
+        .collect();
+    drop(by_name);
     for i in 0..units.len() {
         let Some(u) = units.get(i) else { continue };
         if u.unit.on_demand {
@@ -651,8 +669,10 @@ fn adopt(units: &mut [UnitRt]) {
             }
             continue;
         }
-        let Some(sock) = &u.unit.socket else { continue };
-        let service = units.iter().position(|s| s.unit.name == sock.service);
+        if u.unit.socket.is_none() {
+            continue;
+        }
+        let service = services.get(i).copied().flatten();
         if let Some(u) = units.get_mut(i) {
             if u.socket.is_none() {
                 u.socket = Some(Box::new(SocketRt {
@@ -661,6 +681,85 @@ fn adopt(units: &mut [UnitRt]) {
                 }));
             }
         }
+    }
+}
+
+/// The units' ordering as indices, built once for a set of units (in
+/// O(units + edges · log units)) so that scheduling and stopping look at
+/// each unit's own neighbours, never at every unit.
+#[derive(Debug, Default)]
+struct Order {
+    /// Unit index by name.
+    by_name: BTreeMap<String, usize>,
+    /// For each unit, the units it is ordered after: its `After=`, and
+    /// those whose `Before=` names it (itself never).
+    after: Vec<Vec<usize>>,
+    /// For each unit, the units ordered after it.
+    before: Vec<Vec<usize>>,
+    /// The socket units.
+    sockets: Vec<usize>,
+}
+
+impl Order {
+    fn build(units: &[UnitRt]) -> Order {
+        let by_name: BTreeMap<String, usize> = units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.unit.name.clone(), i))
+            .collect();
+        let mut after = vec![Vec::new(); units.len()];
+        let mut before = vec![Vec::new(); units.len()];
+        for (i, u) in units.iter().enumerate() {
+            let edges = u
+                .unit
+                .after
+                .iter()
+                .filter_map(|n| by_name.get(n).map(|&e| (i, e)))
+                .chain(
+                    u.unit
+                        .before
+                        .iter()
+                        .filter_map(|n| by_name.get(n).map(|&l| (l, i))),
+                );
+            for (later, earlier) in edges {
+                if later == earlier {
+                    continue;
+                }
+                if let Some(a) = after.get_mut(later) {
+                    a.push(earlier);
+                }
+                if let Some(b) = before.get_mut(earlier) {
+                    b.push(later);
+                }
+            }
+        }
+        for list in after.iter_mut().chain(before.iter_mut()) {
+            list.sort_unstable();
+            list.dedup();
+        }
+        let sockets = (0..units.len())
+            .filter(|&i| units.get(i).is_some_and(|u| u.unit.is_socket()))
+            .collect();
+        Order {
+            by_name,
+            after,
+            before,
+            sockets,
+        }
+    }
+
+    /// The units unit `i` is ordered after.
+    fn after(&self, i: usize) -> &[usize] {
+        self.after.get(i).map_or(&[], Vec::as_slice)
+    }
+
+    /// The units ordered after unit `i`.
+    fn before(&self, i: usize) -> &[usize] {
+        self.before.get(i).map_or(&[], Vec::as_slice)
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 }
 
@@ -673,8 +772,10 @@ impl Supervisor {
     ) -> Self {
         let mut units: Vec<UnitRt> = units.into_iter().map(UnitRt::new).collect();
         adopt(&mut units);
+        let order = Order::build(&units);
         Self {
             units,
+            order,
             settings,
             signals,
             notify: None,
@@ -1395,7 +1496,7 @@ impl Supervisor {
                 });
                 continue;
             }
-            match self.units.iter().position(|o| o.unit.name == name) {
+            match self.order.index(&name) {
                 // Started by the scheduling pass, not from here: a unit that
                 // fails at once would otherwise recurse through this.
                 Some(j) => {
@@ -1612,10 +1713,6 @@ impl Supervisor {
             .min()
     }
 
-    fn is_after(&self, later: &Unit, earlier: &Unit) -> bool {
-        later.after.contains(&earlier.name) || earlier.before.contains(&later.name)
-    }
-
     /// Starts every waiting socket unit not ordered after another unit.
     /// Sockets come before every service, as systemd orders sockets.target
     /// before the services of basic.target: a service may connect to one at
@@ -1629,26 +1726,33 @@ impl Supervisor {
         if let Some(later) = self.later_units.take() {
             let loaded: Vec<Unit> = self.units.iter().map(|u| u.unit.clone()).collect();
             for u in later.load(&loaded) {
-                match self.units.iter_mut().find(|have| have.unit.name == u.name) {
+                match self
+                    .order
+                    .index(&u.name)
+                    .and_then(|i| self.units.get_mut(i))
+                {
                     // Made on demand by a socket unit read now: waits for it
                     // (unless it has already started: it then stays).
                     Some(have) => have.unit.on_demand |= u.on_demand,
-                    None => self.units.push(UnitRt::new(u)),
+                    None => {
+                        self.order.by_name.insert(u.name.clone(), self.units.len());
+                        self.units.push(UnitRt::new(u));
+                    }
                 }
             }
             adopt(&mut self.units);
+            self.order = Order::build(&self.units);
         }
-        for i in 0..self.units.len() {
+        // Only the socket units: this pass runs after every unit started.
+        for k in 0..self.order.sockets.len() {
+            let Some(&i) = self.order.sockets.get(k) else {
+                continue;
+            };
             let Some(u) = self.units.get(i) else { continue };
-            // Cheap tests first: this pass runs at every scheduling round.
-            if u.state != State::Waiting || !u.unit.is_socket() {
+            if u.state != State::Waiting {
                 continue;
             }
-            let ordered = self
-                .units
-                .iter()
-                .any(|d| d.unit.name != u.unit.name && self.is_after(&u.unit, &d.unit));
-            if !ordered {
+            if self.order.after(i).is_empty() {
                 self.start_unit(i);
             }
         }
@@ -1758,10 +1862,12 @@ impl Supervisor {
                 }
                 let mut ready = true;
                 let mut dep_failed = None;
-                for d in &self.units {
-                    if d.unit.name == u.unit.name || !self.is_after(&u.unit, &d.unit) {
-                        continue;
-                    }
+                for d in self
+                    .order
+                    .after(i)
+                    .iter()
+                    .filter_map(|&j| self.units.get(j))
+                {
                     if !d.settled && !d.state.is_terminal() {
                         ready = false;
                     } else if !d.settled
@@ -1815,15 +1921,13 @@ impl Supervisor {
                 // Everything left waits on another waiting unit: an ordering cycle.
                 let cycle = !blocked.is_empty()
                     && blocked.iter().all(|&i| {
-                        self.units.iter().all(|d| {
-                            let u = self.units.get(i).map(|u| &u.unit);
-                            u.is_none_or(|u| {
-                                !self.is_after(u, &d.unit)
-                                    || d.settled
-                                    || d.state.is_terminal()
-                                    || d.state == State::Waiting
+                        self.order
+                            .after(i)
+                            .iter()
+                            .filter_map(|&j| self.units.get(j))
+                            .all(|d| {
+                                d.settled || d.state.is_terminal() || d.state == State::Waiting
                             })
-                        })
                     });
                 if cycle {
                     let names: Vec<&str> = blocked
@@ -2226,11 +2330,12 @@ impl Supervisor {
                             continue;
                         }
                         // Stop u only once every unit ordered after it is down.
-                        let blocked = self.units.iter().any(|d| {
-                            d.unit.name != u.unit.name
-                                && !d.state.is_terminal()
-                                && self.is_after(&d.unit, &u.unit)
-                        });
+                        let blocked = self
+                            .order
+                            .before(i)
+                            .iter()
+                            .filter_map(|&j| self.units.get(j))
+                            .any(|d| !d.state.is_terminal());
                         if !blocked {
                             self.stop_unit(i);
                             progressed = true;
@@ -2466,6 +2571,35 @@ fn parse_runnable(text: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rt(name: &str, text: &str) -> UnitRt {
+        UnitRt::new(crate::unit::parse(name, name, text).unit.unwrap())
+    }
+
+    #[test]
+    fn ordering_is_indices_both_ways_without_self_or_unknown_names() {
+        let units = [
+            rt("a.service", "[Unit]\nBefore=c.service\n[Service]\nExecStart=/a\n"),
+            rt(
+                "b.service",
+                "[Unit]\nAfter=a.service nowhere.service b.service\n[Service]\nExecStart=/b\n",
+            ),
+            // Named both ways (its After= and a's Before=): one edge.
+            rt("c.service", "[Unit]\nAfter=a.service b.service\n[Service]\nExecStart=/c\n"),
+            rt("d.socket", "[Socket]\nListenStream=/run/d\n"),
+        ];
+        let order = Order::build(&units);
+        assert_eq!(order.after(0), &[] as &[usize]);
+        assert_eq!(order.after(1), &[0]);
+        assert_eq!(order.after(2), &[0, 1]);
+        assert_eq!(order.before(0), &[1, 2]);
+        assert_eq!(order.before(1), &[2]);
+        assert_eq!(order.before(2), &[] as &[usize]);
+        assert_eq!(order.after(9), &[] as &[usize]);
+        assert_eq!(order.index("c.service"), Some(2));
+        assert_eq!(order.index("nowhere.service"), None);
+        assert_eq!(order.sockets, vec![3]);
+    }
 
     #[test]
     fn loadavg_running_count() {

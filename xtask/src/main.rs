@@ -30,7 +30,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|dist|test|demo|spec|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
+const USAGE: &str = "usage: cargo xtask <build|dist|test|demo|spec [--check] [--record]|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--render]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,7 +47,10 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::main(&args[1..]),
         Some("soak") => build().and_then(|_| soak::main(&args[1..])),
         Some("boot-order") => order::main(&args[1..]),
-        Some("spec") => measure::spec(args.iter().any(|a| a == "--check")),
+        Some("spec") => measure::spec(
+            args.iter().any(|a| a == "--check"),
+            args.iter().any(|a| a == "--record"),
+        ),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -127,7 +130,7 @@ fn test() -> Result<()> {
     util::step("soak, short (3 boots writing to one data disk)", || {
         soak::main(&["--boots", "3", "--fuzz-seconds", "0"].map(String::from))
     })?;
-    util::step("budgets", || measure::spec(true))?;
+    util::step("budgets", || measure::spec(true, false))?;
     util::step(
         "bench pipeline (quick: minos and the agent as init)",
         || bench::main(&["--quick".to_string()]),

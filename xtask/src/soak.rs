@@ -237,7 +237,7 @@ pub fn main(args: &[String]) -> Result<()> {
         command: format!("cargo xtask soak {}", args.join(" ")),
         commit: crate::util::commit(),
         dirty: work_tree_dirty(),
-        date: today(),
+        date: crate::util::today(),
     };
     let boot = if boots > 0 {
         Some(boot_loop(boots)?)
@@ -294,16 +294,6 @@ fn work_tree_dirty() -> bool {
         .output()
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(true)
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "unknown date".into())
 }
 
 type FuzzResult = std::result::Result<crate::fuzz::Run, (&'static str, String)>;

@@ -105,6 +105,17 @@ pub fn commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Today's date (UTC), YYYY-MM-DD, for pages a command writes.
+pub fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
 /// Runs one named step and reports its duration.
 pub fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     println!("xtask: == {name}");

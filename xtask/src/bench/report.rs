@@ -47,12 +47,15 @@ pub fn write(results: &Results, out: &Path, docs: bool) -> Result<()> {
 /// Replaces what stands between `<!-- bench:NAME -->` and
 /// `<!-- /bench:NAME -->` in `path` with `text`; both marks must be there.
 fn splice(path: &Path, name: &str, text: &str) -> Result<()> {
+    splice_marked(path, &format!("bench:{name}"), text)
+}
+
+/// Replaces what stands between `<!-- MARK -->` and `<!-- /MARK -->` in
+/// `path` with `text`; both marks must be there.
+pub fn splice_marked(path: &Path, mark: &str, text: &str) -> Result<()> {
     let page =
         std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let (open, close) = (
-        format!("<!-- bench:{name} -->\n"),
-        format!("<!-- /bench:{name} -->"),
-    );
+    let (open, close) = (format!("<!-- {mark} -->\n"), format!("<!-- /{mark} -->"));
     let (Some(a), Some(b)) = (page.find(&open), page.find(&close)) else {
         return Err(format!("{}: no {open:?} … {close:?} block", path.display()));
     };
