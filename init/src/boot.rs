@@ -1,7 +1,9 @@
 //! PID 1: early boot, loading units, supervising, and the last steps of
 //! shutdown. Every step logs what failed and carries on with a safe default.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use log::LevelFilter;
 
@@ -143,6 +145,7 @@ pub fn run(args: &[String]) -> ! {
         notify_socket: PathBuf::from(NOTIFY_SOCKET),
         status_on_console: cfg.status_on_console(),
         kill_timeout: cfg.kill_timeout,
+        stop_bound: cfg.shutdown_timeout,
         fstab_targets,
     };
     let mut sup = Supervisor::new(units, settings, signals, timeline);
@@ -181,67 +184,173 @@ pub fn finish(req: ShutdownRequest, mode: Mode) -> ! {
 
 /// The child personality that does the file-system part of shutdown.
 pub const SHUTDOWN_FS: &str = "minos-shutdown-fs";
-const SHUTDOWN_FS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const SHUTDOWN_FS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one file system's syncfs(2) may take before shutdown goes on
+/// without it.
+pub const SYNC_EACH_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// sync, then (with `unmount`) every file system unmounted or remounted
-/// read-only in reverse order, then sync again. Done in a child process
-/// (init's `minos-shutdown-fs` personality) that init waits for at most
-/// 60 s: a dead virtio-fs or network file system can block sync or umount
-/// forever, and PID 1 must still reach reboot(2).
-fn filesystems_down(unmount: bool) {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg0(SHUTDOWN_FS).stdin(std::process::Stdio::null());
-    if unmount {
-        cmd.arg("--unmount");
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("shutdown: run {SHUTDOWN_FS}: {e}; doing it in init");
-            shutdown_fs(unmount);
-            return;
+/// One descriptor init keeps free for shutdown: whatever else has used
+/// up its descriptors, reading mountinfo at shutdown still finds one.
+static RESERVE_FD: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Opens the reserve descriptor (an O_PATH descriptor of `/`: nothing to
+/// read, nothing held open on a device); with init's late set-up, off the
+/// agent's path.
+pub fn reserve_fd() {
+    use rustix::fs::{Mode, OFlags};
+    match rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => {
+            if let Ok(mut reserve) = RESERVE_FD.lock() {
+                *reserve = Some(fd);
+            }
         }
-    };
-    let deadline = std::time::Instant::now() + SHUTDOWN_FS_TIMEOUT;
+        Err(e) => log::warn!("open / as shutdown's reserve descriptor: {e}"),
+    }
+}
+
+/// Spawns init's shutdown personality with `args`, stdin /dev/null.
+fn spawn_shutdown_child(args: &[&str]) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/proc/self/exe")
+        .arg0(SHUTDOWN_FS)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+}
+
+/// Waits for `child` until `deadline`; false when it has not ended.
+fn wait_until(child: &mut std::process::Child, deadline: Instant) -> bool {
     loop {
         match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(2));
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
             }
-            Ok(None) => {
-                log::error!(
-                    "shutdown: sync/unmount did not finish within {}s (a hung file system?); going on",
-                    SHUTDOWN_FS_TIMEOUT.as_secs()
-                );
-                return;
-            }
-            Err(e) => {
-                log::warn!("shutdown: wait for {SHUTDOWN_FS}: {e}");
-                return;
-            }
+            Ok(None) => return false,
         }
     }
 }
 
-/// The work of [`filesystems_down`], in whichever process runs it.
-pub fn shutdown_fs(unmount: bool) {
-    rustix::fs::sync();
-    if !unmount {
-        return;
+/// Each file system synced, then (with `unmount`) every file system
+/// unmounted or remounted read-only in reverse order. Done in a child
+/// process (init's `minos-shutdown-fs` personality) that init waits for at
+/// most 60 s: a dead virtio-fs or network file system can block sync or
+/// umount forever, and PID 1 must still reach reboot(2). Mountinfo is read
+/// first, with the descriptor init kept free for it: when init has run out
+/// of descriptors and cannot start the child, it does the work itself
+/// (sync(2), then unmounting by path, which needs no descriptor).
+fn filesystems_down(unmount: bool) {
+    if let Ok(mut reserve) = RESERVE_FD.lock() {
+        drop(reserve.take());
     }
-    match std::fs::read_to_string("/proc/self/mountinfo") {
-        Ok(info) => {
-            for f in mounts::unmount_all(&info) {
-                log::warn!("shutdown: could not unmount or remount read-only: {f}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo");
+    let args: &[&str] = if unmount { &["--unmount"] } else { &[] };
+    let mut child = match spawn_shutdown_child(args) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("shutdown: run {SHUTDOWN_FS}: {e}; doing it in init");
+            rustix::fs::sync();
+            match &info {
+                Ok(info) if unmount => {
+                    for f in mounts::unmount_all(info, &[]) {
+                        log::warn!("shutdown: could not unmount or remount read-only: {f}");
+                    }
+                    rustix::fs::sync();
+                }
+                Ok(_) => {}
+                Err(e) => log::error!(
+                    "shutdown: read /proc/self/mountinfo: {e}; filesystems left mounted"
+                ),
             }
+            return;
+        }
+    };
+    if !wait_until(&mut child, Instant::now() + SHUTDOWN_FS_TIMEOUT) {
+        log::error!(
+            "shutdown: sync/unmount did not finish within {}s (a hung file system?); going on",
+            SHUTDOWN_FS_TIMEOUT.as_secs()
+        );
+    }
+}
+
+/// The work of [`filesystems_down`], in the shutdown child: every data
+/// file system synced by a child of its own (`--syncfs PATH`), all at
+/// once, each waited for at most [`SYNC_EACH_TIMEOUT`], so one that hangs
+/// keeps none of the others unsynced; then, with `unmount`, each unmounted
+/// or remounted read-only in reverse order but for those whose sync hung
+/// (unmounting them would hang too); then sync(2), unless one hung.
+pub fn shutdown_fs(unmount: bool) {
+    let info = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(info) => info,
+        Err(e) => {
+            log::error!(
+                "shutdown: read /proc/self/mountinfo: {e}; sync(2) only, filesystems left mounted"
+            );
+            rustix::fs::sync();
+            return;
+        }
+    };
+    let mut syncs: Vec<(String, Option<std::process::Child>)> = mounts::data_mounts(&info)
+        .into_iter()
+        .map(|m| {
+            let child = spawn_shutdown_child(&["--syncfs", &m])
+                .map_err(|e| log::warn!("shutdown: syncfs {m}: run {SHUTDOWN_FS}: {e}"))
+                .ok();
+            (m, child)
+        })
+        .collect();
+    let deadline = Instant::now() + SYNC_EACH_TIMEOUT;
+    let mut hung = Vec::new();
+    for (m, child) in &mut syncs {
+        let done = match child {
+            Some(c) => wait_until(c, deadline),
+            None => false,
+        };
+        if !done {
+            log::error!(
+                "shutdown: {m}: sync did not finish within {}s (a hung file system?); not waiting for it",
+                SYNC_EACH_TIMEOUT.as_secs()
+            );
+            hung.push(m.clone());
+        }
+    }
+    if unmount {
+        for f in mounts::unmount_all(&info, &hung) {
+            log::warn!("shutdown: could not unmount or remount read-only: {f}");
+        }
+    }
+    // What no file system holds (a block device written directly): sync(2)
+    // would wait for a hung file system, so only when none is.
+    if hung.is_empty() {
+        rustix::fs::sync();
+    }
+}
+
+/// `minos-shutdown-fs --syncfs PATH`: syncfs(2) of the file system at
+/// PATH (opened non-blocking, as a directory when it is one).
+pub fn syncfs_one(path: &str) -> u8 {
+    use rustix::fs::{Mode, OFlags};
+    let fd = match rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("shutdown: open {path} to sync it: {e}");
+            return 1;
+        }
+    };
+    match rustix::fs::syncfs(&fd) {
+        Ok(()) => {
+            log::debug!("shutdown: synced {path}");
+            0
         }
         Err(e) => {
-            log::error!("shutdown: read /proc/self/mountinfo: {e}; filesystems left mounted")
+            log::warn!("shutdown: syncfs {path}: {e}");
+            1
         }
     }
-    rustix::fs::sync();
 }
 
 /// PID 1's panic hook: the message to the kernel log (and stderr in a

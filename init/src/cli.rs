@@ -34,6 +34,20 @@ pub fn main(args: &[String]) -> i32 {
         "halt" => power_command(PowerKind::Halt, rest),
         "systemctl" => systemctl(rest),
         // Only as init's own child at shutdown (see boot::filesystems_down).
+        // One file system's sync, for the shutdown child (any process may
+        // sync a file system).
+        boot::SHUTDOWN_FS if rest.first().is_some_and(|a| a == "--syncfs") => {
+            crate::logger::install(log::LevelFilter::Info);
+            if std::env::var_os("container").is_some() {
+                crate::logger::use_stderr();
+            } else {
+                crate::logger::use_kmsg();
+            }
+            match rest.get(1) {
+                Some(path) => boot::syncfs_one(path).into(),
+                None => 2,
+            }
+        }
         boot::SHUTDOWN_FS => {
             if rustix::process::getppid() != Some(rustix::process::Pid::INIT) {
                 eprintln!("{name}: internal to init's shutdown; refusing to run");

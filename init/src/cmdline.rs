@@ -49,7 +49,14 @@ pub struct BootConfig {
     /// `init.kill_timeout=`: grace between SIGTERM and SIGKILL for the
     /// processes left at shutdown.
     pub kill_timeout: Duration,
+    /// `init.shutdown_timeout=`: the most an orderly shutdown waits for
+    /// units to stop one by one, whatever their `TimeoutStopSec=`.
+    pub shutdown_timeout: Duration,
 }
+
+/// The default of `init.shutdown_timeout=`: systemd's default stop timeout
+/// of one unit (`DefaultTimeoutStopSec=`), for all of them together.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Default for BootConfig {
     fn default() -> Self {
@@ -65,6 +72,7 @@ impl Default for BootConfig {
             boot_marker: BootMarker::None,
             timeline_console: false,
             kill_timeout: Duration::from_secs(5),
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -236,6 +244,13 @@ pub fn parse(text: &str) -> (BootConfig, Vec<Problem>) {
                 Some(d) => cfg.kill_timeout = d,
                 None => bad("expected a time span such as 5s; using 5s".into()),
             },
+            ("init.shutdown_timeout", Some(v)) => match parse_timespan(v) {
+                Some(d) if d != Duration::MAX && !d.is_zero() => cfg.shutdown_timeout = d,
+                _ => bad(format!(
+                    "expected a finite time span such as 90s (shutdown must end); using {}s",
+                    SHUTDOWN_TIMEOUT.as_secs()
+                )),
+            },
             (k, _) if k.starts_with("init.") => bad("unknown init key; ignored".into()),
             // systemd.*, agent.*, and the kernel's own parameters.
             _ => {}
@@ -320,6 +335,23 @@ mod tests {
         ] {
             let (_, problems) = parse(v);
             assert!(problems.is_empty(), "{v}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn shutdown_timeout_is_a_finite_span() {
+        let (cfg, problems) = parse("init.shutdown_timeout=2min");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(120));
+        assert_eq!(BootConfig::default().shutdown_timeout, SHUTDOWN_TIMEOUT);
+        for bad in ["infinity", "0", "soon"] {
+            let (cfg, problems) = parse(&format!("init.shutdown_timeout={bad}"));
+            assert_eq!(cfg.shutdown_timeout, SHUTDOWN_TIMEOUT, "{bad}");
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(
+                problems[0].message.contains("shutdown must end"),
+                "{problems:?}"
+            );
         }
     }
 

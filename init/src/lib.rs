@@ -24,6 +24,7 @@ pub mod generators;
 pub mod load;
 pub mod logger;
 pub mod mounts;
+pub mod names;
 pub mod search;
 pub mod socket;
 pub mod spawn;

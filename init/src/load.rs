@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
 use crate::cmdline::BootConfig;
+use crate::names::NameIndex;
 use crate::search::{self, Found, Index};
 use crate::supervisor;
 use crate::unit::{self, Severity, Unit};
@@ -135,16 +136,17 @@ fn read_boot_units_with(
         None => {
             // Named nowhere: every service and socket of minos's directory.
             sel_cfg.unit = None;
-            let stems: BTreeSet<&str> = own
+            let stems: BTreeSet<String> = own
                 .iter()
                 .filter_map(|(n, _, _)| n.strip_suffix(".socket"))
+                .map(String::from)
                 .collect();
             let mut now = Vec::new();
             for (name, _, _) in own.iter().filter(|(n, _, _)| !n.ends_with(".target")) {
                 let stem = name
                     .strip_suffix(".socket")
                     .or_else(|| name.strip_suffix(".service"));
-                if stem.is_some_and(|s| stems.contains(&s)) {
+                if stem.is_some_and(|s| stems.contains(s)) {
                     loader.defer(name, true);
                 } else {
                     now.push((name.clone(), true));
@@ -252,12 +254,7 @@ impl Loader {
     fn load_deferred(&mut self) {
         let mut queue = std::mem::take(&mut self.deferred);
         self.deferred_names.clear();
-        let by_name: BTreeMap<String, usize> = self
-            .units
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.name.clone(), i))
-            .collect();
+        let by_name = NameIndex::new(self.units.iter().map(|u| u.name.as_str()));
         // The `.wants/` directories of what boot read; for a target, its
         // drop-ins and `.requires/` too.
         for name in std::mem::take(&mut self.wants_dirs) {
@@ -273,7 +270,7 @@ impl Loader {
             wanted.extend(self.index.deps_dirs(&name, "wants"));
             if let Some(deps) = self.graph.targets.get_mut(&name) {
                 deps.extend(wanted.iter().cloned());
-            } else if let Some(u) = by_name.get(&name).and_then(|&i| self.units.get_mut(i)) {
+            } else if let Some(u) = by_name.get(&name).and_then(|i| self.units.get_mut(i)) {
                 for w in &wanted {
                     if !u.wants.contains(w) {
                         u.wants.push(w.clone());
@@ -605,9 +602,9 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
     // Sets and maps by name, so that the selection is O(n log n) in the
     // units and their dependencies (100,000 units: docs/SPECIFICATION.md).
     let targets = &graph.targets;
-    let broken: BTreeSet<&str> = graph.broken.iter().map(String::as_str).collect();
-    let masked: BTreeSet<&str> = cfg.masked.iter().map(String::as_str).collect();
-    let by_name: BTreeMap<&str, &Unit> = all.iter().map(|u| (u.name.as_str(), u)).collect();
+    let broken: BTreeSet<String> = graph.broken.iter().cloned().collect();
+    let masked: BTreeSet<String> = cfg.masked.iter().cloned().collect();
+    let by_name = NameIndex::new(all.iter().map(|u| u.name.as_str()));
     // The services socket units start (a refused or masked socket file's
     // default one too: it is not started for want of its socket either).
     let activated: BTreeSet<String> = all
@@ -623,7 +620,7 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
         )
         .collect();
     let mut roots: Vec<String> = match cfg.unit.as_deref() {
-        Some(n) if by_name.contains_key(n) => vec![n.to_string()],
+        Some(n) if by_name.get(n).is_some() => vec![n.to_string()],
         Some(n) if targets.contains_key(n) => targets.get(n).cloned().unwrap_or_default(),
         _ => all
             .iter()
@@ -646,35 +643,33 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
         if chosen.contains(&n) {
             continue;
         }
-        if let Some(u) = by_name.get(n.as_str()) {
+        if let Some(u) = by_name.get(&n).and_then(|i| all.get(i)) {
             roots.extend(u.requires.iter().chain(&u.wants).cloned());
             chosen.insert(n);
         }
     }
     // A service is kept for its socket unit when that one starts, and one
     // for a chosen unit's OnFailure=, when that one fails.
-    let kept: BTreeSet<&str> = all
+    let kept: BTreeSet<String> = all
         .iter()
-        .filter(|s| chosen.contains(&s.name) && !masked.contains(s.name.as_str()))
-        .filter_map(|s| s.socket.as_ref().map(|k| k.service.as_str()))
+        .filter(|s| chosen.contains(&s.name) && !masked.contains(&s.name))
+        .filter_map(|s| s.socket.as_ref().map(|k| k.service.clone()))
         .chain(
             all.iter()
                 .filter(|u| chosen.contains(&u.name))
-                .flat_map(|u| u.on_failure.iter().map(String::as_str)),
+                .flat_map(|u| u.on_failure.iter().cloned()),
         )
         .collect();
     let on_demand: BTreeSet<String> = all
         .iter()
-        .filter(|u| !chosen.contains(&u.name) && kept.contains(u.name.as_str()))
+        .filter(|u| !chosen.contains(&u.name) && kept.contains(&u.name))
         .map(|u| u.name.clone())
         .collect();
-    let by_init: BTreeSet<&str> = graph.by_init.iter().map(String::as_str).collect();
-    drop(kept);
-    drop(by_name);
+    let by_init: BTreeSet<String> = graph.by_init.iter().cloned().collect();
     let mut out = Vec::new();
     for mut u in all {
         if on_demand.contains(&u.name) {
-            if masked.contains(u.name.as_str()) {
+            if masked.contains(&u.name) {
                 log::info!("{}: masked; not started", u.name);
                 continue;
             }
@@ -685,7 +680,7 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
         if !chosen.contains(&u.name) {
             continue;
         }
-        if masked.contains(u.name.as_str()) {
+        if masked.contains(&u.name) {
             log::info!("{}: masked; not started", u.name);
             continue;
         }
@@ -694,10 +689,8 @@ pub fn select(all: Vec<Unit>, graph: &Graph, cfg: &BootConfig) -> Vec<Unit> {
             .iter()
             .filter(|r| {
                 r.ends_with(".service")
-                    && !by_init.contains(r.as_str())
-                    && (masked.contains(r.as_str())
-                        || broken.contains(r.as_str())
-                        || !chosen.contains(r.as_str()))
+                    && !by_init.contains(*r)
+                    && (masked.contains(*r) || broken.contains(*r) || !chosen.contains(*r))
             })
             .collect();
         if let Some(m) = missing.first() {

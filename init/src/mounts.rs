@@ -525,6 +525,19 @@ pub fn dev_links() -> Vec<MountError> {
 }
 
 /// Filesystems the kernel provides, left alone at shutdown.
+/// The mount points of the file systems that hold data: neither API file
+/// systems nor tmpfs/ramfs, in mount order, each once.
+pub fn data_mounts(mountinfo: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in parse_mountinfo(mountinfo) {
+        let virtual_fs = matches!(m.fstype.as_str(), "tmpfs" | "ramfs" | "rootfs");
+        if !is_api_fs(&m.fstype) && !virtual_fs && !out.contains(&m.mount_point) {
+            out.push(m.mount_point);
+        }
+    }
+    out
+}
+
 fn is_api_fs(fstype: &str) -> bool {
     matches!(
         fstype,
@@ -549,10 +562,17 @@ fn is_api_fs(fstype: &str) -> bool {
 /// At shutdown: every filesystem unmounted in reverse order, and where that
 /// fails (busy, or the root) remounted read-only. Returns what could not be
 /// done, for the log.
-pub fn unmount_all(mountinfo: &str) -> Vec<String> {
+pub fn unmount_all(mountinfo: &str, skip: &[String]) -> Vec<String> {
     let mut failed = Vec::new();
     for m in parse_mountinfo(mountinfo).iter().rev() {
         if is_api_fs(&m.fstype) {
+            continue;
+        }
+        if skip.contains(&m.mount_point) {
+            failed.push(format!(
+                "{} ({}): left mounted (its sync did not finish)",
+                m.mount_point, m.fstype
+            ));
             continue;
         }
         let target = m.mount_point.as_str();
@@ -726,6 +746,15 @@ garbage line
         assert_eq!(unescape("a\\04"), "a\\04");
         assert_eq!(unescape("\\"), "\\");
         assert_eq!(unescape("\\777"), "?");
+    }
+
+    #[test]
+    fn data_mounts_are_the_file_systems_that_hold_data_each_once() {
+        let info = format!(
+            "{INFO}40 22 254:16 / /data rw - ext4 /dev/vdb rw\n41 22 254:16 / /data rw - ext4 /dev/vdb rw\n\
+             42 22 0:50 / /shared rw - virtiofs kataShared rw\n"
+        );
+        assert_eq!(data_mounts(&info), ["/", "/data", "/shared"]);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! restarts with start limits, success/failure actions, and stopping units
 //! in reverse order at shutdown. One thread, one poll(2) loop.
 
-use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
+use crate::names::NameIndex;
 use crate::spawn::{self, Child, ExecContext};
 use crate::sys::SignalFd;
 use crate::timeline::{Event, Timeline};
@@ -563,7 +563,11 @@ fn kill_group(child: &Child, sig: i32) {
 
 #[derive(Debug)]
 enum ShutdownPhase {
-    StoppingUnits,
+    /// Units stopped one by one, in order, since `since`; at most
+    /// `Settings::stop_bound`, then what is left is killed.
+    StoppingUnits {
+        since: Instant,
+    },
     /// SIGTERM sent to every remaining process at `since`.
     Terminating {
         since: Instant,
@@ -583,6 +587,9 @@ pub struct Settings {
     pub notify_socket: PathBuf,
     pub status_on_console: bool,
     pub kill_timeout: Duration,
+    /// The most an orderly shutdown waits for units to stop one by one,
+    /// whatever their `TimeoutStopSec=` (`init.shutdown_timeout=`).
+    pub stop_bound: Duration,
     /// The mount points /etc/fstab lists (`RequiresMountsFor=`).
     pub fstab_targets: Vec<String>,
 }
@@ -646,19 +653,11 @@ pub trait LaterUnits: std::fmt::Debug {
 /// unit knows its service's place.
 fn adopt(units: &mut [UnitRt]) {
     // Each socket unit's service's index, looked up by name once.
-    let by_name: BTreeMap<&str, usize> = units
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (u.unit.name.as_str(), i))
-        .collect();
+    let by_name = NameIndex::new(units.iter().map(|u| u.unit.name.as_str()));
     let services: Vec<Option<usize>> = units
         .iter()
-        .map(|u| {
-            let sock = u.unit.socket.as_ref()?;
-            by_name.get(sock.service.as_str()).copied()
-        })
+        .map(|u| by_name.get(&u.unit.socket.as_ref()?.service))
         .collect();
-    drop(by_name);
     for i in 0..units.len() {
         let Some(u) = units.get(i) else { continue };
         if u.unit.on_demand {
@@ -690,7 +689,7 @@ fn adopt(units: &mut [UnitRt]) {
 #[derive(Debug, Default)]
 struct Order {
     /// Unit index by name.
-    by_name: BTreeMap<String, usize>,
+    by_name: NameIndex,
     /// For each unit, the units it is ordered after: its `After=`, and
     /// those whose `Before=` names it (itself never).
     after: Vec<Vec<usize>>,
@@ -702,11 +701,7 @@ struct Order {
 
 impl Order {
     fn build(units: &[UnitRt]) -> Order {
-        let by_name: BTreeMap<String, usize> = units
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.unit.name.clone(), i))
-            .collect();
+        let by_name = NameIndex::new(units.iter().map(|u| u.unit.name.as_str()));
         let mut after = vec![Vec::new(); units.len()];
         let mut before = vec![Vec::new(); units.len()];
         for (i, u) in units.iter().enumerate() {
@@ -714,12 +709,12 @@ impl Order {
                 .unit
                 .after
                 .iter()
-                .filter_map(|n| by_name.get(n).map(|&e| (i, e)))
+                .filter_map(|n| by_name.get(n).map(|e| (i, e)))
                 .chain(
                     u.unit
                         .before
                         .iter()
-                        .filter_map(|n| by_name.get(n).map(|&l| (l, i))),
+                        .filter_map(|n| by_name.get(n).map(|l| (l, i))),
                 );
             for (later, earlier) in edges {
                 if later == earlier {
@@ -733,10 +728,8 @@ impl Order {
                 }
             }
         }
-        for list in after.iter_mut().chain(before.iter_mut()) {
-            list.sort_unstable();
-            list.dedup();
-        }
+        // A pair named both ways (A's After=B, B's Before=A) is in the
+        // lists twice: checked twice, no harm.
         let sockets = (0..units.len())
             .filter(|&i| units.get(i).is_some_and(|u| u.unit.is_socket()))
             .collect();
@@ -759,7 +752,7 @@ impl Order {
     }
 
     fn index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        self.by_name.get(name)
     }
 }
 
@@ -1689,6 +1682,9 @@ impl Supervisor {
                 since.checked_add(self.settings.kill_timeout)
             }
             Some((_, ShutdownPhase::Killing { since })) => Some(*since + Duration::from_secs(5)),
+            Some((_, ShutdownPhase::StoppingUnits { since })) => {
+                since.checked_add(self.settings.stop_bound)
+            }
             _ => None,
         };
         let deferring = self
@@ -1734,10 +1730,9 @@ impl Supervisor {
                     // Made on demand by a socket unit read now: waits for it
                     // (unless it has already started: it then stays).
                     Some(have) => have.unit.on_demand |= u.on_demand,
-                    None => {
-                        self.order.by_name.insert(u.name.clone(), self.units.len());
-                        self.units.push(UnitRt::new(u));
-                    }
+                    // Names are unique in what Later gives: none of the
+                    // new ones is looked for here.
+                    None => self.units.push(UnitRt::new(u)),
                 }
             }
             adopt(&mut self.units);
@@ -2206,6 +2201,7 @@ impl Supervisor {
         };
         // Boot is over: glibc's malloc from now on (it reuses what is freed).
         crate::arena::close();
+        crate::boot::reserve_fd();
         crate::logger::unlimit_kmsg();
         crate::logger::release_held_lines();
         self.timeline.release_console();
@@ -2258,7 +2254,7 @@ impl Supervisor {
             match (cur.urgency, req.urgency) {
                 (_, Urgency::Immediate) => cur.urgency = Urgency::Immediate,
                 (Urgency::Orderly, Urgency::Force)
-                    if matches!(phase, ShutdownPhase::StoppingUnits) =>
+                    if matches!(phase, ShutdownPhase::StoppingUnits { .. }) =>
                 {
                     cur.urgency = Urgency::Force;
                     log::info!("shutdown: forced; not waiting for units to stop");
@@ -2270,7 +2266,12 @@ impl Supervisor {
         }
         self.timeline.mark(Event::ShutdownStart, None);
         log::info!("shutdown: {} ({:?})", req.kind.name(), req.urgency);
-        self.shutdown = Some((req, ShutdownPhase::StoppingUnits));
+        self.shutdown = Some((
+            req,
+            ShutdownPhase::StoppingUnits {
+                since: Instant::now(),
+            },
+        ));
         match req.urgency {
             // run() returns at once: sync and reboot(2), nothing else.
             Urgency::Immediate => {}
@@ -2316,8 +2317,23 @@ impl Supervisor {
             // run() returns on its next turn: nothing is stopped or killed.
             return;
         }
-        match phase {
-            ShutdownPhase::StoppingUnits => {
+        match *phase {
+            ShutdownPhase::StoppingUnits { since } => {
+                if since.elapsed() >= self.settings.stop_bound {
+                    let left: Vec<&str> = self
+                        .units
+                        .iter()
+                        .filter(|u| !u.state.is_terminal())
+                        .map(UnitRt::name)
+                        .collect();
+                    log::error!(
+                        "shutdown: units not stopped within {:?} (init.shutdown_timeout): {}; killing what is left",
+                        self.settings.stop_bound,
+                        left.join(", ")
+                    );
+                    self.begin_kill_all();
+                    return;
+                }
                 // Repeat until a pass changes nothing: stopping one unit can
                 // unblock one checked earlier in the same pass.
                 loop {
@@ -2579,23 +2595,33 @@ mod tests {
     #[test]
     fn ordering_is_indices_both_ways_without_self_or_unknown_names() {
         let units = [
-            rt("a.service", "[Unit]\nBefore=c.service\n[Service]\nExecStart=/a\n"),
+            rt(
+                "a.service",
+                "[Unit]\nBefore=c.service\n[Service]\nExecStart=/a\n",
+            ),
             rt(
                 "b.service",
                 "[Unit]\nAfter=a.service nowhere.service b.service\n[Service]\nExecStart=/b\n",
             ),
             // Named both ways (its After= and a's Before=): one edge.
-            rt("c.service", "[Unit]\nAfter=a.service b.service\n[Service]\nExecStart=/c\n"),
+            rt(
+                "c.service",
+                "[Unit]\nAfter=a.service b.service\n[Service]\nExecStart=/c\n",
+            ),
             rt("d.socket", "[Socket]\nListenStream=/run/d\n"),
         ];
         let order = Order::build(&units);
-        assert_eq!(order.after(0), &[] as &[usize]);
-        assert_eq!(order.after(1), &[0]);
-        assert_eq!(order.after(2), &[0, 1]);
-        assert_eq!(order.before(0), &[1, 2]);
-        assert_eq!(order.before(1), &[2]);
-        assert_eq!(order.before(2), &[] as &[usize]);
-        assert_eq!(order.after(9), &[] as &[usize]);
+        // As sets: a pair named both ways may be listed twice.
+        let set = |l: &[usize]| l.iter().copied().collect::<std::collections::BTreeSet<_>>();
+        let after = |i| set(order.after(i));
+        let before = |i| set(order.before(i));
+        assert_eq!(after(0), set(&[]));
+        assert_eq!(after(1), set(&[0]));
+        assert_eq!(after(2), set(&[0, 1]));
+        assert_eq!(before(0), set(&[1, 2]));
+        assert_eq!(before(1), set(&[2]));
+        assert_eq!(before(2), set(&[]));
+        assert_eq!(after(9), set(&[]));
         assert_eq!(order.index("c.service"), Some(2));
         assert_eq!(order.index("nowhere.service"), None);
         assert_eq!(order.sockets, vec![3]);

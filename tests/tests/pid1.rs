@@ -418,6 +418,34 @@ fn unit_ignoring_sigterm_is_killed_after_timeout_stop_sec() {
     );
 }
 
+/// Issue 19: `TimeoutStopSec=infinity` on a unit that ignores SIGTERM
+/// must not leave an orderly shutdown unbounded: `init.shutdown_timeout=`
+/// bounds the whole phase, then what is left is killed.
+#[test]
+fn an_orderly_shutdown_is_bounded_even_with_timeout_stop_sec_infinity() {
+    let fs = Rootfs::new("unbounded");
+    fs.unit(
+        "stubborn.service",
+        "[Service]\nExecStart=/bin/probe ignore-term\nTimeoutStopSec=infinity\n",
+    );
+    let mut pid1 = fs.start(&["init.shutdown_timeout=2s"]);
+    pid1.wait_for("probe: ignoring SIGTERM", WAIT);
+    let t = std::time::Instant::now();
+    pid1.signal(libc::SIGTERM);
+    let end = pid1.wait(WAIT);
+    let took = t.elapsed();
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log(
+        "shutdown: units not stopped within 2s (init.shutdown_timeout): stubborn.service; killing what is left",
+    );
+    // The bound, then SIGTERM to what is left (ignored) and SIGKILL after
+    // init.kill_timeout (5 s).
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+}
+
 #[test]
 fn exec_settings_are_seen_by_the_child() {
     let fs = Rootfs::new("exec");
@@ -570,6 +598,73 @@ fn odd_argv_words_and_huge_or_fifo_files_neither_stall_nor_crash_init() {
     assert!(fs.try_read("data/bigenv").is_none());
     end.assert_log("user \"someone\" not found in /etc/passwd");
     assert!(fs.try_read("data/someone").is_none());
+}
+
+/// Issue 19: init out of file descriptors at shutdown still unmounts.
+/// The test lowers init's RLIMIT_NOFILE to its lowest free descriptor
+/// number, so that no descriptor can be opened but the one init keeps
+/// free for shutdown. Before, init could not start its shutdown child nor
+/// read mountinfo, and skipped unmounting altogether.
+#[test]
+fn out_of_descriptors_shutdown_still_unmounts_and_the_data_is_intact() {
+    use rustix::process::{getrlimit, prlimit, Pid, Resource, Rlimit};
+    let fs = Rootfs::new("no-fds");
+    let image = fs.top.join("data.ext4");
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(&image)
+        .arg("16M")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs; `cargo xtask test` installs it)");
+    assert!(ok.success());
+    fs.unit(
+        "writer.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/probe write /data/written hello\n",
+    );
+    fs.unit(
+        "sleeper.service",
+        "[Unit]\nAfter=writer.service\n[Service]\nExecStart=/bin/probe sleep 600\n",
+    );
+    let mut pid1 = fs.start_with_data_image(&image, &[]);
+    pid1.wait_for("timeline event=all_started", WAIT);
+    let pid = pid1.host_pid();
+    let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !fds.contains(n)).unwrap();
+    let target = Pid::from_raw(pid).unwrap();
+    let max = getrlimit(Resource::Nofile).maximum;
+    prlimit(
+        Some(target),
+        Resource::Nofile,
+        Rlimit {
+            current: Some(lowest_free as u64),
+            maximum: max,
+        },
+    )
+    .unwrap();
+    pid1.signal(libc::SIGTERM);
+    let end = pid1.wait(WAIT);
+    assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
+    end.assert_log("unmounted /data");
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /written"])
+        .arg(&image)
+        .output()
+        .expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello");
 }
 
 #[test]
