@@ -211,7 +211,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -244,9 +244,9 @@ impl Figures {
     }
 
     fn units_table(&self) -> String {
-        let mut s = format!(
+        let mut s = String::from(
             "| trivial units | init start → all started | init CPU time | init peak RSS | budget |\n\
-             |---:|---:|---:|---:|---|\n"
+             |---:|---:|---:|---:|---|\n",
         );
         for sc in &self.scales {
             let budget = if sc.units == UNITS_CHECKED {
@@ -469,4 +469,65 @@ pub fn units_scale(n: usize) -> Result<Scale> {
         cpu,
         peak_kib,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_written_with_thousands_and_the_run_they_come_from() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_572_864), "1,572,864");
+        let f = Figures {
+            date: "2026-12-07".into(),
+            commit: "0123456789ab".into(),
+            size: 1_566_944,
+            file_size: 2_144_672,
+            rss: 404,
+            anon: 144,
+            file: 260,
+            pss: 400,
+            hwm: 1092,
+            ts_rss: 1360,
+            scales: vec![
+                Scale {
+                    units: 10_000,
+                    wall: Duration::from_millis(437),
+                    cpu: Duration::from_millis(390),
+                    peak_kib: 43_360,
+                },
+                Scale {
+                    units: 100_000,
+                    wall: Duration::from_millis(3490),
+                    cpu: Duration::from_millis(3200),
+                    peak_kib: 423_180,
+                },
+            ],
+        };
+        let budgets = f.budget_table();
+        assert!(budgets.contains("measured (2026-12-07, commit 0123456789ab, this machine)"));
+        assert!(budgets.contains("| 1,566,944 bytes (1.49 MiB); the file is 2,144,672 bytes"));
+        assert!(budgets.contains("| 404 KiB (RssAnon 144 KiB, RssFile 260 KiB); PSS 400 KiB |"));
+        let units = f.units_table();
+        assert!(
+            units.contains("| 10,000 | 0.437 s | 0.39 s | 43,360 KiB | CPU ≤ 2 s |"),
+            "{units}"
+        );
+        assert!(
+            units.contains("| 100,000 | 3.490 s | 3.20 s | 423,180 KiB | — (reported) |"),
+            "{units}"
+        );
+    }
+
+    #[test]
+    fn timeline_marks_are_found_by_event() {
+        let out = "minos-init: timeline event=init_start boottime_us=5\n\
+                   minos-init: timeline event=all_started boottime_us=905\n";
+        assert_eq!(mark_us(out, "init_start"), Some(5));
+        assert_eq!(mark_us(out, "all_started"), Some(905));
+        assert_eq!(mark_us(out, "shutdown_start"), None);
+    }
 }
