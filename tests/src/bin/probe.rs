@@ -39,6 +39,24 @@ fn main() {
             Ok(()) => 0,
             Err(e) => fail(&format!("write {path}: {e}")),
         },
+        // Writes TEXT to PATH and keeps it open (its pages dirty on a file
+        // system that caches writes) until killed.
+        ["hold-write", path, text] => {
+            use std::io::Write as _;
+            match std::fs::OpenOptions::new().write(true).open(path) {
+                Ok(mut f) => match f.write_all(text.as_bytes()) {
+                    Ok(()) => {
+                        println!("probe: holding {path} open");
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                            let _ = &f;
+                        }
+                    }
+                    Err(e) => fail(&format!("write {path}: {e}")),
+                },
+                Err(e) => fail(&format!("open {path}: {e}")),
+            }
+        }
         ["report", path] => report(path),
         // A file system's size in bytes (statfs: blocks × block size).
         ["statfs", path, out] => match rustix::fs::statfs(*path) {
