@@ -235,20 +235,22 @@ fn wait_until(child: &mut std::process::Child, deadline: Instant) -> bool {
 /// unmounted or remounted read-only in reverse order. Done in a child
 /// process (init's `minos-shutdown-fs` personality) that init waits for at
 /// most 60 s: a dead virtio-fs or network file system can block sync or
-/// umount forever, and PID 1 must still reach reboot(2). Mountinfo is read
-/// first, with the descriptor init kept free for it: when init has run out
-/// of descriptors and cannot start the child, it does the work itself
+/// umount forever, and PID 1 must still reach reboot(2). The descriptor init
+/// kept free is closed first: out of descriptors, it lets the child start,
+/// or, when even that fails, lets init read mountinfo and do the work itself
 /// (sync(2), then unmounting by path, which needs no descriptor).
 fn filesystems_down(unmount: bool) {
     if let Ok(mut reserve) = RESERVE_FD.lock() {
         drop(reserve.take());
     }
-    let info = std::fs::read_to_string("/proc/self/mountinfo");
     let args: &[&str] = if unmount { &["--unmount"] } else { &[] };
     let mut child = match spawn_shutdown_child(args) {
         Ok(c) => c,
         Err(e) => {
+            // The spawn's descriptors are closed again: the one kept free
+            // is there for mountinfo.
             log::warn!("shutdown: run {SHUTDOWN_FS}: {e}; doing it in init");
+            let info = std::fs::read_to_string("/proc/self/mountinfo");
             rustix::fs::sync();
             match &info {
                 Ok(info) if unmount => {

@@ -37,12 +37,7 @@ pub fn main(args: &[String]) -> i32 {
         // One file system's sync, for the shutdown child (any process may
         // sync a file system).
         boot::SHUTDOWN_FS if rest.first().is_some_and(|a| a == "--syncfs") => {
-            crate::logger::install(log::LevelFilter::Info);
-            if std::env::var_os("container").is_some() {
-                crate::logger::use_stderr();
-            } else {
-                crate::logger::use_kmsg();
-            }
+            shutdown_logger();
             match rest.get(1) {
                 Some(path) => boot::syncfs_one(path).into(),
                 None => 2,
@@ -53,12 +48,7 @@ pub fn main(args: &[String]) -> i32 {
                 eprintln!("{name}: internal to init's shutdown; refusing to run");
                 return 2;
             }
-            crate::logger::install(log::LevelFilter::Info);
-            if std::env::var_os("container").is_some() {
-                crate::logger::use_stderr();
-            } else {
-                crate::logger::use_kmsg();
-            }
+            shutdown_logger();
             boot::shutdown_fs(rest.iter().any(|a| a == "--unmount"));
             0
         }
@@ -70,6 +60,17 @@ pub fn main(args: &[String]) -> i32 {
         }
         _ if rustix::process::getpid().is_init() => boot::run(rest),
         _ => init_client(rest),
+    }
+}
+
+/// The log of init's shutdown personalities: stderr in a container, else
+/// the kernel log.
+fn shutdown_logger() {
+    crate::logger::install(log::LevelFilter::Info);
+    if std::env::var_os("container").is_some() {
+        crate::logger::use_stderr();
+    } else {
+        crate::logger::use_kmsg();
     }
 }
 

@@ -556,3 +556,39 @@ fn local_address(fd: &std::os::fd::OwnedFd, family: u32) -> String {
         },
     }
 }
+
+/// A fresh ext4 image of `size` (e.g. "16M") at `path`, by the real mkfs.ext4.
+pub fn make_ext4(path: &Path, size: &str) {
+    let ok = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(path)
+        .arg(size)
+        .stdout(Stdio::null())
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs; `cargo xtask test` installs it)");
+    assert!(ok.success(), "mkfs.ext4 {}", path.display());
+}
+
+/// Asserts that `e2fsck -fn` finds the ext4 image clean.
+pub fn assert_ext4_clean(image: &Path) {
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+/// The contents of `file` (absolute in the image) in an ext4 image, by debugfs.
+pub fn ext4_cat(image: &Path, file: &str) -> String {
+    let cat = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&cat.stdout).into_owned()
+}

@@ -214,14 +214,7 @@ fn a_hung_file_system_keeps_neither_the_healthy_one_unsynced_nor_power_off_waiti
     }
     let fs = Rootfs::new("hung-fs");
     let image = fs.top.join("data.ext4");
-    let ok = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096"])
-        .arg(&image)
-        .arg("16M")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs; `cargo xtask test` installs it)");
-    assert!(ok.success());
+    minos_tests::make_ext4(&image, "16M");
     // Writes to it are never answered until release(): a sync of it waits
     // for the server. A unit dirties a page there and keeps the file open;
     // another writes a file on the healthy disk.
@@ -254,21 +247,7 @@ fn a_hung_file_system_keeps_neither_the_healthy_one_unsynced_nor_power_off_waiti
     // The unit's stop (bounded by init.shutdown_timeout), the kill grace
     // and the hung sync's 20 s: not the whole file-system step's 60 s.
     assert!(took < Duration::from_secs(50), "shutdown took {took:?}");
-    let fsck = std::process::Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&image)
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let cat = std::process::Command::new("debugfs")
-        .args(["-R", "cat /fresh"])
-        .arg(&image)
-        .output()
-        .expect("debugfs");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello");
+    minos_tests::assert_ext4_clean(&image);
+    assert_eq!(minos_tests::ext4_cat(&image, "/fresh"), "hello");
     drop(hung);
 }

@@ -610,14 +610,7 @@ fn out_of_descriptors_shutdown_still_unmounts_and_the_data_is_intact() {
     use rustix::process::{getrlimit, prlimit, Pid, Resource, Rlimit};
     let fs = Rootfs::new("no-fds");
     let image = fs.top.join("data.ext4");
-    let ok = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096"])
-        .arg(&image)
-        .arg("16M")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs; `cargo xtask test` installs it)");
-    assert!(ok.success());
+    minos_tests::make_ext4(&image, "16M");
     fs.unit(
         "writer.service",
         "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/probe write /data/written hello\n",
@@ -649,36 +642,15 @@ fn out_of_descriptors_shutdown_still_unmounts_and_the_data_is_intact() {
     let end = pid1.wait(WAIT);
     assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
     end.assert_log("unmounted /data");
-    let fsck = std::process::Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&image)
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let cat = std::process::Command::new("debugfs")
-        .args(["-R", "cat /written"])
-        .arg(&image)
-        .output()
-        .expect("debugfs");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello");
+    minos_tests::assert_ext4_clean(&image);
+    assert_eq!(minos_tests::ext4_cat(&image, "/written"), "hello");
 }
 
 #[test]
 fn file_written_by_a_unit_before_poweroff_is_intact_on_disk() {
     let fs = Rootfs::new("data-disk");
     let image = fs.top.join("data.ext4");
-    let ok = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096"])
-        .arg(&image)
-        .arg("16M")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs; `cargo xtask test` installs it)");
-    assert!(ok.success());
+    minos_tests::make_ext4(&image, "16M");
     let payload: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
     fs.write("etc/payload", &payload);
     fs.unit(
@@ -689,32 +661,13 @@ fn file_written_by_a_unit_before_poweroff_is_intact_on_disk() {
     let end = fs.start_with_data_image(&image, &[]).wait(WAIT);
     assert_eq!(end.signal(), Some(SIGINT), "{}", end.output);
     end.assert_log("unmounted /data");
-    let fsck = std::process::Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&image)
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
+    minos_tests::assert_ext4_clean(&image);
+    assert_eq!(
+        minos_tests::ext4_cat(&image, "/file-before-poweroff"),
+        "hello"
     );
-    let cat = std::process::Command::new("debugfs")
-        .args(["-R", "cat /file-before-poweroff"])
-        .arg(&image)
-        .output()
-        .expect("debugfs");
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello");
-    let big = std::process::Command::new("debugfs")
-        .args(["-R", "cat /big"])
-        .arg(&image)
-        .output()
-        .expect("debugfs");
-    assert!(
-        big.stdout == payload.as_bytes(),
-        "/big differs ({} bytes)",
-        big.stdout.len()
-    );
+    let big = minos_tests::ext4_cat(&image, "/big");
+    assert!(big == payload, "/big differs ({} bytes)", big.len());
 }
 
 #[test]
