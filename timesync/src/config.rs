@@ -8,6 +8,7 @@
 //! pool HOST   [iburst] [minpoll N] [maxpoll N] [port N]
 //! makestep THRESHOLD LIMIT
 //! maxdistance SECONDS
+//! maxslewrate PPM
 //! ```
 //!
 //! Lexical rules follow chrony's `CPS_NormalizeLine`: words are separated by
@@ -27,6 +28,10 @@ use std::str::SplitWhitespace;
 
 /// chrony's default `maxdistance`, in seconds.
 pub const DEFAULT_MAX_DISTANCE: f64 = 3.0;
+/// chrony's default `maxslewrate`, ppm (1/12).
+pub const DEFAULT_MAX_SLEW_RATE: f64 = 1e6 / 12.0;
+/// The largest `maxslewrate` Linux allows: the tick length's ±10 %, ppm.
+pub const MAX_SLEW_RATE_LIMIT: f64 = 100_000.0;
 /// chrony's refclock defaults.
 pub const DEFAULT_REFCLOCK_POLL: i8 = 4;
 pub const DEFAULT_REFCLOCK_DPOLL: i8 = 0;
@@ -48,6 +53,8 @@ pub struct Config {
     pub makestep: Option<MakeStep>,
     /// Seconds; sources with a larger root distance are not selected.
     pub max_distance: f64,
+    /// `maxslewrate`, ppm: the fastest an offset is slewed away.
+    pub max_slew_rate_ppm: f64,
 }
 
 impl Default for Config {
@@ -57,6 +64,7 @@ impl Default for Config {
             ntp_sources: Vec::new(),
             makestep: None,
             max_distance: DEFAULT_MAX_DISTANCE,
+            max_slew_rate_ppm: DEFAULT_MAX_SLEW_RATE,
         }
     }
 }
@@ -206,7 +214,6 @@ const CHRONY_DIRECTIVES: &[&str] = &[
     "maxjitter",
     "maxntsconnections",
     "maxsamples",
-    "maxslewrate",
     "maxupdateskew",
     "minsamples",
     "minsources",
@@ -345,6 +352,7 @@ pub fn parse_config(text: &str) -> (Config, Vec<Diagnostic>) {
             }
             "makestep" => config.makestep = line.makestep(directive),
             "maxdistance" => config.max_distance = line.max_distance(directive),
+            "maxslewrate" => config.max_slew_rate_ppm = line.max_slew_rate(directive),
             known if CHRONY_DIRECTIVES.contains(&known) => line.warning(format!(
                 "directive `{directive}` is not supported yet, line ignored"
             )),
@@ -607,6 +615,38 @@ impl<'t> Line<'t, '_> {
     }
 }
 
+impl Line<'_, '_> {
+    /// `maxslewrate PPM`; errors give the default, a rate beyond what the
+    /// kernel can apply is lowered to it.
+    fn max_slew_rate(&mut self, directive: &str) -> f64 {
+        let words: Vec<&str> = self.words.by_ref().collect();
+        let [word] = words[..] else {
+            self.error(format!(
+                "`{directive}` needs 1 value, found {}; using default {DEFAULT_MAX_SLEW_RATE:.3}",
+                words.len()
+            ));
+            return DEFAULT_MAX_SLEW_RATE;
+        };
+        match parse_finite(word) {
+            Some(value) if value > MAX_SLEW_RATE_LIMIT => {
+                self.warning(format!(
+                    "`{directive}` {word} is more than Linux's tick length allows; \
+                     using {MAX_SLEW_RATE_LIMIT}"
+                ));
+                MAX_SLEW_RATE_LIMIT
+            }
+            Some(value) if value > 0.0 => value,
+            _ => {
+                self.error(format!(
+                    "invalid value `{word}` for `{directive}` (positive number of ppm), \
+                     using default {DEFAULT_MAX_SLEW_RATE:.3}"
+                ));
+                DEFAULT_MAX_SLEW_RATE
+            }
+        }
+    }
+}
+
 /// A decimal number as chrony's `%lf` would read a whole word, without
 /// `inf`/`nan`.
 fn parse_finite(word: &str) -> Option<f64> {
@@ -790,6 +830,45 @@ makestep 1 -1
     fn max_distance() {
         assert_eq!(parse_expecting("maxdistance 16", &[]).max_distance, 16.0);
         assert_eq!(parse_expecting("maxdistance 0.5", &[]).max_distance, 0.5);
+    }
+
+    #[test]
+    fn max_slew_rate() {
+        assert_eq!(
+            parse_expecting("", &[]).max_slew_rate_ppm,
+            DEFAULT_MAX_SLEW_RATE
+        );
+        assert_eq!(
+            parse_expecting("maxslewrate 500", &[]).max_slew_rate_ppm,
+            500.0
+        );
+        assert_eq!(
+            parse_expecting("MaxSlewRate 1e5", &[]).max_slew_rate_ppm,
+            100_000.0
+        );
+        let (config, diagnostics) = parse_config("maxslewrate 200000\n");
+        assert_eq!(config.max_slew_rate_ppm, MAX_SLEW_RATE_LIMIT);
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].severity, Severity::Warning);
+        assert_eq!(diagnostics[0].line, 1);
+        assert!(diagnostics[0].message.contains("200000"), "{diagnostics:?}");
+        for bad in [
+            "maxslewrate",
+            "maxslewrate 0",
+            "maxslewrate -5",
+            "maxslewrate x",
+            "maxslewrate nan",
+            "maxslewrate 1 2",
+        ] {
+            let (config, diagnostics) = parse_config(bad);
+            assert_eq!(config.max_slew_rate_ppm, DEFAULT_MAX_SLEW_RATE, "{bad}");
+            assert_eq!(diagnostics.len(), 1, "{bad}");
+            assert_eq!(diagnostics[0].severity, Severity::Error, "{bad}");
+            assert!(
+                diagnostics[0].message.contains("maxslewrate"),
+                "{bad}: {diagnostics:?}"
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use rustix::time::{
 
 use crate::clock::{Clock, Sample};
 use crate::config::{Config, NtpSource, NtpSourceKind, PhcRefclock};
-use crate::discipline::{Discipline, DisciplineConfig, Outcome};
+use crate::discipline::{Discipline, DisciplineConfig, Outcome, MAX_FREQUENCY_PPM};
 use crate::ntp::{self, Candidate, NtpServer, PollConfig, Verdict};
 use crate::phc::{Phc, PhcError};
 use crate::resolve::{Backoff, Resolver};
@@ -51,6 +51,8 @@ const PHC_RETRY_MAX: f64 = 64.0;
 /// [`STALE_MIN`] s): the clock is marked unsynchronised.
 const STALE_INTERVALS: f64 = 8.0;
 const STALE_MIN: f64 = 30.0;
+/// The fastest slew of observe-only mode's virtual clock, ppm.
+const OBSERVE_MAX_SLEW_RATE_PPM: f64 = 500.0;
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -220,9 +222,31 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    pub fn new(config: &Config, clock: Box<dyn Clock>, options: DaemonOptions) -> Self {
+    pub fn new(config: &Config, mut clock: Box<dyn Clock>, options: DaemonOptions) -> Self {
         let now = monotonic_now();
-        let initial_frequency = clock.frequency().unwrap_or(0.0);
+        let mut initial_frequency = clock.frequency().unwrap_or(0.0);
+        if !options.observe && initial_frequency.abs() > MAX_FREQUENCY_PPM {
+            // A slew's tick left by an instance that was killed: the clock
+            // would run that fast until the first update.
+            let frequency = initial_frequency.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+            match clock.set_frequency(frequency) {
+                Ok(()) => log::warn!(
+                    "the clock ran {initial_frequency:+.3} ppm (a slew left unfinished); \
+                     set back to {frequency:+.3} ppm"
+                ),
+                Err(err) => log::error!("cannot reset the clock's frequency: {err}"),
+            }
+            initial_frequency = frequency;
+        }
+        let mut discipline_config = DisciplineConfig::from_config(config);
+        if options.observe {
+            // The virtual clock is slewed against a monotonic clock that
+            // does not follow it: keep the slew small enough for the
+            // discipline's model (see ObserveClock).
+            discipline_config.max_slew_rate_ppm = discipline_config
+                .max_slew_rate_ppm
+                .min(OBSERVE_MAX_SLEW_RATE_PPM);
+        }
         let phcs = config
             .refclocks
             .iter()
@@ -240,7 +264,7 @@ impl Daemon {
             .collect();
         Self {
             clock,
-            discipline: Discipline::new(DisciplineConfig::from_config(config), initial_frequency),
+            discipline: Discipline::new(discipline_config, initial_frequency),
             max_distance: config.max_distance,
             phcs,
             servers: Vec::new(),
@@ -264,8 +288,15 @@ impl Daemon {
         }
     }
 
-    /// Runs until SIGTERM/SIGINT; returns the exit status.
+    /// Runs until SIGTERM/SIGINT; returns the exit status. However it
+    /// ends, the clock is left at the estimated frequency, no slew running.
     pub fn run(&mut self, signals: &SignalFd) -> u8 {
+        let status = self.run_loop(signals);
+        self.release();
+        status
+    }
+
+    fn run_loop(&mut self, signals: &SignalFd) -> u8 {
         let timer = match timerfd_create(
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
@@ -337,6 +368,14 @@ impl Daemon {
         }
     }
 
+    /// On exit: no slew left running (its tick would make the clock run up
+    /// to 10 % fast until the next daemon).
+    fn release(&mut self) {
+        if let Err(err) = self.discipline.release(self.clock.as_mut()) {
+            log::error!("cannot set the clock back to its estimated frequency: {err}");
+        }
+    }
+
     fn mode(&self) -> &'static str {
         if self.options.observe {
             "observe"
@@ -364,6 +403,17 @@ impl Daemon {
         }
         self.resolve_due(now);
         self.check_stale(now);
+        if self
+            .discipline
+            .slew_deadline()
+            .is_some_and(|end| end <= now)
+        {
+            match self.discipline.end_slew(self.clock.as_mut()) {
+                Ok(true) => self.write_status(),
+                Ok(false) => {}
+                Err(err) => log::error!("cannot end the slew: {err}"),
+            }
+        }
     }
 
     fn resolve_due(&mut self, now: f64) {
@@ -408,9 +458,11 @@ impl Daemon {
         let ntp = self.servers.iter().map(NtpServer::next_deadline);
         let resolve = self.unresolved.iter().map(|u| u.next);
         let stale = self.stale_deadline();
+        let slew = self.discipline.slew_deadline();
         phc.chain(ntp)
             .chain(resolve)
             .chain(stale)
+            .chain(slew)
             .fold(f64::INFINITY, f64::min)
     }
 
@@ -672,7 +724,9 @@ impl Daemon {
                 d.last_offset
             },
             rms_offset: d.rms_offset,
-            frequency_ppm: d.applied_frequency_ppm,
+            frequency_ppm: d.frequency_ppm,
+            slew_rate_ppm: d.slew.map_or(0.0, |slew| slew.rate_ppm),
+            remaining_correction: d.slew.map_or(0.0, |slew| slew.remaining(now)),
             poll_interval: self.selected_interval().unwrap_or(0.0),
             last_update_unix,
             samples: d.updates,

@@ -13,8 +13,9 @@
 //!   so the offset decreases by `x`; [`SimClock::jump`] by `x` moves the
 //!   local clock back by `x` (as when a VM was paused and its clock stopped),
 //!   so the offset increases by `x`;
-//! - [`Clock::set_frequency`] behaves like the kernel's frequency mode: a
-//!   value beyond ±[`KERNEL_MAX_FREQUENCY_PPM`] is clamped silently, and both
+//! - [`Clock::set_frequency`] behaves like the kernel's tick length and
+//!   frequency together: a value beyond ±[`KERNEL_MAX_FREQUENCY_PPM`]
+//!   (100,500 ppm) is clamped silently, and both
 //!   the requested and the applied value are recorded; a non-finite value is
 //!   refused with an error (the real layer could not even encode it);
 //! - every step, frequency change and sync status is recorded for assertions;
@@ -37,8 +38,9 @@
 
 use crate::clock::{Clock, ClockError, Sample, SyncStatus};
 
-/// The kernel's frequency limit (`MAXFREQ`, 500 ppm).
-pub const KERNEL_MAX_FREQUENCY_PPM: f64 = 500.0;
+/// The kernel's limit of tick length (±10 %) and frequency (±500 ppm)
+/// together, ppm.
+pub const KERNEL_MAX_FREQUENCY_PPM: f64 = 100_500.0;
 
 /// SplitMix64: a tiny, fast, well-distributed generator for deterministic
 /// test noise (not for anything security-related).
@@ -147,6 +149,17 @@ impl SimClock {
         self.true_time += seconds;
         self.monotonic += seconds * rate;
         self.offset -= seconds * (rate - 1.0);
+    }
+
+    /// Lets true time pass until monotonic time reaches `monotonic` (at
+    /// the current rate; nothing if it is not later).
+    pub fn advance_monotonic_to(&mut self, monotonic: f64) {
+        let seconds = (monotonic - self.monotonic) / self.rate();
+        self.advance(seconds);
+        // Exact, whatever the rounding of the division.
+        if seconds.is_finite() && seconds > 0.0 {
+            self.monotonic = monotonic;
+        }
     }
 
     /// Moves the local clock back by `seconds` (forward if negative): the
@@ -350,16 +363,16 @@ mod tests {
     #[test]
     fn frequency_is_clamped_like_the_kernel() {
         let mut clock = SimClock::new(0.0, 0.0, 1);
-        clock.set_frequency(800.0).unwrap();
-        assert_eq!(clock.frequency().unwrap(), 500.0);
-        clock.set_frequency(-501.0).unwrap();
-        assert_eq!(clock.frequency().unwrap(), -500.0);
+        clock.set_frequency(100_800.0).unwrap();
+        assert_eq!(clock.frequency().unwrap(), 100_500.0);
+        clock.set_frequency(-100_501.0).unwrap();
+        assert_eq!(clock.frequency().unwrap(), -100_500.0);
         assert!(clock.set_frequency(f64::INFINITY).is_err());
         let records = clock.frequency_changes();
         assert_eq!(records.len(), 2);
         assert_eq!(
             (records[0].requested_ppm, records[0].applied_ppm),
-            (800.0, 500.0)
+            (100_800.0, 100_500.0)
         );
     }
 

@@ -34,8 +34,13 @@ pub struct Status {
     pub last_offset: f64,
     /// RMS of the recent offsets, seconds.
     pub rms_offset: f64,
-    /// Frequency correction applied, ppm.
+    /// Estimated frequency correction the clock needs, ppm.
     pub frequency_ppm: f64,
+    /// Added to it while an offset is slewed away, ppm (0: none).
+    pub slew_rate_ppm: f64,
+    /// What the slew has yet to correct, seconds, when the file was
+    /// written.
+    pub remaining_correction: f64,
     /// Sampling interval of the selected source, seconds.
     pub poll_interval: f64,
     /// Unix time (seconds) of the last clock update; 0 = never.
@@ -74,6 +79,11 @@ impl Status {
             ("last_offset", format!("{:.9}", self.last_offset)),
             ("rms_offset", format!("{:.9}", self.rms_offset)),
             ("frequency_ppm", format!("{:.3}", self.frequency_ppm)),
+            ("slew_rate_ppm", format!("{:.3}", self.slew_rate_ppm)),
+            (
+                "remaining_correction",
+                format!("{:.9}", self.remaining_correction),
+            ),
             ("poll_interval", format!("{:.3}", self.poll_interval)),
             ("last_update_unix", format!("{:.3}", self.last_update_unix)),
             ("samples", self.samples.to_string()),
@@ -102,6 +112,10 @@ impl Status {
                 "last_offset" => status.last_offset = float(value).unwrap_or_default(),
                 "rms_offset" => status.rms_offset = float(value).unwrap_or_default(),
                 "frequency_ppm" => status.frequency_ppm = float(value).unwrap_or_default(),
+                "slew_rate_ppm" => status.slew_rate_ppm = float(value).unwrap_or_default(),
+                "remaining_correction" => {
+                    status.remaining_correction = float(value).unwrap_or_default()
+                }
                 "poll_interval" => status.poll_interval = float(value).unwrap_or_default(),
                 "last_update_unix" => status.last_update_unix = float(value).unwrap_or_default(),
                 "samples" => status.samples = value.parse().unwrap_or_default(),
@@ -139,6 +153,18 @@ impl Status {
             ("Last offset", format_seconds(self.last_offset)),
             ("RMS offset", format_seconds(self.rms_offset)),
             ("Frequency", format!("{:+.3} ppm", self.frequency_ppm)),
+            (
+                "Slewing",
+                if self.slew_rate_ppm == 0.0 {
+                    "no".into()
+                } else {
+                    format!(
+                        "{:+.3} ppm, {} left",
+                        self.slew_rate_ppm,
+                        format_seconds(self.remaining_correction)
+                    )
+                },
+            ),
             ("Last update", ago),
             ("Poll interval", format!("{:.3} s", self.poll_interval)),
             (
@@ -165,7 +191,12 @@ impl Status {
             let json_value = match key {
                 "synchronised" => (value == "yes").to_string(),
                 "stratum" | "samples" | "steps" | "rejected" => value,
-                "last_offset" | "rms_offset" | "frequency_ppm" | "poll_interval"
+                "last_offset"
+                | "rms_offset"
+                | "frequency_ppm"
+                | "slew_rate_ppm"
+                | "remaining_correction"
+                | "poll_interval"
                 | "last_update_unix" => value,
                 _ => json_string(&value),
             };
@@ -244,6 +275,8 @@ mod tests {
             last_offset: -0.000_000_123,
             rms_offset: 0.000_000_456,
             frequency_ppm: -12.5,
+            slew_rate_ppm: 83_333.333,
+            remaining_correction: 0.25,
             poll_interval: 1.0,
             last_update_unix: 1_800_000_000.25,
             samples: 42,
@@ -290,6 +323,7 @@ mod tests {
             "Last offset    : -0.000000123 seconds",
             "RMS offset     : +0.000000456 seconds",
             "Frequency      : -12.500 ppm",
+            "Slewing        : +83333.333 ppm, +0.250000000 seconds left",
             "Last update    : 10.0 s ago",
             "Poll interval  : 1.000 s",
             "Samples        : 42 (steps 1, rejected 2)",
@@ -303,6 +337,9 @@ mod tests {
         assert!(Status::default()
             .to_text(0.0)
             .contains("Last update    : never"));
+        assert!(Status::default()
+            .to_text(0.0)
+            .contains("Slewing        : no"));
     }
 
     #[test]
@@ -313,6 +350,8 @@ mod tests {
         assert!(json.contains("\"stratum\":0,"));
         assert!(json.contains("\"last_offset\":-0.000000123,"));
         assert!(json.contains("\"frequency_ppm\":-12.500,"));
+        assert!(json.contains("\"slew_rate_ppm\":83333.333,"));
+        assert!(json.contains("\"remaining_correction\":0.250000000,"));
         assert!(json.contains(r#""sources":["PHC /dev/ptp0 state=selected","x \"y\""]}"#));
     }
 

@@ -330,12 +330,19 @@ pub fn adjtime_read() -> Result<Adjtime, ClockError> {
     clock_adjtime_realtime(&mut tx, "clock_adjtime(CLOCK_REALTIME, modes=0)")
 }
 
-/// Sets the frequency offset (`ADJ_FREQUENCY`), scaled ppm.
-pub fn adjtime_set_frequency(scaled_ppm: i64) -> Result<(), ClockError> {
+/// Sets the tick length, µs, and the frequency offset, scaled ppm
+/// (`ADJ_TICK | ADJ_FREQUENCY`, in one call so the clock never runs with
+/// one changed and not the other).
+pub fn adjtime_set_frequency(tick_us: i64, scaled_ppm: i64) -> Result<(), ClockError> {
     let mut tx = empty_timex();
-    tx.modes = libc::ADJ_FREQUENCY;
+    tx.modes = libc::ADJ_TICK | libc::ADJ_FREQUENCY;
+    tx.tick = tick_us;
     tx.freq = scaled_ppm;
-    clock_adjtime_realtime(&mut tx, "clock_adjtime(CLOCK_REALTIME, ADJ_FREQUENCY)").map(drop)
+    clock_adjtime_realtime(
+        &mut tx,
+        "clock_adjtime(CLOCK_REALTIME, ADJ_TICK|ADJ_FREQUENCY)",
+    )
+    .map(drop)
 }
 
 /// Steps the clock by `offset_ns` nanoseconds (`ADJ_SETOFFSET | ADJ_NANO`).

@@ -2,9 +2,14 @@
 //! `clock_adjtime` (the calls themselves are in [`crate::sys`]), and
 //! [`ObserveClock`], the observe-only stand-in that never sets anything.
 //!
-//! - Frequency: `ADJ_FREQUENCY`, in the kernel's scaled ppm (ppm × 2¹⁶); a
-//!   positive value makes the clock run faster, as [`Clock`] defines it.
-//!   The kernel clamps to ±500 ppm; so does [`ppm_to_scaled`].
+//! - Frequency: the tick length (`ADJ_TICK`, µs per 1/100 s: each µs
+//!   over the nominal 10,000 is +100 ppm, within ±10 %) and `ADJ_FREQUENCY`
+//!   (the kernel's scaled ppm, ppm × 2¹⁶, within ±500) set together, as
+//!   chronyd does on Linux: [`frequency_to_timex`] puts whole 100 ppm steps
+//!   in the tick and the rest in the frequency, so anything within ±50 ppm
+//!   leaves the tick nominal, and up to ±100,500 ppm can be applied while an
+//!   offset is slewed away. A positive value makes the clock run faster, as
+//!   [`Clock`] defines it.
 //! - Step: `ADJ_SETOFFSET | ADJ_NANO` (relative, so no time passes between
 //!   reading and setting the clock).
 //! - Status: `ADJ_STATUS | ADJ_MAXERROR | ADJ_ESTERROR`: `STA_UNSYNC`
@@ -24,6 +29,35 @@ pub const SCALED_PPM_PER_PPM: f64 = 65_536.0;
 
 /// The kernel's frequency limit (`MAXFREQ`), ppm.
 pub const MAX_FREQUENCY_PPM: f64 = 500.0;
+
+/// The nominal tick length, µs: 1/USER_HZ s (USER_HZ is 100 on every
+/// architecture Linux runs timesync on; a unit test checks `AT_CLKTCK`).
+pub const NOMINAL_TICK_US: i64 = 10_000;
+/// The tick lengths the kernel accepts: ±10 %.
+pub const TICK_RANGE_US: std::ops::RangeInclusive<i64> = 9_000..=11_000;
+/// ppm per µs of tick length.
+pub const PPM_PER_TICK_US: f64 = 100.0;
+/// The largest frequency tick and frequency give together, ppm.
+pub const MAX_TOTAL_PPM: f64 = 100_500.0;
+
+/// ppm → (tick µs, scaled ppm): whole 100 ppm steps in the tick, the rest in
+/// the frequency; clamped to ±[`MAX_TOTAL_PPM`]. `None` for NaN or infinity.
+pub fn frequency_to_timex(ppm: f64) -> Option<(i64, i64)> {
+    if !ppm.is_finite() {
+        return None;
+    }
+    let ppm = ppm.clamp(-MAX_TOTAL_PPM, MAX_TOTAL_PPM);
+    // Within ±1005 after the clamp: exact.
+    let steps = (ppm / PPM_PER_TICK_US).round_ties_even() as i64;
+    let tick = (NOMINAL_TICK_US + steps).clamp(*TICK_RANGE_US.start(), *TICK_RANGE_US.end());
+    let rest = ppm - (tick - NOMINAL_TICK_US) as f64 * PPM_PER_TICK_US;
+    Some((tick, ppm_to_scaled(rest)?))
+}
+
+/// (tick µs, scaled ppm) → ppm.
+pub fn timex_to_frequency(tick: i64, scaled: i64) -> f64 {
+    (tick - NOMINAL_TICK_US) as f64 * PPM_PER_TICK_US + scaled_to_ppm(scaled)
+}
 
 /// ppm → scaled ppm, rounded, clamped to ±[`MAX_FREQUENCY_PPM`]. `None`
 /// for NaN or infinity.
@@ -102,15 +136,16 @@ impl Clock for SystemClock {
     }
 
     fn frequency(&self) -> Result<f64, ClockError> {
-        Ok(scaled_to_ppm(sys::adjtime_read()?.freq))
+        let state = sys::adjtime_read()?;
+        Ok(timex_to_frequency(state.tick, state.freq))
     }
 
     fn set_frequency(&mut self, ppm: f64) -> Result<(), ClockError> {
-        let scaled = ppm_to_scaled(ppm).ok_or_else(|| ClockError {
+        let (tick, scaled) = frequency_to_timex(ppm).ok_or_else(|| ClockError {
             call: "ADJ_FREQUENCY",
             message: format!("invalid frequency {ppm} ppm"),
         })?;
-        sys::adjtime_set_frequency(scaled)
+        sys::adjtime_set_frequency(tick, scaled)
     }
 
     fn step(&mut self, offset: f64) -> Result<(), ClockError> {
@@ -169,7 +204,10 @@ impl ObserveClock {
 
     /// Starts from the kernel's current frequency (a read-only query).
     pub fn from_system() -> Result<ObserveClock, ClockError> {
-        Ok(ObserveClock::new(scaled_to_ppm(sys::adjtime_read()?.freq)))
+        let state = sys::adjtime_read()?;
+        Ok(ObserveClock::new(timex_to_frequency(
+            state.tick, state.freq,
+        )))
     }
 
     /// How many times a frequency would have been set.
@@ -207,11 +245,11 @@ impl Clock for ObserveClock {
     }
 
     fn set_frequency(&mut self, ppm: f64) -> Result<(), ClockError> {
-        let scaled = ppm_to_scaled(ppm).ok_or_else(|| ClockError {
+        let (tick, scaled) = frequency_to_timex(ppm).ok_or_else(|| ClockError {
             call: "ADJ_FREQUENCY",
             message: format!("invalid frequency {ppm} ppm"),
         })?;
-        let ppm = scaled_to_ppm(scaled);
+        let ppm = timex_to_frequency(tick, scaled);
         log::debug!("observe-only: would set frequency {ppm:+.3} ppm");
         let now = monotonic_now();
         self.accumulated += (self.frequency - self.base_frequency) * 1e-6 * (now - self.since);
@@ -315,6 +353,44 @@ mod tests {
     }
 
     #[test]
+    fn tick_carries_whole_hundreds_of_ppm() {
+        // Within ±50 ppm the tick stays nominal.
+        assert_eq!(frequency_to_timex(0.0), Some((10_000, 0)));
+        assert_eq!(
+            frequency_to_timex(49.5),
+            Some((10_000, ppm_to_scaled(49.5).unwrap()))
+        );
+        assert_eq!(frequency_to_timex(-50.0), Some((10_000, -50 << 16)));
+        // chrony's default maxslewrate plus a 12.5 ppm estimate.
+        let (tick, scaled) = frequency_to_timex(83_345.833).unwrap();
+        assert_eq!(tick, 10_833);
+        assert!((timex_to_frequency(tick, scaled) - 83_345.833).abs() < 1e-4);
+        assert!(scaled_to_ppm(scaled).abs() <= 50.0);
+        // The ends: ±10 % of tick plus ±500 ppm, nothing beyond.
+        assert_eq!(frequency_to_timex(100_500.0), Some((11_000, 500 << 16)));
+        assert_eq!(frequency_to_timex(1e9), Some((11_000, 500 << 16)));
+        assert_eq!(frequency_to_timex(-1e9), Some((9_000, -(500 << 16))));
+        assert_eq!(frequency_to_timex(f64::NAN), None);
+        for ppm in [-100_500.0, -12_345.678, -0.001, 0.001, 777.25, 99_999.0] {
+            let (tick, scaled) = frequency_to_timex(ppm).unwrap();
+            assert!(TICK_RANGE_US.contains(&tick), "{ppm}");
+            assert!(
+                (timex_to_frequency(tick, scaled) - ppm).abs() < 1e-4,
+                "{ppm}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_hz_is_100() {
+        // The kernel's AT_CLKTCK: what `tick` is a fraction of.
+        assert_eq!(
+            rustix::param::clock_ticks_per_second() as i64 * NOMINAL_TICK_US,
+            1_000_000
+        );
+    }
+
+    #[test]
     fn step_conversion() {
         assert_eq!(step_nanos(1.5), Some(1_500_000_000));
         assert_eq!(step_nanos(-0.000_000_001), Some(-1));
@@ -348,8 +424,8 @@ mod tests {
         let mut clock = ObserveClock::new(3.0);
         assert_eq!(clock.frequency(), Ok(3.0));
         clock.set_frequency(-12.5).unwrap();
-        clock.set_frequency(800.0).unwrap();
-        assert_eq!(clock.frequency(), Ok(500.0));
+        clock.set_frequency(1e6).unwrap();
+        assert_eq!(clock.frequency(), Ok(MAX_TOTAL_PPM));
         assert_eq!(clock.frequency_sets(), 2);
         clock.step(0.25).unwrap();
         clock.step(-1.0).unwrap();

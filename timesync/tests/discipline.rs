@@ -3,7 +3,9 @@
 
 use timesync::clock::{Clock, Sample};
 use timesync::config::{MakeStep, StepLimit};
-use timesync::discipline::{Discipline, DisciplineConfig, Outcome, Rejection};
+use timesync::discipline::{
+    Discipline, DisciplineConfig, Outcome, Rejection, DEFAULT_MAX_SLEW_RATE_PPM, MAX_FREQUENCY_PPM,
+};
 use timesync::simclock::SimClock;
 
 /// A source as the discipline sees it.
@@ -65,6 +67,8 @@ struct Sim {
     source: Source,
     next_regular: f64,
     polls: Vec<Poll>,
+    /// True times and offsets where slews ended between samples.
+    slew_ends: Vec<(f64, f64)>,
 }
 
 impl Sim {
@@ -89,7 +93,16 @@ impl Sim {
             source,
             next_regular: 0.0,
             polls: Vec::new(),
+            slew_ends: Vec::new(),
         }
+    }
+
+    /// Lets true time pass until `until`, ending each slew at its
+    /// deadline as the daemon does.
+    fn advance_to(&mut self, until: f64) {
+        let seconds = until - self.clock.true_time();
+        let ends = advance(&mut self.clock, &mut self.discipline, seconds);
+        self.slew_ends.extend(ends);
     }
 
     /// Feeds `sample`, then a burst of fresh samples for as long as asked.
@@ -98,7 +111,7 @@ impl Sim {
         while let Some(Outcome::BurstWanted { samples }) = outcomes.last() {
             assert!((1..=2).contains(samples), "{outcomes:?}");
             assert!(outcomes.len() <= 5, "burst does not end: {outcomes:?}");
-            self.clock.advance(self.source.burst_spacing);
+            self.advance_to(self.clock.true_time() + self.source.burst_spacing);
             let sample = self.clock.sample(self.source.noise);
             outcomes.push(self.discipline.update(&mut self.clock, sample).unwrap());
         }
@@ -107,8 +120,7 @@ impl Sim {
 
     /// Waits for the next regular sample; `tamper` may change it.
     fn poll_with(&mut self, tamper: impl FnOnce(&mut Sample)) -> &Poll {
-        self.clock
-            .advance(self.next_regular - self.clock.true_time());
+        self.advance_to(self.next_regular);
         self.next_regular += self.source.interval;
         let time = self.clock.true_time();
         let offset_before = self.clock.offset();
@@ -150,6 +162,60 @@ impl Sim {
         settled
     }
 
+    /// How far the true offset went past zero from true time `from` on,
+    /// correcting an offset of the sign of `start`: at the samples and
+    /// wherever a slew ended, where a piecewise linear offset has its
+    /// extremes.
+    fn overshoot(&self, from: f64, start: f64) -> f64 {
+        let sign = start.signum();
+        self.polls
+            .iter()
+            .flat_map(|poll| {
+                [
+                    (poll.time, poll.offset_before),
+                    (poll.time_after, poll.offset_after),
+                ]
+            })
+            .chain(self.slew_ends.iter().copied())
+            .filter(|(time, _)| *time >= from)
+            .map(|(_, offset)| -sign * offset)
+            .fold(0.0, f64::max)
+    }
+
+    /// The true time from which on the true offset stays below `bound`,
+    /// looking from `from` on: between two recorded points (samples
+    /// before and after their updates, slew ends) the frequency is
+    /// constant, so the offset is linear and the crossing is interpolated.
+    fn settled_after(&self, from: f64, bound: f64) -> f64 {
+        let mut points: Vec<(f64, f64)> = self
+            .polls
+            .iter()
+            .flat_map(|poll| {
+                [
+                    (poll.time, poll.offset_before),
+                    (poll.time_after, poll.offset_after),
+                ]
+            })
+            .chain(self.slew_ends.iter().copied())
+            .filter(|(time, _)| *time >= from)
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let Some(last_out) = points.iter().rposition(|(_, offset)| offset.abs() >= bound) else {
+            return points.first().map_or(f64::INFINITY, |p| p.0);
+        };
+        let Some(&(t1, o1)) = points.get(last_out + 1) else {
+            return f64::INFINITY;
+        };
+        let (t0, o0) = points[last_out];
+        // |o| falls from ≥ bound to < bound between the two points.
+        let target = bound * o0.signum();
+        if (o1 - o0).abs() > 0.0 && o0.signum() == o1.signum() {
+            t0 + (t1 - t0) * (target - o0) / (o1 - o0)
+        } else {
+            t1
+        }
+    }
+
     /// Largest |true offset| at the regular samples from time `from` on.
     fn worst_offset_since(&self, from: f64) -> f64 {
         self.polls
@@ -166,10 +232,40 @@ impl Sim {
     fn assert_frequencies_within_limit(&self) {
         for change in self.clock.frequency_changes() {
             assert!(
-                change.requested_ppm.abs() <= 500.0,
+                change.requested_ppm.abs() <= MAX_FREQUENCY_PPM + DEFAULT_MAX_SLEW_RATE_PPM + 1e-6,
                 "frequency {} requested",
                 change.requested_ppm
             );
+        }
+    }
+}
+
+/// Lets `seconds` of true time pass on `clock`, calling
+/// [`Discipline::end_slew`] when a slew's deadline comes, as the daemon's
+/// timer does. Returns the true times and offsets where slews ended.
+fn advance(clock: &mut SimClock, discipline: &mut Discipline, seconds: f64) -> Vec<(f64, f64)> {
+    let until = clock.true_time() + seconds;
+    let mut ends = Vec::new();
+    loop {
+        let left = until - clock.true_time();
+        if left.is_nan() || left <= 0.0 {
+            return ends;
+        }
+        let rate =
+            (1.0 + clock.intrinsic_ppm() * 1e-6) * (1.0 + clock.applied_frequency_ppm() * 1e-6);
+        match discipline.slew_deadline() {
+            Some(end) if end <= clock.monotonic() + left * rate => {
+                clock.advance_monotonic_to(end);
+                assert!(
+                    discipline.end_slew(clock).unwrap(),
+                    "slew not ended at {end}"
+                );
+                ends.push((clock.true_time(), clock.offset()));
+            }
+            _ => {
+                clock.advance(left);
+                return ends;
+            }
         }
     }
 }
@@ -207,28 +303,33 @@ const BURST_THEN: [Outcome; 2] = [
 // Initial convergence
 // ---------------------------------------------------------------------------
 
-/// 0.5 s without makestep is slewed at the 500 ppm limit: the offset closes
-/// at 600 ppm when the clock is 100 ppm fast (it then gains on its own)
-/// and at 400 ppm when it is 100 ppm slow, so < 1 ms cannot come before
-/// 832 s and 1248 s. Measured: 833 s and 1248 s to < 1 ms, 15–16 s more to
-/// < 10 µs, then within 0.8 µs; frequency error 0.008 ppm.
+/// 0.5 s without makestep is slewed at chrony's `maxslewrate`, 83,333 ppm,
+/// from the first sample: it closes at 83,433 ppm when the clock is 100 ppm
+/// fast and 83,233 when it is 100 ppm slow, so < 1 ms cannot come before
+/// 6 s. The slew ends on its deadline, without overshoot.
 #[test]
-fn phc_slews_half_a_second_at_the_frequency_limit() {
-    for (ppm, earliest, latest) in [(100.0, 832.0, 880.0), (-100.0, 1248.0, 1300.0)] {
+fn phc_slews_half_a_second_at_the_slew_limit() {
+    for ppm in [100.0, -100.0] {
         let mut sim = Sim::new(PHC, ppm, 0.5, None, 7);
-        sim.run_until(200.0);
+        sim.run_until(3.0);
         // Still far away: slewing at the limit, in the right direction.
-        assert_eq!(sim.clock.applied_frequency_ppm(), 500.0);
-        sim.run_until(2500.0);
+        let rate = sim.discipline.status().slew.unwrap().rate_ppm;
+        assert_close(rate, DEFAULT_MAX_SLEW_RATE_PPM, 1e-6, "slew rate");
+        sim.run_until(600.0);
         let to_1ms = sim.settled(1e-3).unwrap();
         let to_10us = sim.settled(1e-5).unwrap();
         assert!(
-            (earliest..=latest).contains(&to_1ms),
+            (6.0..=8.0).contains(&to_1ms),
             "{ppm} ppm: < 1 ms after {to_1ms} s"
         );
         assert!(
-            to_10us - to_1ms <= 30.0,
+            to_10us - to_1ms <= 3.0,
             "{ppm} ppm: < 10 µs after {to_10us} s"
+        );
+        assert!(
+            sim.overshoot(0.0, 0.5) < 1e-5,
+            "{ppm} ppm: {}",
+            sim.overshoot(0.0, 0.5)
         );
         assert!(sim.worst_offset_since(to_10us + 60.0) < 2e-6);
         assert!(
@@ -272,24 +373,27 @@ fn phc_steps_five_seconds_with_makestep() {
     }
 }
 
-/// The same over NTP every 64 s with 100 µs of noise. Measured: < 1 ms
-/// after 1728 s (+100 ppm) and 2048 s (−100 ppm), < 100 µs 384 s later,
-/// then within 34 µs; frequency error 0.005 ppm.
+/// The same over NTP every 64 s with 100 µs of noise: the first sample
+/// slews 0.5 s away within half an interval (32 s, 15,625 ppm: an offset
+/// this many standard errors large is corrected as fast as the interval
+/// allows); the clock's own 100 ppm, unknown until the second sample, is
+/// 6.4 ms per poll. Measured: < 1 ms from the third poll (128 s) on,
+/// < 100 µs from the seventh (384 s).
 #[test]
 fn ntp_slews_half_a_second() {
-    for (ppm, earliest, latest) in [(100.0, 832.0, 1900.0), (-100.0, 1248.0, 2250.0)] {
+    for ppm in [100.0, -100.0] {
         let mut sim = Sim::new(NTP, ppm, 0.5, None, 7);
         sim.run_until(20_000.0);
         let to_1ms = sim.settled(1e-3).unwrap();
         let to_100us = sim.settled(1e-4).unwrap();
-        assert!(
-            (earliest..=latest).contains(&to_1ms),
-            "{ppm} ppm: < 1 ms after {to_1ms} s"
-        );
-        assert!(
-            to_100us - to_1ms <= 640.0,
-            "{ppm} ppm: < 100 µs after {to_100us} s"
-        );
+        assert!(to_1ms <= 128.0, "{ppm} ppm: < 1 ms after {to_1ms} s");
+        assert!(to_100us <= 640.0, "{ppm} ppm: < 100 µs after {to_100us} s");
+        // Past zero by what the unknown 100 ppm drifts in one poll at most,
+        // then only by the noise.
+        let first = sim.overshoot(0.0, 0.5);
+        assert!(first < 64.0 * 100e-6 + 2e-4, "{ppm} ppm: {first}");
+        let later = sim.overshoot(128.0, 0.5);
+        assert!(later < 1.5e-4, "{ppm} ppm: {later}");
         assert!(sim.worst_offset_since(10_000.0) < 60e-6);
         assert!(
             sim.frequency_error().abs() < 0.05,
@@ -332,7 +436,9 @@ fn ntp_steps_five_seconds_with_makestep() {
 /// An NTP start with iburst (4 samples 2 s apart, then every 64 s) and no
 /// poll interval given: the correction assumes 64 s between updates, so the
 /// short first intervals cannot make it overshoot. Measured: the offset
-/// falls from 3.8 ms to < 20 µs in 16 polls without changing sign.
+/// falls from 3.8 ms to 210 µs in 6 polls, then stays within the noise
+/// (100 µs per sample): 61 µs at most on the other side, within 61 µs from
+/// the 20th poll on.
 #[test]
 fn iburst_without_poll_interval_does_not_overshoot() {
     let mut clock = SimClock::new(100.0, 0.004, 5);
@@ -340,13 +446,20 @@ fn iburst_without_poll_interval_does_not_overshoot() {
     let mut discipline = Discipline::new(DisciplineConfig::default(), 0.0);
     let mut offsets = Vec::new();
     for i in 0..40 {
-        clock.advance(if i < 4 { 2.0 } else { 64.0 });
+        advance(&mut clock, &mut discipline, if i < 4 { 2.0 } else { 64.0 });
         offsets.push(clock.offset());
         let sample = clock.sample(NTP.noise);
         assert_slewed(&discipline.update(&mut clock, sample).unwrap());
     }
-    assert!(offsets.iter().all(|offset| *offset > -60e-6), "{offsets:?}");
-    assert!(offsets[20..].iter().all(|o| o.abs() < 60e-6), "{offsets:?}");
+    assert!(
+        offsets.iter().all(|offset| *offset > -NTP.noise),
+        "{offsets:?}"
+    );
+    assert!(
+        offsets[6..].iter().all(|o| o.abs() < NTP.noise * 1.1),
+        "{offsets:?}"
+    );
+    assert!(offsets[20..].iter().all(|o| o.abs() < 65e-6), "{offsets:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -416,36 +529,53 @@ fn jump_is_confirmed_by_regular_samples_without_a_burst() {
     assert!(sim.clock.offset().abs() < 400e-6);
 }
 
-/// Without makestep a confirmed jump is slewed at the 500 ppm limit, and
-/// the samples that follow are not taken for new jumps.
+/// Without makestep a confirmed jump is slewed at `maxslewrate`, and the
+/// samples that follow are not taken for new jumps: 2 s at 83,333 ppm
+/// (plus or minus the clock's own 100 ppm) takes 24 s.
 #[test]
 fn jump_without_makestep_is_slewed_at_the_limit() {
-    for (ppm, rate) in [(100.0, 600e-6), (-100.0, 400e-6)] {
+    for ppm in [100.0, -100.0] {
         let mut sim = Sim::new(PHC, ppm, 0.0, None, 5);
         sim.run_until(300.0);
         sim.clock.jump(2.0);
         let poll = sim.poll().clone();
         assert_eq!(poll.outcomes[..2], BURST_THEN);
-        let (offset, frequency) = assert_slewed(&poll.outcomes[2]);
+        let (offset, _) = assert_slewed(&poll.outcomes[2]);
         assert_close(offset, 2.0, 5e-6, "offset");
-        assert_eq!(frequency, 500.0);
+        assert_close(
+            sim.discipline.status().slew.unwrap().rate_ppm,
+            DEFAULT_MAX_SLEW_RATE_PPM,
+            1e-6,
+            "slew rate",
+        );
         let start = (sim.clock.true_time(), sim.clock.offset());
-        sim.run_until(poll.time + 200.0);
-        let polls = sim.polls.iter().filter(|p| p.time > poll.time);
-        for later in polls {
+        sim.run_until(poll.time + 20.0);
+        for later in sim.polls.iter().filter(|p| p.time > poll.time) {
             assert!(
-                matches!(later.outcomes[..], [Outcome::Slewed { frequency_ppm, .. }] if frequency_ppm == 500.0),
+                matches!(later.outcomes[..], [Outcome::Slewed { .. }]),
                 "{later:?}"
             );
         }
+        // 83,333 ppm of the clock's (1 ± 100 ppm) seconds.
         let closed = start.1 - sim.clock.offset();
-        let expected = (sim.clock.true_time() - start.0) * rate;
-        assert_close(closed, expected, expected * 0.01, "offset slewed away");
+        let expected = (sim.clock.true_time() - start.0) * (1.0 + ppm * 1e-6) / 12.0;
+        assert_close(closed, expected, expected * 1e-3, "offset slewed away");
+        sim.run_until(poll.time + 100.0);
+        let to_1us = sim.settled(1e-6).unwrap() - poll.time;
+        assert!(
+            (24.0..=27.0).contains(&to_1us),
+            "{ppm} ppm: < 1 µs after {to_1us} s"
+        );
+        assert!(
+            sim.overshoot(poll.time, 2.0) < 1e-5,
+            "{}",
+            sim.overshoot(poll.time, 2.0)
+        );
         let status = sim.discipline.status();
         assert_eq!((status.jumps, status.steps), (1, 0));
         assert!(sim.clock.steps().is_empty());
         assert!(
-            sim.frequency_error().abs() < 0.5,
+            sim.frequency_error().abs() < 0.05,
             "{}",
             sim.frequency_error()
         );
@@ -594,9 +724,8 @@ fn makestep_limit_counts_updates() {
             assert_slewed(&sim.poll().outcomes[0]);
         }
         sim.clock.jump(1.0);
-        // The offset the regular sample will see.
-        let expected = sim.clock.offset() - 600e-6;
         let poll = sim.poll().clone();
+        let expected = poll.offset_before;
         assert_eq!(poll.outcomes[..2], BURST_THEN);
         assert_eq!(sim.discipline.status().updates, jump_before);
         if stepped {
@@ -605,7 +734,8 @@ fn makestep_limit_counts_updates() {
         } else {
             let (offset, frequency) = assert_slewed(&poll.outcomes[2]);
             assert_close(offset, expected, 20e-6, "offset");
-            assert_eq!(frequency, 500.0);
+            let rate = frequency - sim.discipline.status().frequency_ppm;
+            assert_close(rate, DEFAULT_MAX_SLEW_RATE_PPM, 1e-6, "slew rate");
             assert!(sim.clock.steps().is_empty());
         }
     }
@@ -650,7 +780,9 @@ fn initial_offset_is_stepped_only_when_makestep_allows() {
         sim.run_until(20.0);
         assert_eq!(sim.clock.steps().len(), usize::from(stepped));
         if !stepped {
-            assert!((sim.clock.offset() - 5.0).abs() < 0.011);
+            // Slewed at maxslewrate from the first sample (t = 0) on.
+            let slewed = 19.0 * DEFAULT_MAX_SLEW_RATE_PPM * 1e-6;
+            assert_close(sim.clock.offset(), 5.0 - slewed, 0.01, "offset");
         }
     }
 }
@@ -920,7 +1052,10 @@ fn garbage_never_panics_and_never_reaches_the_clock() {
             outcomes.push(sim.discipline.update(&mut sim.clock, sample).unwrap());
             let status = sim.discipline.status();
             assert!(status.frequency_ppm.abs() <= 500.0, "{status:?}");
-            assert!(status.applied_frequency_ppm.abs() <= 500.0, "{status:?}");
+            assert!(
+                status.applied_frequency_ppm.abs() <= 500.0 + DEFAULT_MAX_SLEW_RATE_PPM,
+                "{status:?}"
+            );
         }
         sim.assert_frequencies_within_limit();
         assert!(sim.clock.steps().iter().all(|step| step.step.is_finite()));
@@ -1016,6 +1151,7 @@ fn config_from_file_and_sanitised() {
     let wild = DisciplineConfig {
         makestep: None,
         max_frequency_ppm: 1e9,
+        max_slew_rate_ppm: 1e9,
         correction_time_ratio: f64::NAN,
         jump_floor: -1.0,
         jump_sigmas: 0.0,
@@ -1027,6 +1163,7 @@ fn config_from_file_and_sanitised() {
         sanitised,
         DisciplineConfig {
             max_frequency_ppm: 500.0,
+            max_slew_rate_ppm: 100_000.0,
             confirmations: 1,
             max_samples: 4,
             ..DisciplineConfig::default()
@@ -1036,12 +1173,12 @@ fn config_from_file_and_sanitised() {
     assert_eq!(discipline.status().frequency_ppm, 500.0);
 }
 
-/// A smaller frequency limit is honoured for the whole slew.
+/// A smaller `maxslewrate` is honoured for the whole slew.
 #[test]
-fn max_frequency_is_configurable() {
+fn max_slew_rate_is_configurable() {
     let mut clock = SimClock::new(0.0, 0.5, 47);
     let config = DisciplineConfig {
-        max_frequency_ppm: 100.0,
+        max_slew_rate_ppm: 100.0,
         ..DisciplineConfig::default()
     };
     let mut discipline = Discipline::new(config, 0.0);
@@ -1051,10 +1188,201 @@ fn max_frequency_is_configurable() {
         let sample = clock.sample(1e-6);
         discipline.update(&mut clock, sample).unwrap();
     }
+    // The estimate (true: 0 ppm) is within a few ppm from the second
+    // sample on; the rest is the slew, at its limit.
     assert!(clock
         .frequency_changes()
         .iter()
-        .all(|change| change.requested_ppm == 100.0));
+        .all(|change| (change.requested_ppm - 100.0).abs() < 5.0));
+    let status = discipline.status();
+    assert_close(status.slew.unwrap().rate_ppm, 100.0, 1e-9, "slew rate");
     // Slewing from the first update, at t = 1 s.
-    assert_close(clock.offset(), 0.5 - 99.0 * 100e-6, 1e-6, "offset");
+    assert_close(clock.offset(), 0.5 - 99.0 * 100e-6, 2e-5, "offset");
+}
+
+// ---------------------------------------------------------------------------
+// Offsets below the step threshold (issue: a pause, a snapshot restore)
+// ---------------------------------------------------------------------------
+
+/// ptp_kvm as the issue's targets state it: read every second, 10 ns of
+/// noise.
+const PHC_KVM: Source = Source {
+    noise: 10e-9,
+    delay: 100e-9,
+    ..PHC
+};
+
+/// Kata's lines, a clock 10 ppm fast, settled; then, half-way between two
+/// samples, the guest clock is off by less than `makestep 1` (a pause, a
+/// restore, a migration): the next sample sees it, a burst confirms it and
+/// it is slewed at up to `maxslewrate`, then at what is left. Targets:
+/// within 1 ms in ≤ 10 s and within 1 µs in ≤ 20 s, overshoot ≤ 1 ms. At
+/// chrony's default 83,333 ppm, 0.9 s cannot take less than 10.8 s of
+/// slewing (plus up to a sample interval to see it): its bound is that,
+/// and with `maxslewrate 100000` (Linux's limit) it meets 10 s. Measured
+/// (printed with `--nocapture`): ±0.01 s within 1 µs after 0.62 s, ±0.5 s
+/// within 1 ms after 6.49 s and 1 µs after 7.5–8.5 s, ±0.9 s after 11.3 s
+/// (9.5 s at 100,000 ppm); overshoot < 0.01 µs.
+#[test]
+fn offsets_below_makestep_are_slewed_out_within_seconds() {
+    let cases = [
+        (0.01, DEFAULT_MAX_SLEW_RATE_PPM, 10.0),
+        (0.5, DEFAULT_MAX_SLEW_RATE_PPM, 10.0),
+        (
+            0.9,
+            DEFAULT_MAX_SLEW_RATE_PPM,
+            0.9 / (DEFAULT_MAX_SLEW_RATE_PPM * 1e-6) + 1.0,
+        ),
+        (0.9, 100_000.0, 10.0),
+    ];
+    for (offset, max_slew_rate_ppm, within) in cases {
+        for offset in [offset, -offset] {
+            let mut sim = Sim::new(PHC_KVM, 10.0, 0.0, KATA_MAKESTEP, 31);
+            sim.discipline = Discipline::new(
+                DisciplineConfig {
+                    makestep: KATA_MAKESTEP,
+                    max_slew_rate_ppm,
+                    ..DisciplineConfig::default()
+                },
+                0.0,
+            );
+            sim.discipline.set_poll_interval(PHC_KVM.interval);
+            // The sample at 300 s, then half an interval.
+            sim.run_until(300.5);
+            sim.advance_to(300.5);
+            let start = sim.clock.true_time();
+            sim.clock.jump(offset);
+            sim.run_until(start + 120.0);
+            let to_1ms = sim.settled_after(start, 1e-3) - start;
+            let to_1us = sim.settled_after(start, 1e-6) - start;
+            let overshoot = sim.overshoot(start, offset);
+            let what = format!("{offset:+} s at {max_slew_rate_ppm:.0} ppm");
+            println!(
+                "{what}: < 1 ms after {to_1ms:.2} s, < 1 µs after {to_1us:.2} s, \
+                 overshoot {:.3} µs",
+                overshoot * 1e6
+            );
+            assert!(to_1ms <= within, "{what}: < 1 ms after {to_1ms} s");
+            assert!(to_1us <= 20.0, "{what}: < 1 µs after {to_1us} s");
+            assert!(overshoot <= 1e-3, "{what}: overshoot {overshoot}");
+            assert!(sim.clock.steps().is_empty(), "{what}: stepped");
+            let status = sim.discipline.status();
+            assert_eq!(status.jumps, 1, "{what}: {status:?}");
+            // What is left is noise-sized: the tick is back to normal, the
+            // frequency at the estimate.
+            let rate = status.slew.map_or(0.0, |slew| slew.rate_ppm);
+            assert!(rate.abs() < 0.1, "{what}: still slewing at {rate} ppm");
+            let applied = sim.clock.applied_frequency_ppm();
+            assert!((applied - status.frequency_ppm).abs() < 0.1, "{what}");
+            let error = sim.frequency_error();
+            assert!(error.abs() < 0.01, "{what}: frequency off by {error} ppm");
+            for change in sim.clock.frequency_changes() {
+                assert!(
+                    change.requested_ppm.abs() <= max_slew_rate_ppm + 500.0,
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// The same offsets at start (the first sample, no history): slewed from
+/// the first update on, with the frequency still unknown.
+#[test]
+fn first_offsets_below_makestep_are_slewed_out_within_seconds() {
+    for offset in [0.01, 0.5, 0.9, -0.5] {
+        let mut sim = Sim::new(PHC_KVM, 10.0, offset, KATA_MAKESTEP, 37);
+        sim.run_until(120.0);
+        let to_1ms = sim.settled_after(0.0, 1e-3);
+        let to_1us = sim.settled_after(0.0, 1e-6);
+        let overshoot = sim.overshoot(0.0, offset);
+        println!(
+            "first offset {offset:+}: < 1 ms after {to_1ms:.2} s, < 1 µs after {to_1us:.2} s, \
+             overshoot {:.3} µs",
+            overshoot * 1e6
+        );
+        assert!(to_1ms <= 12.0, "{offset}: < 1 ms after {to_1ms} s");
+        assert!(to_1us <= 22.0, "{offset}: < 1 µs after {to_1us} s");
+        assert!(overshoot <= 1e-3, "{offset}: overshoot {overshoot}");
+        assert!(sim.clock.steps().is_empty());
+    }
+}
+
+/// The slew's deadline, its end, and the frequency left on exit: never a
+/// slew's tick once it is over or the daemon is gone.
+#[test]
+fn slews_end_at_their_deadline_and_on_release() {
+    let mut clock = SimClock::new(10.0, 0.3, 41);
+    let mut discipline = Discipline::new(
+        DisciplineConfig {
+            makestep: KATA_MAKESTEP,
+            ..DisciplineConfig::default()
+        },
+        0.0,
+    );
+    discipline.set_poll_interval(1.0);
+    // Nothing to release before the first update.
+    discipline.release(&mut clock).unwrap();
+    assert!(clock.frequency_changes().is_empty());
+    let sample = clock.sample(1e-8);
+    discipline.update(&mut clock, sample).unwrap();
+    let slew = discipline.status().slew.unwrap();
+    assert_close(slew.rate_ppm, DEFAULT_MAX_SLEW_RATE_PPM, 1e-6, "rate");
+    assert_eq!(discipline.slew_deadline(), Some(slew.end));
+    // At 1/12 s/s, which runs the monotonic clock fast too: 1/13 of the
+    // offset closes per monotonic second.
+    assert_close(
+        slew.end - clock.monotonic(),
+        0.3 * (1.0 + 1.0 / 12.0) * 12.0,
+        1e-3,
+        "duration",
+    );
+    assert_close(slew.remaining(clock.monotonic()), 0.3, 1e-4, "remaining");
+    // Not yet.
+    clock.advance_monotonic_to(slew.end - 0.5);
+    assert!(!discipline.end_slew(&mut clock).unwrap());
+    assert_close(
+        slew.remaining(clock.monotonic()),
+        0.5 / 13.0,
+        1e-6,
+        "remaining",
+    );
+    clock.advance_monotonic_to(slew.end);
+    assert!(discipline.end_slew(&mut clock).unwrap());
+    assert_eq!(discipline.slew_deadline(), None);
+    assert_eq!(
+        clock.applied_frequency_ppm(),
+        discipline.status().frequency_ppm
+    );
+    assert!(clock.offset().abs() < 1e-4, "{}", clock.offset());
+    assert!(!discipline.end_slew(&mut clock).unwrap());
+    // A new slew, then exit: back to the estimate at once.
+    clock.jump(0.2);
+    for _ in 0..3 {
+        clock.advance(0.01);
+        let sample = clock.sample(1e-8);
+        discipline.update(&mut clock, sample).unwrap();
+    }
+    assert!(discipline.status().slew.is_some());
+    assert!(clock.applied_frequency_ppm() > 80_000.0);
+    discipline.release(&mut clock).unwrap();
+    assert_eq!(discipline.status().slew, None);
+    assert_eq!(
+        clock.applied_frequency_ppm(),
+        discipline.status().frequency_ppm
+    );
+    // And when the source is lost.
+    clock.jump(0.2);
+    for _ in 0..3 {
+        clock.advance(0.01);
+        let sample = clock.sample(1e-8);
+        discipline.update(&mut clock, sample).unwrap();
+    }
+    assert!(discipline.status().slew.is_some());
+    discipline.mark_unsynchronised(&mut clock).unwrap();
+    assert_eq!(discipline.status().slew, None);
+    assert_eq!(
+        clock.applied_frequency_ppm(),
+        discipline.status().frequency_ppm
+    );
 }

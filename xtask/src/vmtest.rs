@@ -219,9 +219,9 @@ fn scenarios() -> Vec<Scenario> {
         // timesync disciplines the guest clock from a real PHC (the test
         // kernel's netdevsim mock clock, read through PTP_SYS_OFFSET; it
         // starts 1.5 s ahead and 50 ppm fast), then recovers from jumps of
-        // the guest's CLOCK_REALTIME by +2 s and -2 s; clockprobe measures
-        // PHC - REALTIME itself. timesync runs as its own user with
-        // CAP_SYS_TIME alone.
+        // the guest's CLOCK_REALTIME by +2 s and -2 s (stepped) and +0.5 s
+        // (slewed); clockprobe measures PHC - REALTIME itself. timesync
+        // runs as its own user with CAP_SYS_TIME alone.
         Scenario {
             name: "dax-q35-phc",
             kind: Kind::Dax,
@@ -345,7 +345,7 @@ fn phc_units(daemon: &str, status: &str) -> Vec<Entry> {
             &format!(
                 "[Unit]\nAfter=timesync.service phc-mock.service kata-agent.service\n\
                  [Service]\nType=oneshot\nStandardOutput=tty\n\
-                 ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0 2 -2\n\
+                 ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0 2 -2 0.5\n\
                  ExecStart=/usr/bin/clockprobe whois {daemon}\n\
                  ExecStart=/usr/bin/clockprobe usage {daemon} 60\n\
                  {kill}{status}ExecStart=/sbin/poweroff\n"
@@ -535,6 +535,15 @@ fn check_phc(name: &str, r: &BootReport) -> Result<()> {
             r,
         )?;
     }
+    // Below `makestep 1`: slewed at up to 83,333 ppm (6 s for 0.5 s),
+    // through the tick length.
+    let recovered = value_after(&r.console, "jump=+0.500", "recovered_ms=");
+    check(
+        name,
+        recovered.is_some_and(|ms| ms <= 10_000.0),
+        &format!("jump=+0.500: offset not back under 1 ms within 10 s ({recovered:?} ms)"),
+        r,
+    )?;
     Ok(())
 }
 
@@ -815,6 +824,7 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
                     "clockprobe: synchronised after_ms=",
                     "clockprobe: jump=+2.000 ",
                     "clockprobe: jump=-2.000 ",
+                    "clockprobe: jump=+0.500 ",
                     "clockprobe: usage chronyd",
                 ] {
                     check(

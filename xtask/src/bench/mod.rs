@@ -169,6 +169,10 @@ pub struct TimeDaemon {
     /// After CLOCK_REALTIME jumps by +2 s and −2 s: back within 1 ms.
     pub jump_plus_ms: Option<f64>,
     pub jump_minus_ms: Option<f64>,
+    /// After a +0.5 s jump, below Kata's `makestep 1` (slewed, not
+    /// stepped): back within 1 ms.
+    #[serde(default)]
+    pub jump_half_ms: Option<f64>,
     /// Over 60 s once settled: wakeups (context switches) per second, CPU
     /// time, RSS at the end.
     pub seconds: f64,
@@ -199,6 +203,11 @@ pub fn time_daemon(daemon: &str, console: &str) -> Result<TimeDaemon> {
         jump_minus_ms: crate::vmtest::value_after(
             console,
             "clockprobe: jump=-2.000 ",
+            "recovered_ms=",
+        ),
+        jump_half_ms: crate::vmtest::value_after(
+            console,
+            "clockprobe: jump=+0.500 ",
             "recovered_ms=",
         ),
         seconds: need("seconds=")?,
@@ -999,11 +1008,13 @@ agent-shim: bench late after_ms=1000 mem_used_kib=8504 processes=3 rss_kib=420 p
         let console = "clockprobe: synchronised after_ms=30 residual_us=1.7\n\
                        clockprobe: jump=+2.000 recovered_ms=1016 residual_us=0.0\n\
                        clockprobe: jump=-2.000 not_recovered: offset still +2.0 s after 60.0 s\n\
+                       clockprobe: jump=+0.500 recovered_ms=6510 residual_us=0.3\n\
                        clockprobe: usage timesync seconds=60.0 wakeups=60 per_s=1.00 cpu_ms=0 rss_kib=112\n";
         let t = time_daemon("timesync", console).unwrap();
         assert_eq!(t.synchronised_ms, Some(30.0));
         assert_eq!(t.jump_plus_ms, Some(1016.0));
         assert_eq!(t.jump_minus_ms, None);
+        assert_eq!(t.jump_half_ms, Some(6510.0));
         assert_eq!((t.wakeups_per_s, t.cpu_ms, t.rss_kib), (1.0, 0.0, 112));
         assert!(time_daemon("chronyd", console).is_err());
     }

@@ -128,12 +128,15 @@ pub fn headline(results: &Results) -> String {
         let _ = writeln!(
             s,
             "\nThe guest clock back within 1 ms of the PHC after a +2 s / −2 s jump: timesync \
-             {} / {}, chronyd with Kata's lines {} / {}; wakeups per second once settled: \
+             {} / {}, chronyd with Kata's lines {} / {}; after a +0.5 s jump (below \
+             `makestep 1`, slewed): {} against {}; wakeups per second once settled: \
              {:.2} against {:.2} (same guest, same PHC).",
             ms(t.jump_plus_ms),
             ms(t.jump_minus_ms),
             ms(c.jump_plus_ms),
             ms(c.jump_minus_ms),
+            ms(t.jump_half_ms),
+            ms(c.jump_half_ms),
             t.wakeups_per_s,
             c.wakeups_per_s
         );
@@ -291,18 +294,19 @@ pub fn markdown(results: &Results) -> String {
              offset 0`, `makestep 1 -1`), timesync has the same lines; clockprobe measures the \
              guest clock against the PHC itself (`cargo xtask vmtest dax-q35-phc`, \
              `dax-q35-phc-chronyd`). Guest time.\n\n\
-             | daemon | clock within 1 ms of the PHC | after a +2 s jump | after a −2 s jump | wakeups per second (over 60 s, settled) | CPU time (60 s) | RSS |\n\
-             |---|---:|---:|---:|---:|---:|---:|\n",
+             | daemon | clock within 1 ms of the PHC | after a +2 s jump | after a −2 s jump | after a +0.5 s jump (below `makestep 1`) | wakeups per second (over 60 s, settled) | CPU time (60 s) | RSS |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let ms = |v: Option<f64>| v.map_or("not within 60 s".to_owned(), |v| format!("{v:.0} ms"));
         for t in &results.time_daemons {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.0} ms | {} KiB |",
+                "| {} | {} | {} | {} | {} | {:.2} | {:.0} ms | {} KiB |",
                 t.daemon,
                 ms(t.synchronised_ms),
                 ms(t.jump_plus_ms),
                 ms(t.jump_minus_ms),
+                ms(t.jump_half_ms),
                 t.wakeups_per_s,
                 t.cpu_ms,
                 t.rss_kib
@@ -688,6 +692,7 @@ mod tests {
                 synchronised_ms: Some(24_800.0),
                 jump_plus_ms: None,
                 jump_minus_ms: Some(47_000.0),
+                jump_half_ms: Some(20_000.0),
                 seconds: 60.0,
                 wakeups_per_s: 4.12,
                 cpu_ms: 20.0,
