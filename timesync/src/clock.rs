@@ -33,6 +33,9 @@ pub struct SyncStatus {
 pub trait Clock {
     /// Monotonic time in seconds: never stepped, used to time samples.
     fn monotonic(&self) -> f64;
+    /// The clock's own time, Unix seconds (`CLOCK_REALTIME`): what a step
+    /// would move, checked against the earliest sane time.
+    fn realtime(&self) -> f64;
     /// The frequency correction currently applied, ppm.
     fn frequency(&self) -> Result<f64, ClockError>;
     /// Sets the frequency correction, ppm (the kernel accepts ±500).

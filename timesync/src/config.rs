@@ -55,6 +55,9 @@ pub struct Config {
     pub max_distance: f64,
     /// `maxslewrate`, ppm: the fastest an offset is slewed away.
     pub max_slew_rate_ppm: f64,
+    /// A larger step is refused (`timesync.max_step=` on the kernel
+    /// command line); `None`: no limit, as chrony.
+    pub max_step: Option<f64>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             makestep: None,
             max_distance: DEFAULT_MAX_DISTANCE,
             max_slew_rate_ppm: DEFAULT_MAX_SLEW_RATE,
+            max_step: None,
         }
     }
 }

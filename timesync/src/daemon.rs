@@ -51,6 +51,10 @@ const PHC_RETRY_MAX: f64 = 64.0;
 /// [`STALE_MIN`] s): the clock is marked unsynchronised.
 const STALE_INTERVALS: f64 = 8.0;
 const STALE_MIN: f64 = 30.0;
+/// Samples that must agree before a step with no history: a PHC's second
+/// reading; three replies of an NTP server alone.
+const PHC_FIRST_STEP_SAMPLES: u32 = 2;
+const NTP_FIRST_STEP_SAMPLES: u32 = 3;
 /// The fastest slew of observe-only mode's virtual clock, ppm.
 const OBSERVE_MAX_SLEW_RATE_PPM: f64 = 500.0;
 
@@ -209,6 +213,7 @@ pub struct Daemon {
     last_measured_offset: Option<f64>,
     status_error_reported: bool,
     clock_error_reported: bool,
+    refusal_reported: bool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -277,6 +282,7 @@ impl Daemon {
             last_measured_offset: None,
             status_error_reported: false,
             clock_error_reported: false,
+            refusal_reported: false,
         }
     }
 
@@ -509,10 +515,13 @@ impl Daemon {
         }
     }
 
-    /// The source whose samples steer the clock now.
-    fn choose(&self, now: f64) -> Option<SourceId> {
+    /// The source whose samples steer the clock now, and how many of its
+    /// samples must agree before a step with no history: a PHC's second
+    /// reading confirms its first; an NTP server alone needs three, and
+    /// none when a majority of two or more servers agreed.
+    fn choose(&self, now: f64) -> Option<(SourceId, u32)> {
         if let Some(i) = self.phcs.iter().position(|p| p.usable(now)) {
-            return Some(SourceId::Phc(i));
+            return Some((SourceId::Phc(i), PHC_FIRST_STEP_SAMPLES));
         }
         let measured: Vec<(usize, Candidate)> = self
             .servers
@@ -532,12 +541,22 @@ impl Daemon {
             .collect();
         let candidates: Vec<Candidate> = measured.iter().map(|(_, c)| *c).collect();
         let selection = ntp::select_sources(&candidates, self.max_distance);
+        let agreeing = selection
+            .verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Selected)
+            .count();
+        let samples = if agreeing >= 2 {
+            1
+        } else {
+            NTP_FIRST_STEP_SAMPLES
+        };
         measured
             .iter()
             .zip(&selection.verdicts)
             .filter(|(_, v)| **v == Verdict::Selected)
             .min_by(|((_, a), _), ((_, b), _)| a.error_bound().total_cmp(&b.error_bound()))
-            .map(|((i, _), _)| SourceId::Ntp(*i))
+            .map(|((i, _), _)| (SourceId::Ntp(*i), samples))
     }
 
     fn label(&self, id: SourceId) -> String {
@@ -553,12 +572,16 @@ impl Daemon {
 
     fn on_sample(&mut self, id: SourceId, sample: Sample) {
         let now = monotonic_now();
-        let chosen = self.choose(now);
+        let choice = self.choose(now);
+        let chosen = choice.map(|(id, _)| id);
         if chosen != self.selected {
             if let Some(chosen) = chosen {
                 log::info!("selected {}", self.label(chosen));
             }
             self.selected = chosen;
+        }
+        if let Some((_, samples)) = choice {
+            self.discipline.set_first_step_samples(samples);
         }
         if self.selected != Some(id) {
             return;
@@ -606,6 +629,19 @@ impl Daemon {
                 log::info!("{}: {dropped} outlier sample(s) dropped", self.label(id))
             }
             Outcome::Rejected(why) => log::warn!("{}: sample rejected: {why}", self.label(id)),
+            Outcome::Refused { offset, reason } => {
+                if !self.refusal_reported {
+                    log::error!(
+                        "{}: refusing to step the clock by {offset:+.3} s: {reason}; the clock \
+                         is left alone (reported once until a sample is used)",
+                        self.label(id)
+                    );
+                    self.refusal_reported = true;
+                }
+            }
+        }
+        if matches!(outcome, Outcome::Stepped { .. } | Outcome::Slewed { .. }) {
+            self.refusal_reported = false;
         }
         self.write_status();
         // After the status file, so that whoever READY=1 wakes finds it.
@@ -829,11 +865,14 @@ pub struct CmdlineKeys {
     pub observe: bool,
     pub config: Option<PathBuf>,
     pub servers: Vec<NtpSource>,
+    /// `timesync.max_step=SECONDS`.
+    pub max_step: Option<f64>,
 }
 
-/// Parses `timesync.observe`, `timesync.config=PATH` and
-/// `timesync.server=HOST` (repeatable) from a kernel command line; other
-/// `timesync.*` keys are reported and ignored.
+/// Parses `timesync.observe`, `timesync.config=PATH`,
+/// `timesync.server=HOST` (repeatable) and `timesync.max_step=SECONDS`
+/// from a kernel command line; other `timesync.*` keys, and bad values,
+/// are reported and ignored.
 pub fn parse_cmdline(text: &str) -> CmdlineKeys {
     let mut keys = CmdlineKeys::default();
     for word in text.split_whitespace() {
@@ -857,6 +896,14 @@ pub fn parse_cmdline(text: &str) -> CmdlineKeys {
                 maxpoll: crate::config::DEFAULT_MAXPOLL,
                 port: crate::config::DEFAULT_NTP_PORT,
             }),
+            ("max_step", Some(value)) => match value.parse::<f64>() {
+                Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+                    keys.max_step = Some(seconds)
+                }
+                _ => log::warn!(
+                    "kernel command line: `{word}`: not a number of seconds, ignored (no limit)"
+                ),
+            },
             _ => log::warn!("kernel command line: `{word}` not understood, ignored"),
         }
     }
@@ -885,6 +932,19 @@ mod tests {
         assert!(keys.servers.iter().all(|s| s.iburst && s.port == 123));
         assert_eq!(parse_cmdline("timesync.observe=0"), CmdlineKeys::default());
         assert_eq!(parse_cmdline(""), CmdlineKeys::default());
+        assert_eq!(
+            parse_cmdline("timesync.max_step=3600").max_step,
+            Some(3600.0)
+        );
+        assert_eq!(parse_cmdline("timesync.max_step=0.5").max_step, Some(0.5));
+        for bad in [
+            "timesync.max_step",
+            "timesync.max_step=-1",
+            "timesync.max_step=inf",
+            "timesync.max_step=x",
+        ] {
+            assert_eq!(parse_cmdline(bad).max_step, None, "{bad}");
+        }
     }
 
     #[test]

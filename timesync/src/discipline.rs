@@ -243,6 +243,12 @@ pub struct DisciplineConfig {
     pub confirmations: u32,
     /// Largest regression window (4–4096 samples).
     pub max_samples: usize,
+    /// No step may set the clock before this Unix time (the binary's build
+    /// date in the daemon); a step that would is refused.
+    pub min_time: f64,
+    /// A step larger than this (seconds) is refused; `None`: no limit, as
+    /// chrony (`timesync.max_step=`).
+    pub max_step: Option<f64>,
 }
 
 impl Default for DisciplineConfig {
@@ -256,16 +262,22 @@ impl Default for DisciplineConfig {
             jump_sigmas: DEFAULT_JUMP_SIGMAS,
             confirmations: DEFAULT_CONFIRMATIONS,
             max_samples: DEFAULT_MAX_SAMPLES,
+            min_time: 0.0,
+            max_step: None,
         }
     }
 }
 
 impl DisciplineConfig {
-    /// The defaults with the file's `makestep` and `maxslewrate`.
+    /// The defaults with the file's `makestep` and `maxslewrate`, the
+    /// command line's `timesync.max_step=`, and no step before
+    /// [`crate::rtc::earliest_sane_time`].
     pub fn from_config(config: &Config) -> Self {
         Self {
             makestep: config.makestep,
             max_slew_rate_ppm: config.max_slew_rate_ppm,
+            max_step: config.max_step,
+            min_time: crate::rtc::earliest_sane_time() as f64,
             ..Self::default()
         }
     }
@@ -298,6 +310,14 @@ impl DisciplineConfig {
             jump_sigmas: positive(self.jump_sigmas, default.jump_sigmas).min(1e6),
             confirmations: self.confirmations.clamp(1, 16),
             max_samples: self.max_samples.clamp(4, 4096),
+            min_time: if self.min_time.is_finite() {
+                self.min_time
+            } else {
+                0.0
+            },
+            max_step: self
+                .max_step
+                .filter(|limit| limit.is_finite() && *limit >= 0.0),
         }
     }
 }
@@ -325,6 +345,32 @@ pub enum Outcome {
     OutlierDropped { dropped: u32 },
     /// The sample is invalid and was ignored.
     Rejected(Rejection),
+    /// The samples asked for a step by `offset` that is not allowed: the
+    /// clock was not touched and the samples were dropped.
+    Refused { offset: f64, reason: Refusal },
+}
+
+/// Why a step was refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// It would set the clock before `min_time` (Unix seconds).
+    BeforeMinTime { min_time: f64 },
+    /// It is larger than `max_step` seconds.
+    BeyondMaxStep { max_step: f64 },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::BeforeMinTime { min_time } => write!(
+                f,
+                "it would set the clock before {min_time:.0} (Unix time), the earliest sane time"
+            ),
+            Refusal::BeyondMaxStep { max_step } => {
+                write!(f, "it is larger than timesync.max_step={max_step} s")
+            }
+        }
+    }
 }
 
 /// Why a sample was rejected.
@@ -391,6 +437,8 @@ pub struct DisciplineStatus {
     pub rejected: u64,
     /// Samples are held, waiting for a burst to confirm or refute them.
     pub burst_pending: bool,
+    /// Steps refused ([`Outcome::Refused`]).
+    pub refused: u64,
     /// The slew in progress: the rate added to the estimate, ppm, and the
     /// monotonic time it ends ([`Discipline::slew_deadline`]).
     pub slew: Option<SlewStatus>,
@@ -504,6 +552,10 @@ pub struct Discipline {
     jumps: u64,
     outliers: u64,
     rejected: u64,
+    refused: u64,
+    /// Samples (the first included) that must agree before a step with no
+    /// history; see [`Discipline::set_first_step_samples`].
+    first_step_samples: u32,
 }
 
 impl Discipline {
@@ -548,6 +600,8 @@ impl Discipline {
             jumps: 0,
             outliers: 0,
             rejected: 0,
+            refused: 0,
+            first_step_samples: 1,
         }
     }
 
@@ -565,6 +619,16 @@ impl Discipline {
     /// finite and positive forgets the setting.
     pub fn set_poll_interval(&mut self, seconds: f64) {
         self.poll_interval = (seconds.is_finite() && seconds > 0.0).then_some(seconds);
+    }
+
+    /// How many samples, the first included, must agree before the clock
+    /// is stepped with no history (at start, or after a refused step): 3 for
+    /// an NTP server alone (one lying or broken reply cannot move the
+    /// clock), 2 for a PHC (a second reading), 1 when a majority of NTP
+    /// servers agreed on the offset. Clamped to 1–16; 1 (every first
+    /// sample trusted) until called.
+    pub fn set_first_step_samples(&mut self, samples: u32) {
+        self.first_step_samples = samples.clamp(1, 16);
     }
 
     /// Feeds one sample of the selected source. `Err` only when a clock call
@@ -619,8 +683,17 @@ impl Discipline {
         }
         let regular = self.suspects.is_empty();
         let fit = self.fit();
+        // With no history, the first samples must agree among themselves
+        // before they are used (they may step the clock); otherwise a far
+        // sample needs `confirmations` more to be believed.
+        let first = fit.is_none();
+        let need = if first {
+            self.first_step_samples.saturating_sub(1)
+        } else {
+            self.config.confirmations
+        };
         let normal = match &fit {
-            None => true,
+            None => need == 0,
             Some(fit) => {
                 let sigma = (fit.noise_var + fit.line_var(point.m)).sqrt();
                 (point.raw - fit.predict(point.m)).abs() <= self.tolerance(sigma, point.delay)
@@ -636,10 +709,8 @@ impl Discipline {
         }
         if regular {
             self.suspects.push(point);
-            self.burst_budget = self.config.confirmations.saturating_mul(2);
-            return Ok(Outcome::BurstWanted {
-                samples: self.config.confirmations,
-            });
+            self.burst_budget = need.saturating_mul(2).max(2);
+            return Ok(Outcome::BurstWanted { samples: need });
         }
         self.burst_budget = self.burst_budget.saturating_sub(1);
         let consistent = match (self.suspects.last(), &fit) {
@@ -650,11 +721,28 @@ impl Discipline {
                 (point.raw - expected).abs()
                     <= self.tolerance(sigma, (point.delay + last.delay) / 2.0)
             }
+            (Some(last), None) => {
+                // Along the prior frequency, with its uncertainty.
+                let prior = self.prior.unwrap_or(Prior {
+                    slope: self.frequency * 1e-6,
+                    var: (self.frequency_sd.max(MIN_PRIOR_SD_PPM) * 1e-6).powi(2),
+                });
+                let noise = self.noise.unwrap_or(MIN_NOISE);
+                let dm = point.m - last.m;
+                let sigma = (2.0 * noise * noise + prior.var * dm * dm).sqrt();
+                let expected = last.raw + prior.slope * dm;
+                (point.raw - expected).abs()
+                    <= self.tolerance(sigma, (point.delay + last.delay) / 2.0)
+            }
             _ => false,
         };
         if consistent {
             self.suspects.push(point);
-            if self.suspects.len() > self.config.confirmations as usize {
+            if self.suspects.len() > need as usize {
+                if first {
+                    self.history = self.suspects.drain(..).collect();
+                    return self.correct(clock, now);
+                }
                 return self.jump(clock, now);
             }
         } else {
@@ -669,12 +757,7 @@ impl Discipline {
         }
         let held = u32::try_from(self.suspects.len()).unwrap_or(u32::MAX);
         Ok(Outcome::BurstWanted {
-            samples: self
-                .config
-                .confirmations
-                .saturating_add(1)
-                .saturating_sub(held)
-                .max(1),
+            samples: need.saturating_add(1).saturating_sub(held).max(1),
         })
     }
 
@@ -771,6 +854,7 @@ impl Discipline {
             outliers: self.outliers,
             rejected: self.rejected,
             burst_pending: !self.suspects.is_empty(),
+            refused: self.refused,
             slew: self.slew,
         }
     }
@@ -1009,6 +1093,18 @@ impl Discipline {
         (rate * 1e6, offset / closing)
     }
 
+    /// Why a step by `offset` must not be made, if it must not.
+    fn refusal(&self, clock: &dyn Clock, offset: f64) -> Option<Refusal> {
+        if let Some(max_step) = self.config.max_step {
+            if offset.abs() > max_step {
+                return Some(Refusal::BeyondMaxStep { max_step });
+            }
+        }
+        let min_time = self.config.min_time;
+        // NaN (a broken clock) compares false: no refusal on that ground.
+        (clock.realtime() + offset < min_time).then_some(Refusal::BeforeMinTime { min_time })
+    }
+
     fn step_allowed(&self, offset: f64) -> bool {
         let Some(MakeStep { threshold, limit }) = self.config.makestep else {
             return false;
@@ -1060,6 +1156,15 @@ impl Discipline {
             });
             return Ok(self.reject(Rejection::Numerical));
         };
+        if self.step_allowed(offset) {
+            if let Some(reason) = self.refusal(clock, offset) {
+                // Not used at all: the next samples start over, and must
+                // agree again before any step.
+                self.refused = self.refused.saturating_add(1);
+                self.history.clear();
+                return Ok(Outcome::Refused { offset, reason });
+            }
+        }
         if let Some(prior) = self.prior {
             // The regression alone is as good, or the prior is wrong.
             if fit.prior_rejected || fit.ols_slope_var.is_some_and(|var| var <= prior.var) {

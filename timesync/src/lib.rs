@@ -242,6 +242,10 @@ fn prepare(mut options: Options) -> (Options, Config, Vec<config::NtpSource>) {
             Config::default()
         }
     };
+    let config = Config {
+        max_step: keys.max_step,
+        ..config
+    };
     (options, config, keys.servers)
 }
 

@@ -25,6 +25,16 @@ pub const RTC_DEVICE: &str = "/dev/rtc0";
 /// build date as wrong.
 pub const CLOCK_FLOOR: i64 = 1_704_067_200;
 
+/// The earliest time the clock may be set to: the build's commit time
+/// (`MINOS_BUILD_TIME`, Unix seconds, which `cargo xtask build` sets), or
+/// [`CLOCK_FLOOR`] when it is missing or earlier. No clock this binary runs
+/// on can rightly be before the binary was made.
+pub fn earliest_sane_time() -> i64 {
+    option_env!("MINOS_BUILD_TIME")
+        .and_then(|time| time.parse::<i64>().ok())
+        .map_or(CLOCK_FLOOR, |time| time.max(CLOCK_FLOOR))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RtcError {
     #[error("cannot open RTC {}", device.display())]

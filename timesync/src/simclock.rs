@@ -115,6 +115,10 @@ pub struct SimClock {
 }
 
 impl SimClock {
+    /// The Unix time true time 0 stands for (2027-01-15): the local
+    /// clock's [`Clock::realtime`] is this plus true time minus the offset.
+    pub const EPOCH: f64 = 1_800_000_000.0;
+
     /// A clock whose oscillator runs `intrinsic_ppm` fast (negative: slow),
     /// with no frequency correction applied, `initial_offset` seconds behind
     /// true time (negative: ahead); true and monotonic time start at 0.
@@ -255,6 +259,11 @@ impl SimClock {
 impl Clock for SimClock {
     fn monotonic(&self) -> f64 {
         self.monotonic
+    }
+
+    /// [`SimClock::EPOCH`] plus true time, minus the offset.
+    fn realtime(&self) -> f64 {
+        Self::EPOCH + self.true_time - self.offset
     }
 
     fn frequency(&self) -> Result<f64, ClockError> {

@@ -135,6 +135,10 @@ impl Clock for SystemClock {
         monotonic_now()
     }
 
+    fn realtime(&self) -> f64 {
+        realtime_now()
+    }
+
     fn frequency(&self) -> Result<f64, ClockError> {
         let state = sys::adjtime_read()?;
         Ok(timex_to_frequency(state.tick, state.freq))
@@ -238,6 +242,11 @@ impl ObserveClock {
 impl Clock for ObserveClock {
     fn monotonic(&self) -> f64 {
         monotonic_now()
+    }
+
+    /// The virtual clock's time: the real one plus what it was not given.
+    fn realtime(&self) -> f64 {
+        realtime_now() + self.unapplied_correction(monotonic_now())
     }
 
     fn frequency(&self) -> Result<f64, ClockError> {

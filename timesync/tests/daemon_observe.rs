@@ -264,6 +264,39 @@ fn observes_a_lying_server_and_says_the_phc_is_missing() {
     );
 }
 
+/// A server whose first reply lies (by an hour, to 1970, by a year), alone
+/// and with an honest server beside it: the daemon (observe-only, so
+/// steps are virtual and counted) never steps to the lie.
+#[test]
+fn a_lying_first_reply_never_moves_the_clock() {
+    for lie in [3600.0, -1.7e9, 365.0 * 86_400.0] {
+        for honest_beside in [false, true] {
+            let liar = FakeNtpServer::start("127.0.0.1:0", Behaviour::FirstThen(lie, 0.0));
+            let honest = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(0.0));
+            let dir = Dir::new("first-liar");
+            let mut config = format!(
+                "server 127.0.0.1 port {} iburst minpoll -1 maxpoll 0\nmakestep 1 -1\n",
+                liar.addr.port()
+            );
+            if honest_beside {
+                config.push_str(&format!(
+                    "server 127.0.0.1 port {} iburst minpoll -1 maxpoll 0\n",
+                    honest.addr.port()
+                ));
+            }
+            let mut daemon = Daemon::start(&dir.0, &config, &["--observe"], &[]);
+            let status = daemon.wait_for(Duration::from_secs(20), synced_with(4));
+            let what = format!("lie {lie} s, honest server beside: {honest_beside}");
+            assert!(liar.requests() >= 2, "{what}");
+            assert_eq!(status.steps, 0, "{what}: {status:?}");
+            assert!(status.last_offset.abs() < 0.01, "{what}: {status:?}");
+            let (code, stderr) = daemon.stop();
+            assert_eq!(code, 0, "{what}");
+            assert!(!stderr.contains("stepped the clock"), "{what}: {stderr}");
+        }
+    }
+}
+
 #[test]
 fn once_measures_each_source_and_exits() {
     let liar = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(-3.0));

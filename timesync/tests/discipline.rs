@@ -69,6 +69,8 @@ struct Sim {
     polls: Vec<Poll>,
     /// True times and offsets where slews ended between samples.
     slew_ends: Vec<(f64, f64)>,
+    /// Added to every sample: a source that lies consistently.
+    lie: f64,
 }
 
 impl Sim {
@@ -94,6 +96,7 @@ impl Sim {
             next_regular: 0.0,
             polls: Vec::new(),
             slew_ends: Vec::new(),
+            lie: 0.0,
         }
     }
 
@@ -112,7 +115,8 @@ impl Sim {
             assert!((1..=2).contains(samples), "{outcomes:?}");
             assert!(outcomes.len() <= 5, "burst does not end: {outcomes:?}");
             self.advance_to(self.clock.true_time() + self.source.burst_spacing);
-            let sample = self.clock.sample(self.source.noise);
+            let mut sample = self.clock.sample(self.source.noise);
+            sample.offset += self.lie;
             outcomes.push(self.discipline.update(&mut self.clock, sample).unwrap());
         }
         outcomes
@@ -125,6 +129,7 @@ impl Sim {
         let time = self.clock.true_time();
         let offset_before = self.clock.offset();
         let mut sample = self.clock.sample(self.source.noise);
+        sample.offset += self.lie;
         tamper(&mut sample);
         let outcomes = self.feed(sample);
         self.polls.push(Poll {
@@ -1141,9 +1146,16 @@ fn config_from_file_and_sanitised() {
     let (config, _) = timesync::config::parse_config("makestep 1 -1\n");
     let discipline_config = DisciplineConfig::from_config(&config);
     assert_eq!(discipline_config.makestep, KATA_MAKESTEP);
+    // No step before the build (at least 2024-01-01).
+    assert_eq!(
+        discipline_config.min_time,
+        timesync::rtc::earliest_sane_time() as f64
+    );
+    assert!(discipline_config.min_time >= 1_704_067_200.0);
     assert_eq!(
         DisciplineConfig {
             makestep: None,
+            min_time: 0.0,
             ..discipline_config
         },
         DisciplineConfig::default()
@@ -1157,6 +1169,8 @@ fn config_from_file_and_sanitised() {
         jump_sigmas: 0.0,
         confirmations: 0,
         max_samples: 0,
+        min_time: f64::NAN,
+        max_step: Some(-1.0),
     };
     let sanitised = *Discipline::new(wild, f64::NAN).config();
     assert_eq!(
@@ -1385,4 +1399,116 @@ fn slews_end_at_their_deadline_and_on_release() {
         clock.applied_frequency_ppm(),
         discipline.status().frequency_ppm
     );
+}
+
+// ---------------------------------------------------------------------------
+// First samples: no step without confirmation, no step to an absurd time
+// ---------------------------------------------------------------------------
+
+/// An NTP server alone (three samples must agree before a first step)
+/// whose first reply lies, the next ones honest: by an hour, to 1970 and by
+/// a year. The lie is never used; the honest samples set the clock.
+#[test]
+fn a_lying_first_ntp_sample_is_not_stepped_to() {
+    for lie in [3600.0, -1.7e9, 365.0 * 86_400.0] {
+        let mut sim = Sim::new(NTP16, 20.0, 2.5, KATA_MAKESTEP, 43);
+        sim.discipline.set_first_step_samples(3);
+        let first = sim.poll_with(|sample| sample.offset += lie).clone();
+        // Held, then contradicted by the honest burst, which then agrees
+        // with itself: stepped by the honest 2.5 s.
+        assert_eq!(
+            first.outcomes[0],
+            Outcome::BurstWanted { samples: 2 },
+            "{lie}"
+        );
+        let steps = sim.clock.steps().to_vec();
+        assert_eq!(steps.len(), 1, "{lie}: {:?}", first.outcomes);
+        assert_close(steps[0].step, 2.5, 1e-3, &format!("{lie}: step"));
+        sim.run_until(2000.0);
+        assert_eq!(sim.clock.steps().len(), 1, "{lie}");
+        assert!(
+            sim.clock.offset().abs() < 1e-3,
+            "{lie}: {}",
+            sim.clock.offset()
+        );
+        let status = sim.discipline.status();
+        assert_eq!(status.outliers, 1, "{lie}: {status:?}");
+        assert_eq!(status.refused, 0, "{lie}");
+    }
+}
+
+/// A PHC's first reading is confirmed by a second one before a step.
+#[test]
+fn a_phc_first_sample_is_confirmed_by_a_second_reading() {
+    let mut sim = Sim::new(PHC, 10.0, 5.0, KATA_MAKESTEP, 47);
+    sim.discipline.set_first_step_samples(2);
+    let first = sim.poll().clone();
+    assert_eq!(first.outcomes[0], Outcome::BurstWanted { samples: 1 });
+    assert_close(assert_stepped(&first.outcomes[1]), 5.0, 1e-5, "step");
+    assert_eq!(first.outcomes.len(), 2);
+    // A first reading the second does not confirm is dropped.
+    let mut sim = Sim::new(PHC, 10.0, 5.0, KATA_MAKESTEP, 47);
+    sim.discipline.set_first_step_samples(2);
+    let first = sim.poll_with(|sample| sample.offset = -1.7e9).clone();
+    assert_eq!(first.outcomes[0], Outcome::BurstWanted { samples: 1 });
+    assert_eq!(first.outcomes[1], Outcome::BurstWanted { samples: 1 });
+    assert_close(assert_stepped(&first.outcomes[2]), 5.0, 1e-5, "step");
+    assert_eq!(sim.discipline.status().outliers, 1);
+}
+
+/// A source that keeps lying agrees with itself: what stops it is the
+/// earliest sane time (the build's) and `timesync.max_step=`. Refused
+/// steps touch nothing, and are refused again at every new attempt.
+#[test]
+fn steps_before_the_build_or_beyond_max_step_are_refused() {
+    let floor = 1_704_067_200.0; // what the daemon uses at least
+    let cases = [
+        (-1.7e9, None, true),
+        (3600.0, None, false),
+        (3600.0, Some(1000.0), true),
+        (365.0 * 86_400.0, Some(86_400.0), true),
+        (-3600.0, Some(3600.5), false),
+    ];
+    for (lie, max_step, refused) in cases {
+        let mut sim = Sim::new(NTP16, 0.0, 0.0, KATA_MAKESTEP, 53);
+        sim.discipline = Discipline::new(
+            DisciplineConfig {
+                makestep: KATA_MAKESTEP,
+                min_time: floor,
+                max_step,
+                ..DisciplineConfig::default()
+            },
+            0.0,
+        );
+        sim.discipline.set_first_step_samples(3);
+        sim.discipline.set_poll_interval(NTP16.interval);
+        sim.lie = lie;
+        let first = sim.poll().clone();
+        let what = format!("{lie} s, max_step {max_step:?}");
+        let last = *first.outcomes.last().unwrap();
+        if refused {
+            assert!(
+                matches!(last, Outcome::Refused { .. }),
+                "{what}: {:?}",
+                first.outcomes
+            );
+            assert!(sim.clock.steps().is_empty(), "{what}");
+            assert!(sim.clock.frequency_changes().is_empty(), "{what}");
+            let again = sim.poll().clone();
+            assert!(
+                matches!(again.outcomes.last(), Some(Outcome::Refused { .. })),
+                "{what}: {:?}",
+                again.outcomes
+            );
+            assert_eq!(sim.discipline.status().refused, 2, "{what}");
+            assert!(!sim.discipline.status().synchronised, "{what}");
+        } else {
+            assert_close(assert_stepped(&last), lie, 1e-3, &what);
+        }
+    }
+    // The reasons name the limit.
+    let text = timesync::discipline::Refusal::BeyondMaxStep { max_step: 1000.0 }.to_string();
+    assert!(text.contains("timesync.max_step=1000"), "{text}");
+    let text = timesync::discipline::Refusal::BeforeMinTime { min_time: floor }.to_string();
+    assert!(text.contains("1704067200"), "{text}");
 }

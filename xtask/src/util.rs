@@ -87,7 +87,23 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(cargo)
         .args(args)
         .env("MINOS_COMMIT", commit())
+        .env("MINOS_BUILD_TIME", commit_time())
         .current_dir(root()))
+}
+
+/// The commit's time, Unix seconds (deterministic, unlike the build's
+/// wall clock), or "" outside a git checkout: timesync refuses to step the
+/// clock before it (`MINOS_BUILD_TIME`).
+pub fn commit_time() -> String {
+    Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_default()
 }
 
 /// The commit the work tree is at, 12 hex digits (always that long, so

@@ -192,6 +192,9 @@ pub enum Behaviour {
     Short(usize),
     /// The valid reply, twice.
     Twice(f64),
+    /// The first reply from a clock `.0` seconds ahead (a lie), every
+    /// later one from a clock `.1` seconds ahead.
+    FirstThen(f64, f64),
     /// Nothing.
     Silent,
 }
@@ -244,7 +247,7 @@ impl FakeNtpServer {
                     if len < 48 {
                         continue;
                     }
-                    requests.fetch_add(1, Ordering::Relaxed);
+                    let count = requests.fetch_add(1, Ordering::Relaxed) + 1;
                     let request = &buffer[..len];
                     let behaviour = *behaviour.lock().unwrap();
                     let send = |bytes: &[u8]| {
@@ -274,6 +277,9 @@ impl FakeNtpServer {
                             let good = reply(request, offset);
                             send(&good);
                             send(&good);
+                        }
+                        Behaviour::FirstThen(first, then) => {
+                            send(&reply(request, if count == 1 { first } else { then }))
                         }
                         Behaviour::Silent => {}
                     }
