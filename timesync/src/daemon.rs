@@ -36,7 +36,7 @@ use crate::config::{Config, NtpSource, NtpSourceKind, PhcRefclock};
 use crate::discipline::{Discipline, DisciplineConfig, Outcome, MAX_FREQUENCY_PPM};
 use crate::ntp::{self, Candidate, NtpServer, PollConfig, Verdict};
 use crate::phc::{Phc, PhcError};
-use crate::resolve::{Backoff, Resolver};
+use crate::resolve::{self, Backoff, Lookup, ResolveError, Resolver, Start};
 use crate::status::{self, Status};
 use crate::sysclock::{monotonic_now, realtime_now};
 
@@ -185,8 +185,11 @@ impl std::fmt::Display for PhcLabel<'_> {
 #[derive(Debug)]
 struct Unresolved {
     source: NtpSource,
+    /// When to start the next lookup (monotonic seconds).
     next: f64,
     backoff: Backoff,
+    /// The DNS lookup under way, whose socket is in the loop's poll(2).
+    lookup: Option<Lookup>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +268,7 @@ impl Daemon {
                 source: s.clone(),
                 next: now,
                 backoff: Backoff::default(),
+                lookup: None,
             })
             .collect();
         Self {
@@ -327,10 +331,20 @@ impl Daemon {
                 log::error!("timerfd_settime: {err}");
                 return 1;
             }
+            // Signals, the timer, the NTP sockets, then the name lookups
+            // under way (with the index of their entry).
+            let lookups: Vec<(usize, BorrowedFd<'_>)> = self
+                .unresolved
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| Some((i, u.lookup.as_ref()?.fd()?)))
+                .collect();
             let fds: Vec<BorrowedFd<'_>> = [signals.as_fd(), timer.as_fd()]
                 .into_iter()
                 .chain(self.servers.iter().map(NtpServer::fd))
+                .chain(lookups.iter().map(|(_, fd)| *fd))
                 .collect();
+            let lookup_entries: Vec<usize> = lookups.iter().map(|(i, _)| *i).collect();
             let mut poll_fds: Vec<PollFd<'_>> = fds
                 .iter()
                 .map(|fd| PollFd::new(fd, PollFlags::IN))
@@ -363,12 +377,20 @@ impl Daemon {
                 let _ = rustix::io::read(&timer, &mut expirations);
             }
             let now = monotonic_now();
-            for index in 0..self.servers.len() {
+            let server_count = self.servers.len();
+            for index in 0..server_count {
                 if ready.get(index + 2) == Some(&true) {
                     let sample = self.servers.get_mut(index).and_then(|s| s.on_readable(now));
                     if let Some(sample) = sample {
                         self.on_sample(SourceId::Ntp(index), sample);
                     }
+                }
+            }
+            // Highest entry first: a finished lookup's entry may be
+            // swap-removed, which moves only the last one.
+            for (slot, entry) in lookup_entries.iter().enumerate().rev() {
+                if ready.get(2 + server_count + slot) == Some(&true) {
+                    self.on_lookup_readable(*entry, now);
                 }
             }
         }
@@ -422,39 +444,89 @@ impl Daemon {
         }
     }
 
+    /// Starts the lookups that are due and times out the name servers
+    /// that did not answer in time; never waits for one.
     fn resolve_due(&mut self, now: f64) {
         let mut index = 0;
         while index < self.unresolved.len() {
             let Some(entry) = self.unresolved.get_mut(index) else {
                 break;
             };
-            if entry.next > now {
-                index += 1;
-                continue;
-            }
-            match self.resolver.resolve_source(&entry.source) {
-                Ok(addrs) => {
-                    let source = self.unresolved.swap_remove(index).source;
-                    for addr in addrs {
-                        match NtpServer::new(&source.host, addr, PollConfig::from(&source), now) {
-                            Ok(server) => {
-                                log::info!("NTP server {} ({addr}) added", source.host);
-                                self.servers.push(server);
-                            }
-                            Err(err) => log::error!("NTP server {}: {}", source.host, Report(&err)),
+            let result = match &mut entry.lookup {
+                Some(lookup) => lookup.on_deadline(now),
+                None if entry.next <= now => {
+                    match self
+                        .resolver
+                        .start(&entry.source.host, entry.source.port, now)
+                    {
+                        Start::Done(result) => Some(result),
+                        Start::Pending(lookup) => {
+                            entry.lookup = Some(lookup);
+                            None
                         }
                     }
                 }
-                Err(err) if err.is_permanent() => {
-                    log::error!("{}; line {} ignored", Report(&err), entry.source.line);
-                    self.unresolved.swap_remove(index);
+                None => None,
+            };
+            match result {
+                Some(result) => {
+                    if !self.resolved(index, result, now) {
+                        index += 1;
+                    }
                 }
-                Err(err) => {
-                    let delay = entry.backoff.next_delay();
-                    log::warn!("{}; retrying in {} s", Report(&err), delay.as_secs());
-                    entry.next = now + delay.as_secs_f64();
-                    index += 1;
+                None => index += 1,
+            }
+        }
+    }
+
+    /// A lookup's answer arrived (its socket was readable).
+    fn on_lookup_readable(&mut self, index: usize, now: f64) {
+        let result = self
+            .unresolved
+            .get_mut(index)
+            .and_then(|entry| entry.lookup.as_mut())
+            .and_then(|lookup| lookup.on_readable(now));
+        if let Some(result) = result {
+            self.resolved(index, result, now);
+        }
+    }
+
+    /// Acts on the result of resolving entry `index`; returns whether the
+    /// entry was removed.
+    fn resolved(
+        &mut self,
+        index: usize,
+        result: Result<Vec<std::net::SocketAddr>, ResolveError>,
+        now: f64,
+    ) -> bool {
+        let Some(entry) = self.unresolved.get_mut(index) else {
+            return false;
+        };
+        entry.lookup = None;
+        match result {
+            Ok(addrs) => {
+                let source = self.unresolved.swap_remove(index).source;
+                for addr in resolve::for_source(addrs, &source) {
+                    match NtpServer::new(&source.host, addr, PollConfig::from(&source), now) {
+                        Ok(server) => {
+                            log::info!("NTP server {} ({addr}) added", source.host);
+                            self.servers.push(server);
+                        }
+                        Err(err) => log::error!("NTP server {}: {}", source.host, Report(&err)),
+                    }
                 }
+                true
+            }
+            Err(err) if err.is_permanent() => {
+                log::error!("{}; line {} ignored", Report(&err), entry.source.line);
+                self.unresolved.swap_remove(index);
+                true
+            }
+            Err(err) => {
+                let delay = entry.backoff.next_delay();
+                log::warn!("{}; retrying in {} s", Report(&err), delay.as_secs());
+                entry.next = now + delay.as_secs_f64();
+                false
             }
         }
     }
@@ -462,7 +534,10 @@ impl Daemon {
     fn next_deadline(&self) -> f64 {
         let phc = self.phcs.iter().map(|p| p.next);
         let ntp = self.servers.iter().map(NtpServer::next_deadline);
-        let resolve = self.unresolved.iter().map(|u| u.next);
+        let resolve = self
+            .unresolved
+            .iter()
+            .map(|u| u.lookup.as_ref().map_or(u.next, |lookup| lookup.deadline()));
         let stale = self.stale_deadline();
         let slew = self.discipline.slew_deadline();
         phc.chain(ntp)

@@ -28,9 +28,13 @@
 //! are limited in number, and names in length. Nothing here panics on any
 //! reply.
 //!
-//! Resolution blocks (up to `attempts × servers × timeout`); the daemon calls
-//! it before entering its poll loop or between polls. A failure carries the
-//! host and the servers tried; [`Backoff`] gives the caller's retry delays.
+//! The daemon never waits for a name server: [`Resolver::start`] answers
+//! at once from numbers and the hosts file, or returns a [`Lookup`] whose
+//! socket and deadline join the daemon's own poll(2), so PHC samples, NTP
+//! replies and signals are served while a lookup is outstanding (up to
+//! `attempts × servers × timeout`). [`Resolver::resolve`] drives the same
+//! lookup to its end for `--once`. A failure carries the host and the
+//! servers tried; [`Backoff`] gives the caller's retry delays.
 
 #![cfg_attr(
     not(test),
@@ -46,7 +50,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{NtpSource, NtpSourceKind};
 
@@ -591,193 +595,367 @@ enum Outcome {
     Failed(String),
 }
 
+#[derive(Debug)]
 struct Query {
     id: u16,
     qtype: u16,
     answer: Option<DnsAnswer>,
 }
 
+/// How a resolution begins: answered at once (a numeric address, the hosts
+/// file, an error), or a DNS [`Lookup`] under way.
+#[derive(Debug)]
+pub enum Start {
+    Done(Result<Vec<SocketAddr>, ResolveError>),
+    Pending(Lookup),
+}
+
+/// A DNS resolution under way, driven by its caller's poll loop: poll
+/// [`Lookup::fd`] for input until [`Lookup::deadline`], then call
+/// [`Lookup::on_readable`] or [`Lookup::on_deadline`]; each returns the
+/// result once there is one. Nothing here blocks.
+#[derive(Debug)]
+pub struct Lookup {
+    host: String,
+    port: u16,
+    qname: Vec<u8>,
+    /// Each name server once per round, in order.
+    plan: Vec<SocketAddr>,
+    next: usize,
+    timeout: Duration,
+    exchange: Option<Exchange>,
+    tried: Vec<ServerFailure>,
+}
+
+/// The A and AAAA queries to one name server.
+#[derive(Debug)]
+struct Exchange {
+    socket: UdpSocket,
+    server: SocketAddr,
+    queries: [Query; 2],
+    /// Monotonic seconds.
+    deadline: f64,
+    ignored: u32,
+}
+
+impl Lookup {
+    /// The socket to poll for input (none once finished).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.exchange.as_ref().map(|e| e.socket.as_fd())
+    }
+
+    /// When the server asked now has had its time (monotonic seconds).
+    pub fn deadline(&self) -> f64 {
+        self.exchange
+            .as_ref()
+            .map_or(f64::NEG_INFINITY, |e| e.deadline)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Reads what arrived; the result once there is one.
+    pub fn on_readable(&mut self, now: f64) -> Option<Result<Vec<SocketAddr>, ResolveError>> {
+        let exchange = self.exchange.as_mut()?;
+        match exchange.receive(&self.qname) {
+            None => None,
+            Some(outcome) => self.finish_server(outcome, now),
+        }
+    }
+
+    /// At or after [`Lookup::deadline`]: the server asked has not
+    /// answered; the next one is asked, or the lookup fails.
+    pub fn on_deadline(&mut self, now: f64) -> Option<Result<Vec<SocketAddr>, ResolveError>> {
+        match &self.exchange {
+            Some(exchange) if now < exchange.deadline => None,
+            Some(exchange) => {
+                let outcome = exchange.verdict(self.timeout);
+                self.finish_server(outcome, now)
+            }
+            None => self.ask_next(now),
+        }
+    }
+
+    fn finish_server(
+        &mut self,
+        outcome: Outcome,
+        now: f64,
+    ) -> Option<Result<Vec<SocketAddr>, ResolveError>> {
+        let server = self.exchange.take().map(|e| e.server)?;
+        match outcome {
+            Outcome::Addresses(ips) => Some(Ok(with_port(ips, self.port))),
+            Outcome::NotFound => Some(Err(ResolveError::NotFound {
+                host: self.host.clone(),
+                server,
+            })),
+            Outcome::Failed(reason) => {
+                log::debug!("resolving `{}`: name server {server}: {reason}", self.host);
+                self.tried.push(ServerFailure { server, reason });
+                self.ask_next(now)
+            }
+        }
+    }
+
+    /// Sends the queries to the next server of the plan.
+    fn ask_next(&mut self, now: f64) -> Option<Result<Vec<SocketAddr>, ResolveError>> {
+        loop {
+            let Some(&server) = self.plan.get(self.next) else {
+                return Some(Err(ResolveError::NoAnswer {
+                    host: self.host.clone(),
+                    tried: std::mem::take(&mut self.tried),
+                }));
+            };
+            self.next += 1;
+            match Exchange::start(server, &self.qname, now + self.timeout.as_secs_f64()) {
+                Ok(exchange) => {
+                    self.exchange = Some(exchange);
+                    return None;
+                }
+                Err(reason) => self.tried.push(ServerFailure { server, reason }),
+            }
+        }
+    }
+}
+
+impl Exchange {
+    fn start(server: SocketAddr, qname: &[u8], deadline: f64) -> Result<Exchange, String> {
+        let socket = match server {
+            SocketAddr::V4(_) => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)),
+        }
+        .map_err(|err| format!("cannot open a socket: {err}"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|err| format!("cannot make the socket non-blocking: {err}"))?;
+        let id_a = random_id();
+        let mut id_aaaa = random_id();
+        while id_aaaa == id_a {
+            id_aaaa = id_aaaa.wrapping_add(1);
+        }
+        let queries = [
+            Query {
+                id: id_a,
+                qtype: TYPE_A,
+                answer: None,
+            },
+            Query {
+                id: id_aaaa,
+                qtype: TYPE_AAAA,
+                answer: None,
+            },
+        ];
+        for query in &queries {
+            socket
+                .send_to(&encode_query(query.id, qname, query.qtype), server)
+                .map_err(|err| format!("cannot send: {err}"))?;
+        }
+        Ok(Exchange {
+            socket,
+            server,
+            queries,
+            deadline,
+            ignored: 0,
+        })
+    }
+
+    /// Takes every datagram waiting; an outcome once both queries are
+    /// answered or the server failed.
+    fn receive(&mut self, qname: &[u8]) -> Option<Outcome> {
+        let mut buffer = [0u8; RECEIVE_BUFFER];
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(err) => return Some(Outcome::Failed(format!("cannot receive: {err}"))),
+            };
+            let message = buffer.get(..len).unwrap_or_default();
+            let id = message
+                .get(..2)
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(u16::from_be_bytes);
+            let server = self.server;
+            let query = self
+                .queries
+                .iter_mut()
+                .find(|q| Some(q.id) == id && q.answer.is_none());
+            let (Some(query), true) = (
+                query,
+                from.ip() == server.ip() && from.port() == server.port(),
+            ) else {
+                // Not ours (wrong sender, unknown or repeated ID): could be
+                // spoofed, keep waiting for the real answer.
+                self.ignored = self.ignored.saturating_add(1);
+                continue;
+            };
+            match parse_reply(message, query.id, qname, query.qtype) {
+                Ok(DnsAnswer::ServerError(rcode)) => {
+                    return Some(Outcome::Failed(format!(
+                        "server failure ({})",
+                        rcode_name(rcode)
+                    )))
+                }
+                Ok(answer) => query.answer = Some(answer),
+                Err(err) => return Some(Outcome::Failed(format!("malformed reply: {err}"))),
+            }
+            if self.queries.iter().all(|q| q.answer.is_some()) {
+                return Some(self.verdict(Duration::ZERO));
+            }
+        }
+    }
+
+    /// What the answers so far say (at the deadline, or when complete).
+    fn verdict(&self, timeout: Duration) -> Outcome {
+        let mut addresses = Vec::new();
+        for query in &self.queries {
+            if let Some(DnsAnswer::Addresses(found)) = &query.answer {
+                addresses.extend_from_slice(found);
+            }
+        }
+        if !addresses.is_empty() {
+            return Outcome::Addresses(addresses);
+        }
+        let nxdomain = self
+            .queries
+            .iter()
+            .any(|q| q.answer == Some(DnsAnswer::NxDomain));
+        if nxdomain || self.queries.iter().all(|q| q.answer.is_some()) {
+            return Outcome::NotFound;
+        }
+        let ignored = if self.ignored > 0 {
+            format!(", {} unexpected datagrams ignored", self.ignored)
+        } else {
+            String::new()
+        };
+        Outcome::Failed(format!("no reply within {timeout:?}{ignored}"))
+    }
+}
+
+/// Addresses with `port`, without duplicates, in order.
+fn with_port(ips: Vec<IpAddr>, port: u16) -> Vec<SocketAddr> {
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for ip in ips {
+        let address = SocketAddr::new(ip, port);
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    addresses
+}
+
+/// Monotonic seconds (`CLOCK_MONOTONIC`, as the daemon's loop).
+fn monotonic() -> f64 {
+    crate::sysclock::monotonic_now()
+}
+
 impl Resolver {
     /// The addresses of `host` with `port`: IPv4 before IPv6 from DNS, in
-    /// file order from the hosts file, without duplicates.
+    /// file order from the hosts file, without duplicates. Blocks until
+    /// the DNS lookup ends (for `--once`); the daemon uses
+    /// [`Resolver::start`] instead.
     pub fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
-        if let Some(address) = parse_numeric(host, port) {
-            return Ok(vec![address]);
-        }
-        let qname = encode_name(host).map_err(|reason| ResolveError::InvalidName {
-            host: host.to_owned(),
-            reason,
-        })?;
-        let with_port = |ips: Vec<IpAddr>| {
-            let mut addresses: Vec<SocketAddr> = Vec::new();
-            for ip in ips {
-                let address = SocketAddr::new(ip, port);
-                if !addresses.contains(&address) {
-                    addresses.push(address);
+        let mut lookup = match self.start(host, port, monotonic()) {
+            Start::Done(result) => return result,
+            Start::Pending(lookup) => lookup,
+        };
+        loop {
+            let wait = lookup.deadline() - monotonic();
+            let readable = match lookup.fd() {
+                Some(fd) if wait > 0.0 => {
+                    use rustix::event::{poll, PollFd, PollFlags};
+                    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                    let timeout = rustix::time::Timespec {
+                        tv_sec: wait.trunc() as i64,
+                        tv_nsec: ((wait.fract() * 1e9) as i64).clamp(0, 999_999_999),
+                    };
+                    matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
                 }
+                _ => false,
+            };
+            let now = monotonic();
+            let result = if readable {
+                lookup.on_readable(now)
+            } else {
+                lookup.on_deadline(now)
+            };
+            if let Some(result) = result {
+                return result;
             }
-            addresses
+        }
+    }
+
+    /// Begins resolving `host`: numeric addresses and the hosts file answer
+    /// at once; otherwise the first name server is asked and the
+    /// [`Lookup`] returned, to be driven from the caller's poll loop.
+    pub fn start(&self, host: &str, port: u16, now: f64) -> Start {
+        if let Some(address) = parse_numeric(host, port) {
+            return Start::Done(Ok(vec![address]));
+        }
+        let qname = match encode_name(host) {
+            Ok(qname) => qname,
+            Err(reason) => {
+                return Start::Done(Err(ResolveError::InvalidName {
+                    host: host.to_owned(),
+                    reason,
+                }))
+            }
         };
         // A missing or unreadable hosts file is not an error.
         if let Ok(text) = std::fs::read(&self.hosts_path) {
             let found = hosts_lookup(&String::from_utf8_lossy(&text), host);
             if !found.is_empty() {
-                return Ok(with_port(found));
+                return Start::Done(Ok(with_port(found, port)));
             }
         }
         let conf = std::fs::read(&self.resolv_conf_path)
             .map(|text| parse_resolv_conf(&String::from_utf8_lossy(&text)))
             .unwrap_or_default();
         if conf.nameservers.is_empty() {
-            return Err(ResolveError::NoNameservers {
+            return Start::Done(Err(ResolveError::NoNameservers {
                 host: host.to_owned(),
                 hosts: self.hosts_path.clone(),
                 resolv_conf: self.resolv_conf_path.clone(),
-            });
+            }));
         }
-        let timeout = conf.timeout.unwrap_or(self.timeout);
         let attempts = conf.attempts.unwrap_or(self.attempts).max(1);
-        let mut tried = Vec::new();
-        for _ in 0..attempts {
-            for &ip in &conf.nameservers {
-                let server = SocketAddr::new(ip, self.dns_port);
-                match query_server(server, &qname, timeout) {
-                    Outcome::Addresses(ips) => return Ok(with_port(ips)),
-                    Outcome::NotFound => {
-                        return Err(ResolveError::NotFound {
-                            host: host.to_owned(),
-                            server,
-                        })
-                    }
-                    Outcome::Failed(reason) => {
-                        log::debug!("resolving `{host}`: name server {server}: {reason}");
-                        tried.push(ServerFailure { server, reason });
-                    }
-                }
-            }
-        }
-        Err(ResolveError::NoAnswer {
+        let plan = (0..attempts)
+            .flat_map(|_| conf.nameservers.iter())
+            .map(|&ip| SocketAddr::new(ip, self.dns_port))
+            .collect();
+        let mut lookup = Lookup {
             host: host.to_owned(),
-            tried,
-        })
+            port,
+            qname,
+            plan,
+            next: 0,
+            timeout: conf.timeout.unwrap_or(self.timeout),
+            exchange: None,
+            tried: Vec::new(),
+        };
+        match lookup.ask_next(now) {
+            Some(result) => Start::Done(result),
+            None => Start::Pending(lookup),
+        }
     }
 
     /// The addresses to poll for a configuration line: the first address
     /// for `server`, up to [`POOL_MAX_SOURCES`] for `pool`.
     pub fn resolve_source(&self, source: &NtpSource) -> Result<Vec<SocketAddr>, ResolveError> {
-        let mut addresses = self.resolve(&source.host, source.port)?;
-        addresses.truncate(match source.kind {
-            NtpSourceKind::Server => 1,
-            NtpSourceKind::Pool => POOL_MAX_SOURCES,
-        });
-        Ok(addresses)
+        self.resolve(&source.host, source.port)
+            .map(|addresses| for_source(addresses, source))
     }
 }
 
-/// Asks `server` for the A and AAAA records of `qname` at once and waits up
-/// to `timeout` for both answers.
-fn query_server(server: SocketAddr, qname: &[u8], timeout: Duration) -> Outcome {
-    let socket = match server {
-        SocketAddr::V4(_) => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)),
-    };
-    let socket = match socket {
-        Ok(socket) => socket,
-        Err(err) => return Outcome::Failed(format!("cannot open a socket: {err}")),
-    };
-    let id_a = random_id();
-    let mut id_aaaa = random_id();
-    while id_aaaa == id_a {
-        id_aaaa = id_aaaa.wrapping_add(1);
-    }
-    let mut queries = [
-        Query {
-            id: id_a,
-            qtype: TYPE_A,
-            answer: None,
-        },
-        Query {
-            id: id_aaaa,
-            qtype: TYPE_AAAA,
-            answer: None,
-        },
-    ];
-    for query in &queries {
-        if let Err(err) = socket.send_to(&encode_query(query.id, qname, query.qtype), server) {
-            return Outcome::Failed(format!("cannot send: {err}"));
-        }
-    }
-    let deadline = Instant::now().checked_add(timeout);
-    let mut buffer = [0u8; RECEIVE_BUFFER];
-    let mut ignored = 0u32;
-    while queries.iter().any(|q| q.answer.is_none()) {
-        let remaining = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
-        if remaining.is_zero() {
-            break;
-        }
-        if let Err(err) = socket.set_read_timeout(Some(remaining)) {
-            return Outcome::Failed(format!("cannot wait: {err}"));
-        }
-        let (len, from) = match socket.recv_from(&mut buffer) {
-            Ok(received) => received,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(err) => return Outcome::Failed(format!("cannot receive: {err}")),
-        };
-        let message = buffer.get(..len).unwrap_or_default();
-        let id = message
-            .get(..2)
-            .and_then(|b| <[u8; 2]>::try_from(b).ok())
-            .map(u16::from_be_bytes);
-        let query = queries
-            .iter_mut()
-            .find(|q| Some(q.id) == id && q.answer.is_none());
-        let (Some(query), true) = (
-            query,
-            from.ip() == server.ip() && from.port() == server.port(),
-        ) else {
-            // Not ours (wrong sender, unknown or repeated ID): could be
-            // spoofed, keep waiting for the real answer.
-            ignored = ignored.saturating_add(1);
-            continue;
-        };
-        match parse_reply(message, query.id, qname, query.qtype) {
-            Ok(DnsAnswer::ServerError(rcode)) => {
-                return Outcome::Failed(format!("server failure ({})", rcode_name(rcode)))
-            }
-            Ok(answer) => query.answer = Some(answer),
-            Err(err) => return Outcome::Failed(format!("malformed reply: {err}")),
-        }
-    }
-    let mut addresses = Vec::new();
-    for query in &queries {
-        if let Some(DnsAnswer::Addresses(found)) = &query.answer {
-            addresses.extend_from_slice(found);
-        }
-    }
-    if !addresses.is_empty() {
-        return Outcome::Addresses(addresses);
-    }
-    let nxdomain = queries
-        .iter()
-        .any(|q| q.answer == Some(DnsAnswer::NxDomain));
-    if nxdomain || queries.iter().all(|q| q.answer.is_some()) {
-        return Outcome::NotFound;
-    }
-    let ignored = if ignored > 0 {
-        format!(", {ignored} unexpected datagrams ignored")
-    } else {
-        String::new()
-    };
-    Outcome::Failed(format!("no reply within {timeout:?}{ignored}"))
+/// The addresses a configuration line uses: the first for `server`, up to
+/// [`POOL_MAX_SOURCES`] for `pool`.
+pub fn for_source(mut addresses: Vec<SocketAddr>, source: &NtpSource) -> Vec<SocketAddr> {
+    addresses.truncate(match source.kind {
+        NtpSourceKind::Server => 1,
+        NtpSourceKind::Pool => POOL_MAX_SOURCES,
+    });
+    addresses
 }
 
 fn rcode_name(rcode: u8) -> String {

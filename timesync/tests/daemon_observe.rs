@@ -43,10 +43,39 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_in(dir, config, args, env, Command::new(TIMESYNC))
+    }
+
+    /// In a mount namespace of its own where `/etc/resolv.conf` is
+    /// `resolv_conf` (needs root).
+    fn start_with_resolv_conf(
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        resolv_conf: &str,
+    ) -> Daemon {
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, resolv_conf).unwrap();
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("r=$1; shift; mount --bind \"$r\" /etc/resolv.conf && exec \"$@\"")
+            .arg("sh")
+            .arg(&path)
+            .arg(TIMESYNC);
+        Self::start_in(dir, config, args, &[], command)
+    }
+
+    fn start_in(
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mut command: Command,
+    ) -> Daemon {
         let conf = dir.join("timesync.conf");
         std::fs::write(&conf, config).unwrap();
         let status_file = dir.join("status");
-        let mut command = Command::new(TIMESYNC);
         command
             .arg("--config")
             .arg(&conf)
@@ -295,6 +324,58 @@ fn a_lying_first_reply_never_moves_the_clock() {
             assert!(!stderr.contains("stepped the clock"), "{what}: {stderr}");
         }
     }
+}
+
+/// A name server that never answers (30 s per try, 5 tries): the lookup
+/// waits in the daemon's poll(2), not in front of it. The NTP server beside
+/// keeps its 0.5 s rhythm, the daemon synchronises, and SIGTERM ends it
+/// within 100 ms, all while the lookup is outstanding.
+#[test]
+fn a_silent_name_server_never_blocks_the_loop() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: no mount namespace for a resolv.conf of the test's own; skipped");
+        return;
+    }
+    // The silent name server: reads the queries, answers none.
+    let dns = std::net::UdpSocket::bind("127.0.0.254:53").unwrap();
+    dns.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let server = FakeNtpServer::start("127.0.0.1:0", Behaviour::Offset(0.0));
+    let dir = Dir::new("silent-dns");
+    let config = format!(
+        "server time.silent.invalid iburst\n\
+         server 127.0.0.1 port {} iburst minpoll -1 maxpoll -1\n",
+        server.addr.port()
+    );
+    let mut daemon = Daemon::start_with_resolv_conf(
+        &dir.0,
+        &config,
+        &["--observe"],
+        "nameserver 127.0.0.254\noptions timeout:30 attempts:5\n",
+    );
+    let mut buffer = [0u8; 512];
+    let (_, from) = dns
+        .recv_from(&mut buffer)
+        .expect("no DNS query within 100 ms");
+    assert_eq!(from.ip(), std::net::Ipv4Addr::LOCALHOST);
+    let started = Instant::now();
+    daemon.wait_for(Duration::from_secs(10), synced_with(4));
+    // The rhythm: one request per 0.5 s over 3 s, the lookup still waiting.
+    let before = server.requests();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = server.requests() - before;
+    assert!((5..=8).contains(&during), "{during} NTP requests in 3 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(29),
+        "the lookup may have ended"
+    );
+    let pid = rustix::process::Pid::from_child(&daemon.child);
+    let asked = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = daemon.child.wait().unwrap();
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_millis(100), "SIGTERM took {took:?}");
 }
 
 #[test]
