@@ -30,10 +30,12 @@ options:
   -h, --help          print this help
       --version       print the version and the commit it was built from
 
-status: print the running daemon's status (text, or one JSON object).
+status: print the running daemon's status (chronyc tracking's lines, or one
+JSON object); exit 0 when synchronised, 2 when not, 1 without a status.
 
 Kernel command line (read at start; arguments win): timesync.observe,
-timesync.config=PATH, timesync.server=HOST (an extra NTP server, iburst).
+timesync.config=PATH, timesync.server=HOST (an extra NTP server, iburst),
+timesync.max_step=SECONDS (refuse larger steps).
 ";
 
 /// What the command line asks for.

@@ -37,7 +37,7 @@ use crate::discipline::{Discipline, DisciplineConfig, Outcome, MAX_FREQUENCY_PPM
 use crate::ntp::{self, Candidate, NtpServer, PollConfig, Verdict};
 use crate::phc::{Phc, PhcError};
 use crate::resolve::{self, Backoff, Lookup, ResolveError, Resolver, Start};
-use crate::status::{self, Status};
+use crate::status::{self, SourceStatus, Status};
 use crate::sysclock::{monotonic_now, realtime_now};
 
 /// Readings per PHC sample (one ioctl).
@@ -761,14 +761,29 @@ impl Daemon {
 
     pub fn status(&self) -> Status {
         let d = self.discipline.status();
+        let mut reference_id = String::new();
+        let (mut root_delay, mut root_dispersion) = (0.0, 0.0);
         let (source, kind, stratum, leap) = match self.selected {
-            Some(SourceId::Phc(i)) => (self.label(SourceId::Phc(i)), "phc", 0, "normal".into()),
+            Some(SourceId::Phc(i)) => {
+                // chrony names refclocks PHC0, PHC1, ... by default.
+                let name = format!("PHC{i}");
+                reference_id = format!("{} ({name})", hex_ref_id(name.as_bytes()));
+                // One hop from the reference clock, as chronyc shows it.
+                (self.label(SourceId::Phc(i)), "phc", 1, "normal".into())
+            }
             Some(SourceId::Ntp(i)) => {
-                let m = self.servers.get(i).and_then(NtpServer::last_measurement);
+                let server = self.servers.get(i);
+                let m = server.and_then(NtpServer::last_measurement);
+                if let Some(server) = server {
+                    reference_id = ntp_ref_id(server.addr().ip());
+                }
+                if let Some(m) = m {
+                    (root_delay, root_dispersion) = (m.root_delay, m.root_dispersion);
+                }
                 (
                     self.label(SourceId::Ntp(i)),
                     "ntp",
-                    m.map_or(0, |m| m.stratum),
+                    m.map_or(0, |m| m.stratum.saturating_add(1)),
                     m.map_or("unknown", |m| match m.leap {
                         ntp::Leap::None => "normal",
                         ntp::Leap::InsertSecond => "insert",
@@ -783,50 +798,58 @@ impl Daemon {
         let last_update_unix = d
             .last_update
             .map_or(0.0, |at| realtime_now() - (now - at).max(0.0));
-        let mut sources: Vec<String> = self
+        let mut sources: Vec<SourceStatus> = self
             .phcs
             .iter()
-            .map(|p| {
-                let state = if p.usable(now) {
+            .map(|p| SourceStatus {
+                kind: "phc".into(),
+                name: p.config.device.display().to_string(),
+                address: p
+                    .phc
+                    .as_ref()
+                    .and_then(|phc| phc.name())
+                    .unwrap_or_default()
+                    .to_string(),
+                state: if p.usable(now) {
                     "ok"
                 } else if p.phc.is_some() {
                     "waiting"
                 } else {
                     "unavailable"
-                };
-                format!(
-                    "{} state={state} interval={:.3}s offset={}",
-                    p.label(),
-                    p.interval,
-                    p.last
-                        .map_or("none".into(), |s| format!("{:+.9}", s.offset))
-                )
+                }
+                .into(),
+                reach: 0,
+                poll_interval: p.interval,
+                offset: p.last.map(|s| s.offset),
+                rejected: 0,
             })
             .collect();
-        sources.extend(self.servers.iter().map(|s| {
-            format!(
-                "NTP {} ({}) reach={:03o} poll={:.0}s offset={} rejected={}",
-                s.name(),
-                s.addr(),
-                s.reach(),
-                s.poll_interval(),
-                s.last_measurement()
-                    .map_or("none".into(), |m| format!("{:+.9}", m.offset)),
-                s.counters().total_rejected()
-            )
+        sources.extend(self.servers.iter().map(|s| SourceStatus {
+            kind: "ntp".into(),
+            name: s.name().into(),
+            address: s.addr().to_string(),
+            state: "ok".into(),
+            reach: s.reach(),
+            poll_interval: s.poll_interval(),
+            offset: s.last_measurement().map(|m| m.offset),
+            rejected: s.counters().total_rejected(),
         }));
-        sources.extend(
-            self.unresolved
-                .iter()
-                .map(|u| format!("NTP {} unresolved", u.source.host)),
-        );
+        sources.extend(self.unresolved.iter().map(|u| SourceStatus {
+            kind: "ntp".into(),
+            name: u.source.host.clone(),
+            state: "unresolved".into(),
+            ..SourceStatus::default()
+        }));
         Status {
+            version: minos_common::version(),
             mode: self.mode().into(),
             source,
             source_kind: kind.into(),
+            reference_id,
             stratum,
             leap,
             synchronised: d.synchronised,
+            system_time: d.slew.map_or(0.0, |slew| slew.remaining(now)),
             // Observe-only: what the real clock is off by, not the virtual
             // clock the discipline steers.
             last_offset: if self.options.observe {
@@ -836,8 +859,11 @@ impl Daemon {
             },
             rms_offset: d.rms_offset,
             frequency_ppm: d.frequency_ppm,
+            residual_freq_ppm: d.frequency_change_ppm,
+            skew_ppm: d.frequency_sd_ppm,
             slew_rate_ppm: d.slew.map_or(0.0, |slew| slew.rate_ppm),
-            remaining_correction: d.slew.map_or(0.0, |slew| slew.remaining(now)),
+            root_delay,
+            root_dispersion,
             poll_interval: self.selected_interval().unwrap_or(0.0),
             last_update_unix,
             samples: d.updates,
@@ -858,6 +884,22 @@ impl Daemon {
             Err(_) => {}
         }
     }
+}
+
+/// Four bytes as chronyc shows a reference ID: 8 hex digits.
+fn hex_ref_id(bytes: &[u8]) -> String {
+    bytes.iter().take(4).map(|b| format!("{b:02X}")).collect()
+}
+
+/// chronyc's Reference ID of an NTP server: its IPv4 address in hex; for
+/// IPv6 chrony hashes the address (MD5), here its first four bytes stand
+/// in, with the address beside them either way.
+fn ntp_ref_id(ip: std::net::IpAddr) -> String {
+    let bytes = match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    format!("{} ({ip})", hex_ref_id(&bytes))
 }
 
 /// Arms `timer` for the monotonic time `deadline` (seconds); infinity

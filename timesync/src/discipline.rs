@@ -420,6 +420,9 @@ pub struct DisciplineStatus {
     pub frequency_ppm: f64,
     /// Its standard error, ppm (chrony's "skew").
     pub frequency_sd_ppm: f64,
+    /// How much the last update moved the estimate, ppm (chronyc's
+    /// "Residual freq": what the samples said against what was in use).
+    pub frequency_change_ppm: f64,
     /// The frequency last set on the clock (estimate + correction), ppm.
     pub applied_frequency_ppm: f64,
     /// Monotonic time of the last update.
@@ -533,6 +536,7 @@ pub struct Discipline {
     /// Frequency estimate and its standard error, ppm.
     frequency: f64,
     frequency_sd: f64,
+    frequency_change: f64,
     /// Residual noise estimate, seconds; `None` before the first sample.
     noise: Option<f64>,
     /// The corrections applied, oldest first (see [`Segment`]).
@@ -583,6 +587,7 @@ impl Discipline {
             }),
             frequency,
             frequency_sd: INITIAL_FREQUENCY_SD_PPM,
+            frequency_change: 0.0,
             noise: None,
             segments: VecDeque::new(),
             applied_ppm: frequency,
@@ -845,6 +850,7 @@ impl Discipline {
             rms_offset: self.rms_offset.unwrap_or(0.0),
             frequency_ppm: self.frequency,
             frequency_sd_ppm: self.frequency_sd,
+            frequency_change_ppm: self.frequency_change,
             applied_frequency_ppm: self.applied_ppm,
             last_update: self.last_update,
             samples: self.history.len(),
@@ -1172,7 +1178,9 @@ impl Discipline {
             }
         }
         let max = self.config.max_frequency_ppm;
+        let previous = self.frequency;
         self.frequency = frequency.clamp(-max, max);
+        self.frequency_change = self.frequency - previous;
         self.frequency_sd = frequency_sd;
         if self.history.len() >= 4 {
             self.noise = Some(fit.noise_var.sqrt().max(MIN_NOISE));

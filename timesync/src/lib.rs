@@ -177,6 +177,11 @@ fn check_config(options: &Options) -> u8 {
 }
 
 /// `timesync status [--json]`: the running daemon's status file, printed.
+/// `timesync status`'s exit status when the clock is not synchronised (1:
+/// the status cannot be read or written).
+pub const STATUS_NOT_SYNCHRONISED: u8 = 2;
+
+/// `timesync status`: 0 synchronised, 2 not, 1 no status to show.
 fn show_status(path: &Path, json: bool) -> u8 {
     let status = match status::read(path) {
         Ok(status) => status,
@@ -198,7 +203,9 @@ fn show_status(path: &Path, json: bool) -> u8 {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Ok(()) => 0,
+        Ok(()) if status.synchronised => 0,
+        // Scripts wait with `until timesync status >/dev/null; do ...`.
+        Ok(()) => STATUS_NOT_SYNCHRONISED,
         Err(err) => {
             log::warn!("cannot write to stdout: {err}");
             1

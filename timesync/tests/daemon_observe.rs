@@ -116,7 +116,8 @@ impl Daemon {
                 panic!("timesync exited: {status}\n{}", self.stderr());
             }
             let output = self.status_command(false);
-            if output.status.success() {
+            // 0: synchronised, 2: not (yet); 1: no status file.
+            if matches!(output.status.code(), Some(0 | 2)) {
                 let status = timesync::status::read(&self.status_file).unwrap();
                 if done(&status) {
                     return status;
@@ -187,16 +188,33 @@ fn observes_chronyd_at_zero_offset() {
     let status = daemon.wait_for(Duration::from_secs(20), synced_with(4));
     assert_eq!(status.mode, "observe");
     assert_eq!(status.source_kind, "ntp");
-    assert_eq!(status.stratum, 8);
+    // chronyd serves stratum 8 (`local stratum 8`): this clock is 9.
+    assert_eq!(status.stratum, 9);
     assert_eq!(status.leap, "normal");
     assert!(status.last_offset.abs() < 1e-3, "{status:?}");
     assert_eq!(status.steps, 0);
+    assert_eq!(status.reference_id, "7F000001 (127.0.0.1)");
 
-    let text = String::from_utf8(daemon.status_command(false).stdout).unwrap();
-    assert!(text.contains("Source         : NTP 127.0.0.1"), "{text}");
+    // chronyc tracking's lines; exit 0 when synchronised.
+    let output = daemon.status_command(false);
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "Reference ID    : 7F000001 (127.0.0.1)",
+        "Stratum         : 9",
+        "Leap status     : Normal",
+        "Source          : NTP 127.0.0.1",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
     let json = String::from_utf8(daemon.status_command(true).stdout).unwrap();
-    assert!(json.starts_with("{\"mode\":\"observe\""), "{json}");
+    assert!(json.starts_with("{\"version\":\"0.1.0 (commit "), "{json}");
+    assert!(json.contains("\"mode\":\"observe\""), "{json}");
     assert!(json.contains("\"synchronised\":true"), "{json}");
+    assert!(
+        json.contains("\"sources\":[{\"kind\":\"ntp\",\"name\":\"127.0.0.1\""),
+        "{json}"
+    );
 
     let (code, stderr) = daemon.stop();
     assert_eq!(code, 0, "{stderr}");
@@ -273,10 +291,9 @@ fn observes_a_lying_server_and_says_the_phc_is_missing() {
     assert!((status.last_offset - 0.25).abs() < 1e-3, "{status:?}");
     assert_eq!(status.source_kind, "ntp");
     assert!(
-        status
-            .sources
-            .iter()
-            .any(|s| s.starts_with("PHC /nonexistent/ptp9 state=unavailable")),
+        status.sources.iter().any(|s| s
+            .to_line()
+            .starts_with("PHC /nonexistent/ptp9 state=unavailable")),
         "{status:?}"
     );
     let (code, stderr) = daemon.stop();
@@ -458,6 +475,26 @@ fn in_a_container_it_only_observes() {
         before,
         "the kernel clock state changed"
     );
+}
+
+/// Not synchronised (no source at all): `timesync status` exits 2, so a
+/// script can wait with `until timesync status; do sleep 1; done`.
+#[test]
+fn status_exits_2_until_synchronised() {
+    let dir = Dir::new("unsynced");
+    let mut daemon = Daemon::start(&dir.0, "makestep 1 -1\n", &["--observe"], &[]);
+    daemon.wait_for(Duration::from_secs(10), |s| s.mode == "observe");
+    let output = daemon.status_command(false);
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("Leap status     : Not synchronised"),
+        "{text}"
+    );
+    assert!(text.contains("Synchronised    : no"), "{text}");
+    assert_eq!(daemon.status_command(true).status.code(), Some(2));
+    let (code, _) = daemon.stop();
+    assert_eq!(code, 0);
 }
 
 #[test]

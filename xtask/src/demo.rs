@@ -47,7 +47,7 @@ After=kata-agent.service timesync.service demo-phc.service
 [Service]
 Type=oneshot
 ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0
-ExecStart=/usr/bin/timesync status
+ExecStart=-/usr/bin/timesync status
 ExecStart=/usr/bin/systemctl status
 StandardOutput=tty
 ";

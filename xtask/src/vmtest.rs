@@ -227,7 +227,7 @@ fn scenarios() -> Vec<Scenario> {
             kind: Kind::Dax,
             fs: Fs::Ext4,
             machine: "q35",
-            extra: phc_units("timesync", "ExecStart=/usr/bin/timesync status\n"),
+            extra: phc_units("timesync", "ExecStart=-/usr/bin/timesync status\n"),
             cmdline: "agent.exit_after=1h minos.test_clock=1",
             data_disk: false,
             vsock: false,
@@ -388,7 +388,7 @@ fn no_ptp_entries() -> Vec<Entry> {
             "ntp-check.service",
             "[Unit]\nAfter=timesync.service ntp-server.service kata-agent.service\n\
              [Service]\nType=oneshot\nStandardOutput=tty\n\
-             ExecStart=/usr/bin/probe sleep 12\nExecStart=/usr/bin/timesync status\n\
+             ExecStart=/usr/bin/probe sleep 12\nExecStart=-/usr/bin/timesync status\n\
              ExecStart=/sbin/poweroff\n",
         ),
     ]
@@ -456,8 +456,8 @@ fn check_phc(name: &str, r: &BootReport) -> Result<()> {
         "timesync: running as user timesync with CAP_SYS_TIME only",
         "timesync: stepped the clock by +1.49",
         "clockprobe: synchronised after_ms=",
-        "Source         : PHC /dev/ptp0 (Mock-up PTP clock)",
-        "Synchronised   : yes",
+        "Source          : PHC /dev/ptp0 (Mock-up PTP clock)",
+        "Synchronised    : yes",
         // uid 101, CAP_SYS_TIME (bit 25) alone, nothing ambient.
         "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
          CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
@@ -660,7 +660,7 @@ fn check_no_ptp(name: &str, r: &BootReport) -> Result<()> {
     for needle in [
         "cannot open PHC /dev/ptp0",
         "other sources are used meanwhile",
-        "Synchronised   : yes",
+        "Synchronised    : yes",
     ] {
         check(
             name,
@@ -672,7 +672,7 @@ fn check_no_ptp(name: &str, r: &BootReport) -> Result<()> {
     let source = r
         .console
         .lines()
-        .find(|l| l.starts_with("Source         : "))
+        .find(|l| l.starts_with("Source          : "))
         .unwrap_or_default();
     check(
         name,
