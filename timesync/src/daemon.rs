@@ -35,6 +35,7 @@ use crate::clock::{Clock, Sample};
 use crate::config::{Config, NtpSource, NtpSourceKind, PhcRefclock};
 use crate::discipline::{Discipline, DisciplineConfig, Outcome, MAX_FREQUENCY_PPM};
 use crate::ntp::{self, Candidate, NtpServer, PollConfig, Verdict};
+use crate::opener::Opener;
 use crate::phc::{Phc, PhcError};
 use crate::resolve::{self, Backoff, Lookup, ResolveError, Resolver, Start};
 use crate::status::{self, SourceStatus, Status};
@@ -109,21 +110,41 @@ impl PhcSource {
         format!("PHC {}{name}", self.config.device.display())
     }
 
-    /// Opens the device if it is not open. The device stays open for the
-    /// daemon's life: after the privilege drop it could not be reopened.
-    fn open(&mut self) -> Result<&mut Phc, PhcError> {
+    /// Opens the device if it is not open; when this process may not (a
+    /// root-only device that appeared after the privilege drop), the
+    /// device opener does it for source `index`. The device stays open for
+    /// the daemon's life.
+    fn open(&mut self, opener: Option<(&Opener, usize)>) -> Result<&mut Phc, PhcError> {
+        let device = &self.config.device;
         match &mut self.phc {
             Some(phc) => Ok(phc),
-            slot @ None => Ok(slot.insert(Phc::open(&self.config.device)?)),
+            slot @ None => {
+                let phc = match (Phc::open(device), opener) {
+                    (Err(PhcError::Open { source, .. }), Some((opener, index)))
+                        if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                    {
+                        let file = opener.open(index).map_err(|source| PhcError::Open {
+                            device: device.clone(),
+                            source,
+                        })?;
+                        log::info!("{}: opened by the device opener", device.display());
+                        Phc::from_file(device, file)
+                    }
+                    (result, _) => result?,
+                };
+                Ok(slot.insert(phc))
+            }
         }
     }
 
     /// Takes a sample, opening the device first if needed. On failure the
     /// source waits `retry` seconds (doubling).
-    fn sample(&mut self, now: f64) -> Option<Sample> {
+    fn sample(&mut self, now: f64, opener: Option<(&Opener, usize)>) -> Option<Sample> {
         let (readings, offset) = (PHC_READINGS, self.config.offset);
         let first = self.phc.as_ref().is_none_or(|p| p.method().is_none());
-        let result = self.open().and_then(|phc| phc.sample(readings, offset));
+        let result = self
+            .open(opener)
+            .and_then(|phc| phc.sample(readings, offset));
         match result {
             Ok(sample) => {
                 if let (true, Some(phc)) = (first, &self.phc) {
@@ -217,6 +238,7 @@ pub struct Daemon {
     status_error_reported: bool,
     clock_error_reported: bool,
     refusal_reported: bool,
+    opener: Option<Opener>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -287,6 +309,7 @@ impl Daemon {
             status_error_reported: false,
             clock_error_reported: false,
             refusal_reported: false,
+            opener: None,
         }
     }
 
@@ -294,7 +317,25 @@ impl Daemon {
     /// missing one is reported at its first sample.
     pub fn open_devices(&mut self) {
         for phc in &mut self.phcs {
-            let _ = phc.open();
+            let _ = phc.open(None);
+        }
+    }
+
+    /// A configured PHC could not be opened (yet).
+    pub fn phc_missing(&self) -> bool {
+        self.phcs.iter().any(|p| p.phc.is_none())
+    }
+
+    /// The device opener for the PHCs that appear after the privilege
+    /// drop (see [`crate::opener`]), forked for the configured devices.
+    pub fn spawn_opener(&mut self) {
+        let devices = self.phcs.iter().map(|p| p.config.device.clone()).collect();
+        match Opener::spawn(devices) {
+            Ok(opener) => self.opener = Some(opener),
+            Err(err) => log::warn!(
+                "cannot start the device opener: {err}; a PHC that appears later \
+                 cannot be opened"
+            ),
         }
     }
 
@@ -417,7 +458,8 @@ impl Daemon {
         for index in 0..self.phcs.len() {
             let due = self.phcs.get(index).is_some_and(|p| p.next <= now);
             if due {
-                let sample = self.phcs.get_mut(index).and_then(|p| p.sample(now));
+                let opener = self.opener.as_ref().map(|opener| (opener, index));
+                let sample = self.phcs.get_mut(index).and_then(|p| p.sample(now, opener));
                 match sample {
                     Some(sample) => self.on_sample(SourceId::Phc(index), sample),
                     None => self.on_source_lost(SourceId::Phc(index)),
@@ -1092,14 +1134,14 @@ mod tests {
             panic!("no refclock")
         };
         let mut source = PhcSource::new(refclock.clone(), 100.0);
-        assert!(source.sample(100.0).is_none());
+        assert!(source.sample(100.0, None).is_none());
         assert!(source.failure_reported);
         assert_eq!(source.next, 102.0);
-        assert!(source.sample(102.0).is_none());
+        assert!(source.sample(102.0, None).is_none());
         assert_eq!(source.next, 106.0);
         for _ in 0..10 {
             let now = source.next;
-            assert!(source.sample(now).is_none());
+            assert!(source.sample(now, None).is_none());
         }
         assert_eq!(source.retry, PHC_RETRY_MAX);
         assert!(!source.usable(source.next));

@@ -31,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod discipline;
 pub mod ntp;
+pub mod opener;
 pub mod phc;
 pub mod privileges;
 pub mod resolve;
@@ -299,6 +300,9 @@ fn daemon(options: Options, signals: &BlockedSignals) -> u8 {
     );
     daemon.open_devices();
     if let Some(user) = &options.user {
+        if daemon.phc_missing() && rustix::process::geteuid().is_root() {
+            daemon.spawn_opener();
+        }
         let status_dir = options.status_file.parent();
         match privileges::drop_to(user, Path::new("/etc/passwd"), status_dir) {
             Ok(()) => log::info!("running as user {user} with CAP_SYS_TIME only"),

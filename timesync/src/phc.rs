@@ -220,6 +220,18 @@ impl Phc {
         })
     }
 
+    /// A device opened elsewhere (by the device opener), as `device`.
+    pub fn from_file(device: impl AsRef<Path>, file: File) -> Phc {
+        let device = device.as_ref().to_owned();
+        let name = clock_name(&file, &device, Path::new("/sys"));
+        Phc {
+            device,
+            file,
+            name,
+            method: None,
+        }
+    }
+
     /// The device path it was opened with.
     pub fn device(&self) -> &Path {
         &self.device

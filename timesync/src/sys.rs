@@ -1,5 +1,5 @@
-//! The system calls rustix has no wrapper for: the PTP and RTC ioctls and
-//! `clock_adjtime`. Every `unsafe` block of timesync lives in this module,
+//! The system calls rustix has no wrapper for: the PTP and RTC ioctls,
+//! `clock_adjtime`, and the `fork` and `close` of the device opener. Every `unsafe` block of timesync lives in this module,
 //! each with its SAFETY argument.
 //!
 //! Kernel ABI structures are written out here with `#[repr(C)]` exactly as in
@@ -262,6 +262,43 @@ pub fn rtc_rd_time(fd: BorrowedFd<'_>) -> io::Result<RtcTime> {
     // above and encoded in the request), nine ints.
     unsafe { ioctl_ptr(fd, RTC_RD_TIME, &mut arg)? };
     Ok(arg)
+}
+
+// ---------------------------------------------------------------------------
+// The device opener's process (crate::opener)
+
+/// `fork(2)`: `Some(child pid)` in the parent, `None` in the child.
+/// Called once, before the privilege drop, while timesync has one thread.
+pub fn fork() -> io::Result<Option<i32>> {
+    // SAFETY: fork has no memory-safety preconditions of its own; in a
+    // single-threaded process (timesync's daemon, and the test that calls
+    // this with one test thread) no other thread can hold a lock the child
+    // would need.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// The calling process gets SIGKILL when its parent dies.
+pub fn die_with_parent() -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    // The parent may have died before the call: then we are adopted.
+    if rustix::process::getppid().is_none_or(|pid| pid.as_raw_nonzero().get() == 1) {
+        return Err(io::Error::other("the daemon is gone"));
+    }
+    Ok(())
+}
+
+/// Closes `fd`, which nothing else in the process owns (the opener's
+/// inherited descriptors, listed from /proc/self/fd; the listing's own,
+/// closed by then, gives EBADF, which is ignored).
+pub fn close_fd(fd: i32) {
+    // SAFETY: the opener closes descriptors it inherited and never uses
+    // again; no Rust object in the forked child refers to them afterwards
+    // (the child only runs the opener's loop and exits).
+    unsafe { libc::close(fd) };
 }
 
 // ---------------------------------------------------------------------------

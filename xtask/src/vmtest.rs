@@ -245,6 +245,20 @@ fn scenarios() -> Vec<Scenario> {
             data_disk: false,
             vsock: false,
         },
+        // A PHC that appears 5 s after timesync started and dropped to its
+        // own user: the device is root:root 0600 (no udev), so the daemon
+        // (uid 101, CAP_SYS_TIME alone) gets it from its device opener
+        // (uid 0, no capabilities) and synchronises the guest.
+        Scenario {
+            name: "dax-q35-phc-late",
+            kind: Kind::Dax,
+            fs: Fs::Ext4,
+            machine: "q35",
+            extra: late_phc_units(),
+            cmdline: "agent.exit_after=1h minos.test_clock=1",
+            data_disk: false,
+            vsock: false,
+        },
         // Issue 7's faults in one guest (cgroup2 at the real root): a fork
         // bomb held by TasksMax=32; the read-only root with every write on
         // tmpfs; then memory pressure until the OOM killer runs — it takes
@@ -352,6 +366,57 @@ fn phc_units(daemon: &str, status: &str) -> Vec<Entry> {
             ),
         ),
     ]
+}
+
+/// The late-PHC scenario: the mock PHC created 5 s after timesync started,
+/// then the clock measured, both processes' credentials, the status.
+fn late_phc_units() -> Vec<Entry> {
+    vec![
+        unit(
+            "phc-mock.service",
+            "[Unit]\nAfter=timesync.service\n[Service]\nType=oneshot\nStandardOutput=tty\n\
+             ExecStart=/usr/bin/probe sleep 5\n\
+             ExecStart=/usr/bin/clockprobe phc-create\n\
+             ExecStart=/usr/bin/clockprobe phc-set /dev/ptp0 1.5 50\n",
+        ),
+        unit(
+            "clock-test.service",
+            "[Unit]\nAfter=timesync.service phc-mock.service kata-agent.service\n\
+             [Service]\nType=oneshot\nStandardOutput=tty\n\
+             ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0\n\
+             ExecStart=/usr/bin/clockprobe whois timesync\n\
+             ExecStart=/usr/bin/clockprobe whois timesync-open\n\
+             ExecStart=-/usr/bin/timesync status\n\
+             ExecStart=/sbin/poweroff\n",
+        ),
+    ]
+}
+
+/// The PHC created after timesync's privilege drop was opened for it by
+/// the device opener, and the guest synchronised to it.
+fn check_phc_late(name: &str, r: &BootReport) -> Result<()> {
+    for needle in [
+        "timesync: running as user timesync with CAP_SYS_TIME only",
+        // Root's alone, as devtmpfs makes it without udev.
+        "clockprobe: phc /dev/ptp0 name=Mock-up PTP clock mode=0600 uid=0 gid=0",
+        "timesync: /dev/ptp0: opened by the device opener",
+        "timesync: using PHC /dev/ptp0 (Mock-up PTP clock) through PTP_SYS_OFFSET",
+        "clockprobe: synchronised after_ms=",
+        "Source          : PHC /dev/ptp0 (Mock-up PTP clock)",
+        "Synchronised    : yes",
+        "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
+         CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
+        "uid=0 gid=0 CapEff=0000000000000000 CapPrm=0000000000000000 \
+         CapBnd=0000000000000000 CapAmb=0000000000000000 NoNewPrivs=1",
+    ] {
+        check(
+            name,
+            r.console.contains(needle),
+            &format!("console lacks {needle:?}"),
+            r,
+        )?;
+    }
+    Ok(())
 }
 
 /// The no-PHC scenario: chronyd as an NTP server on loopback, timesync
@@ -810,6 +875,9 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
             }
             if s.name == "dax-q35-phc" {
                 check_phc(s.name, &r)?;
+            }
+            if s.name == "dax-q35-phc-late" {
+                check_phc_late(s.name, &r)?;
             }
             if s.name == "dax-q35-faults" {
                 check_faults(s.name, &r)?;

@@ -83,7 +83,15 @@ fn phc_create() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let name = std::fs::read_to_string("/sys/class/ptp/ptp0/clock_name").unwrap_or_default();
-    println!("clockprobe: phc /dev/ptp0 name={}", name.trim());
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata("/dev/ptp0").map_err(|e| format!("/dev/ptp0: {e}"))?;
+    println!(
+        "clockprobe: phc /dev/ptp0 name={} mode={:04o} uid={} gid={}",
+        name.trim(),
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid()
+    );
     Ok(())
 }
 
