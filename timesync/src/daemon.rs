@@ -783,8 +783,9 @@ impl Daemon {
                 }
             }
             SourceId::Ntp(i) => {
-                if burst {
-                    if let Some(server) = self.servers.get_mut(i) {
+                if let Some(server) = self.servers.get_mut(i) {
+                    server.set_burst(burst);
+                    if burst {
                         server.request_now(now);
                     }
                 }
@@ -864,17 +865,26 @@ impl Daemon {
                 poll_interval: p.interval,
                 offset: p.last.map(|s| s.offset),
                 rejected: 0,
+                timestamps: String::new(),
             })
             .collect();
-        sources.extend(self.servers.iter().map(|s| SourceStatus {
-            kind: "ntp".into(),
-            name: s.name().into(),
-            address: s.addr().to_string(),
-            state: "ok".into(),
-            reach: s.reach(),
-            poll_interval: s.poll_interval(),
-            offset: s.last_measurement().map(|m| m.offset),
-            rejected: s.counters().total_rejected(),
+        sources.extend(self.servers.iter().map(|s| {
+            SourceStatus {
+                kind: "ntp".into(),
+                name: s.name().into(),
+                address: s.addr().to_string(),
+                state: "ok".into(),
+                reach: s.reach(),
+                poll_interval: s.poll_interval(),
+                offset: s.last_measurement().map(|m| m.offset),
+                rejected: s.counters().total_rejected(),
+                timestamps: if s.kernel_timestamps() {
+                    "kernel"
+                } else {
+                    "user"
+                }
+                .into(),
+            }
         }));
         sources.extend(self.unresolved.iter().map(|u| SourceStatus {
             kind: "ntp".into(),

@@ -66,7 +66,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Cursor};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ntp_proto::{
@@ -361,6 +361,101 @@ impl Request {
     pub fn sent_monotonic(&self) -> f64 {
         self.sent_monotonic
     }
+
+    /// Sets the send time: `CLOCK_MONOTONIC` read right before `sendto`,
+    /// as late as user space can.
+    pub fn stamp(&mut self, sent_monotonic: f64) {
+        self.sent_monotonic = sent_monotonic;
+    }
+}
+
+/// A datagram and when it arrived.
+#[derive(Debug)]
+struct Received {
+    len: usize,
+    from: SocketAddr,
+    /// `CLOCK_REALTIME` and `CLOCK_MONOTONIC` at its arrival: the kernel's
+    /// receive timestamp (`SO_TIMESTAMPNS`) carried onto the monotonic
+    /// clock, or both read after `recvmsg` when the kernel gave none.
+    realtime: SystemTime,
+    monotonic: f64,
+    kernel: bool,
+}
+
+/// Asks the kernel to timestamp each datagram as it arrives.
+fn enable_kernel_timestamps(socket: &UdpSocket) -> bool {
+    nix::sys::socket::setsockopt(
+        socket.as_raw_fd(),
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    )
+    .is_ok()
+}
+
+/// One datagram without waiting (`MSG_DONTWAIT`), with its arrival time.
+fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut iov = [io::IoSliceMut::new(buffer)];
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let message = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let (realtime, monotonic) = (SystemTime::now(), monotonic_now());
+    let kernel = message.cmsgs().find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmTimestampns(ts) => {
+            let nanos = u64::try_from(ts.tv_sec())
+                .ok()?
+                .checked_mul(1_000_000_000)?
+                .checked_add(u64::try_from(ts.tv_nsec()).ok()?)?;
+            Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+        }
+        _ => None,
+    });
+    let from = message
+        .address
+        .and_then(|address| {
+            address
+                .as_sockaddr_in()
+                .map(|v4| SocketAddr::from((Ipv4Addr::from(v4.ip()), v4.port())))
+                .or_else(|| {
+                    address
+                        .as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+                })
+        })
+        .ok_or_else(|| io::Error::other("a datagram without a sender address"))?;
+    let len = message.bytes;
+    Ok(match kernel {
+        // How long ago the kernel saw it, on the monotonic clock too
+        // (never negative, never absurd: a bad stamp falls back).
+        Some(arrived) => match realtime.duration_since(arrived) {
+            Ok(ago) if ago < Duration::from_secs(1) => Received {
+                len,
+                from,
+                realtime: arrived,
+                monotonic: monotonic - ago.as_secs_f64(),
+                kernel: true,
+            },
+            _ => Received {
+                len,
+                from,
+                realtime,
+                monotonic,
+                kernel: false,
+            },
+        },
+        None => Received {
+            len,
+            from,
+            realtime,
+            monotonic,
+            kernel: false,
+        },
+    })
 }
 
 /// `N` bytes of `data` from `offset`, or `None` if they are not all there.
@@ -525,8 +620,9 @@ fn same_endpoint(from: SocketAddr, server: SocketAddr) -> bool {
 pub fn measure_once(addr: SocketAddr, timeout: Duration) -> Result<Measurement, NtpError> {
     let socket = client_socket(addr)?;
     let deadline = Instant::now().checked_add(timeout);
-    let request = Request::new(crate::config::DEFAULT_MINPOLL, monotonic_now())
+    let mut request = Request::new(crate::config::DEFAULT_MINPOLL, 0.0)
         .map_err(|source| NtpError::Send { addr, source })?;
+    request.stamp(monotonic_now());
     socket
         .send_to(request.packet(), addr)
         .map_err(|source| NtpError::Send { addr, source })?;
@@ -693,6 +789,8 @@ pub struct NtpServer {
     name: String,
     addr: SocketAddr,
     socket: UdpSocket,
+    /// The last reply carried the kernel's receive timestamp.
+    kernel_timestamps: bool,
     minpoll: i8,
     maxpoll: i8,
     /// Current poll exponent: requests are 2^poll seconds apart.
@@ -707,6 +805,8 @@ pub struct NtpServer {
     consistent: u32,
     last: Option<Measurement>,
     filter: ClockFilter,
+    /// See [`NtpServer::set_burst`].
+    burst: bool,
     status: ServerStatus,
     counters: Counters,
     log: LogLimiter,
@@ -725,12 +825,14 @@ impl NtpServer {
         socket
             .set_nonblocking(true)
             .map_err(|source| NtpError::Socket { addr, source })?;
+        let kernel_timestamps = enable_kernel_timestamps(&socket);
         let minpoll = config.minpoll.clamp(MIN_POLL, MAX_POLL);
         let maxpoll = config.maxpoll.clamp(minpoll, MAX_POLL);
         Ok(NtpServer {
             name: name.to_owned(),
             addr,
             socket,
+            kernel_timestamps,
             minpoll,
             maxpoll,
             poll: minpoll,
@@ -746,10 +848,17 @@ impl NtpServer {
             consistent: 0,
             last: None,
             filter: ClockFilter::default(),
+            burst: false,
             status: ServerStatus::Active,
             counters: Counters::default(),
             log: LogLimiter::default(),
         })
+    }
+
+    /// Whether replies are timed by the kernel (`SO_TIMESTAMPNS`) rather
+    /// than after `recvmsg` in user space.
+    pub fn kernel_timestamps(&self) -> bool {
+        self.kernel_timestamps
     }
 
     /// The socket, to poll for reading. It stays the same for the server's
@@ -827,6 +936,14 @@ impl NtpServer {
         }
     }
 
+    /// While the discipline holds samples of this server and wants more
+    /// (to confirm a jump or a first step), every valid reply is a sample:
+    /// the clock filter, which yields only a reply with less delay than
+    /// the last one used, could otherwise swallow the burst.
+    pub fn set_burst(&mut self, burst: bool) {
+        self.burst = burst;
+    }
+
     /// When [`on_deadline`](Self::on_deadline) is due (monotonic seconds);
     /// infinite for a stopped server.
     pub fn next_deadline(&self) -> f64 {
@@ -870,7 +987,8 @@ impl NtpServer {
         self.next_send = now + gap;
         self.reach <<= 1;
         self.counters.requests = self.counters.requests.saturating_add(1);
-        let sent = Request::new(self.poll, monotonic_now()).and_then(|request| {
+        let sent = Request::new(self.poll, 0.0).and_then(|mut request| {
+            request.stamp(monotonic_now());
             self.socket.send_to(request.packet(), self.addr)?;
             Ok(request)
         });
@@ -901,11 +1019,13 @@ impl NtpServer {
         let mut sample = None;
         let mut buffer = [0u8; RECEIVE_BUFFER];
         for _ in 0..MAX_DATAGRAMS_PER_CALL {
-            match self.socket.recv_from(&mut buffer) {
-                Ok((len, from)) => {
-                    let (realtime, monotonic) = (SystemTime::now(), monotonic_now());
-                    let datagram = buffer.get(..len).unwrap_or_default();
+            match receive(&self.socket, &mut buffer) {
+                Ok(received) => {
+                    let datagram = buffer.get(..received.len).unwrap_or_default();
+                    let (from, realtime, monotonic) =
+                        (received.from, received.realtime, received.monotonic);
                     if let Some(new) = self.on_datagram(datagram, from, realtime, monotonic, now) {
+                        self.kernel_timestamps = received.kernel;
                         sample = Some(new);
                     }
                 }
@@ -1018,7 +1138,12 @@ impl NtpServer {
             measurement.stratum,
             self.poll
         );
-        self.filter.push(measurement).map(|best| best.sample())
+        let best = self.filter.push(measurement);
+        if self.burst {
+            self.filter.last_used = Some(measurement.monotonic);
+            return Some(measurement.sample());
+        }
+        best.map(|best| best.sample())
     }
 
     /// An inconsistent sample or a timeout: poll more often to track the
@@ -1265,6 +1390,39 @@ mod tests {
     fn valid_reply(request: &Request, offset: f64) -> [u8; NTP_PACKET_LEN] {
         let server = ntp_seconds(SystemTime::now()) + offset;
         reply_to(request, server, server)
+    }
+
+    /// On loopback the kernel stamps each datagram on arrival; the stamp
+    /// is carried onto the monotonic clock, before the read.
+    #[test]
+    fn datagrams_carry_the_kernels_receive_timestamp() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(enable_kernel_timestamps(&receiver));
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buffer = [0u8; 64];
+        let empty = receive(&receiver, &mut buffer).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        let before = (SystemTime::now(), monotonic_now());
+        sender
+            .send_to(b"hello", receiver.local_addr().unwrap())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let received = receive(&receiver, &mut buffer).unwrap();
+        let after = monotonic_now();
+        assert!(received.kernel);
+        assert_eq!(&buffer[..received.len], b"hello");
+        assert_eq!(received.from, sender.local_addr().unwrap());
+        assert!(received.realtime >= before.0);
+        // Stamped on arrival, ~50 ms before the read.
+        assert!(received.monotonic >= before.1 && received.monotonic < after - 0.04);
+        // Without the option: user-space time, at the read.
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        plain.set_nonblocking(true).unwrap();
+        sender.send_to(b"x", plain.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let received = receive(&plain, &mut buffer).unwrap();
+        assert!(!received.kernel);
+        assert!(received.monotonic >= after);
     }
 
     #[test]
@@ -1526,6 +1684,27 @@ mod tests {
     fn server(config: PollConfig) -> NtpServer {
         // Nothing listens on port 9 of the loopback: requests go nowhere.
         NtpServer::new("test", "127.0.0.1:9".parse().unwrap(), config, 0.0).unwrap()
+    }
+
+    /// In a burst every reply is a sample, whatever the filter would say.
+    #[test]
+    fn a_burst_bypasses_the_clock_filter() {
+        let m = measurement;
+        let mut server = server(PollConfig {
+            minpoll: 6,
+            maxpoll: 10,
+            iburst: false,
+        });
+        assert!(server.accept(m(1.0, 0.010)).is_some());
+        assert!(server.accept(m(2.0, 0.050)).is_none());
+        server.set_burst(true);
+        let sample = server.accept(m(3.0, 0.050)).unwrap();
+        assert_eq!((sample.monotonic, sample.delay), (3.0, 0.050));
+        assert!(server.accept(m(4.0, 0.060)).is_some());
+        server.set_burst(false);
+        // Back to the filter, which never goes back before 4.0.
+        assert!(server.accept(m(5.0, 0.070)).is_none());
+        assert_eq!(server.accept(m(6.0, 0.001)).map(|s| s.monotonic), Some(6.0));
     }
 
     #[test]

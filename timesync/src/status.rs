@@ -85,6 +85,9 @@ pub struct SourceStatus {
     pub offset: Option<f64>,
     /// Replies rejected (NTP).
     pub rejected: u64,
+    /// NTP: how replies are timed, `kernel` (`SO_TIMESTAMPNS`) or `user`
+    /// (after the read, when the kernel gives none); empty for a PHC.
+    pub timestamps: String,
 }
 
 impl SourceStatus {
@@ -101,8 +104,9 @@ impl SourceStatus {
         match self.kind.as_str() {
             "ntp" if self.state == "unresolved" => format!("NTP {} unresolved", self.name),
             "ntp" => format!(
-                "NTP {}{address} reach={:03o} poll={:.0}s offset={offset} rejected={}",
-                self.name, self.reach, self.poll_interval, self.rejected
+                "NTP {}{address} reach={:03o} poll={:.0}s offset={offset} rejected={} \
+                 timestamps={}",
+                self.name, self.reach, self.poll_interval, self.rejected, self.timestamps
             ),
             _ => format!(
                 "PHC {}{address} state={} interval={:.3}s offset={offset}",
@@ -111,7 +115,7 @@ impl SourceStatus {
         }
     }
 
-    fn fields(&self) -> [(&'static str, String); 8] {
+    fn fields(&self) -> [(&'static str, String); 9] {
         [
             ("kind", self.kind.clone()),
             ("name", self.name.clone()),
@@ -124,6 +128,7 @@ impl SourceStatus {
                 self.offset.map_or(String::new(), |o| format!("{o:.9}")),
             ),
             ("rejected", self.rejected.to_string()),
+            ("timestamps", self.timestamps.clone()),
         ]
     }
 
@@ -154,6 +159,7 @@ impl SourceStatus {
                 "poll_interval" => source.poll_interval = float(value).unwrap_or_default(),
                 "offset" => source.offset = float(value),
                 "rejected" => source.rejected = value.parse().unwrap_or_default(),
+                "timestamps" => source.timestamps = value.into(),
                 _ => {}
             }
         }
@@ -166,14 +172,15 @@ impl SourceStatus {
             .map_or("null".into(), |offset| format!("{offset:.9}"));
         format!(
             "{{\"kind\":{},\"name\":{},\"address\":{},\"state\":{},\"reach\":{},\
-             \"poll_interval\":{:.3},\"offset\":{offset},\"rejected\":{}}}",
+             \"poll_interval\":{:.3},\"offset\":{offset},\"rejected\":{},\"timestamps\":{}}}",
             json_string(&self.kind),
             json_string(&self.name),
             json_string(&self.address),
             json_string(&self.state),
             self.reach,
             self.poll_interval,
-            self.rejected
+            self.rejected,
+            json_string(&self.timestamps)
         )
     }
 }
@@ -517,6 +524,7 @@ mod tests {
                     poll_interval: 1.0,
                     offset: Some(1.5e-8),
                     rejected: 0,
+                    timestamps: String::new(),
                 },
                 SourceStatus {
                     kind: "ntp".into(),
@@ -527,6 +535,7 @@ mod tests {
                     poll_interval: 64.0,
                     offset: None,
                     rejected: 3,
+                    timestamps: "kernel".into(),
                 },
             ],
         }
@@ -595,7 +604,8 @@ mod tests {
             "Last update     : 10.0 s ago",
             "Samples         : 42 (steps 1, rejected 2)",
             "  PHC /dev/ptp0 (Mock-up PTP clock) state=ok interval=1.000s offset=+0.000000015",
-            "  NTP x \"y\" z (192.0.2.1:123) reach=377 poll=64s offset=none rejected=3",
+            "  NTP x \"y\" z (192.0.2.1:123) reach=377 poll=64s offset=none rejected=3 \
+             timestamps=kernel",
         ];
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines, expected, "\n{text}");
@@ -641,9 +651,11 @@ mod tests {
             "\"system_time\":0.250000000,",
             "\"root_dispersion\":0.000002000,",
             "\"sources\":[{\"kind\":\"phc\",\"name\":\"/dev/ptp0\",\"address\":\"Mock-up PTP clock\",\
-             \"state\":\"ok\",\"reach\":0,\"poll_interval\":1.000,\"offset\":0.000000015,\"rejected\":0},\
+             \"state\":\"ok\",\"reach\":0,\"poll_interval\":1.000,\"offset\":0.000000015,\"rejected\":0,\
+             \"timestamps\":\"\"},\
              {\"kind\":\"ntp\",\"name\":\"x \\\"y\\\" z\",\"address\":\"192.0.2.1:123\",\
-             \"state\":\"ok\",\"reach\":255,\"poll_interval\":64.000,\"offset\":null,\"rejected\":3}]}",
+             \"state\":\"ok\",\"reach\":255,\"poll_interval\":64.000,\"offset\":null,\"rejected\":3,\
+             \"timestamps\":\"kernel\"}]}",
         ] {
             assert!(json.contains(needle), "{needle} in {json}");
         }
