@@ -40,6 +40,13 @@ pub fn write(results: &Results, out: &Path, docs: bool) -> Result<()> {
             "budgets",
             &budget_table(results),
         )?;
+        if !results.time_daemons.is_empty() {
+            splice(
+                &root().join("docs/timesync.md"),
+                "timesync",
+                &time_table(results),
+            )?;
+        }
     }
     Ok(())
 }
@@ -137,7 +144,7 @@ pub fn headline(results: &Results) -> String {
             "\nThe guest clock back within 1 ms of the PHC after a +2 s / −2 s jump: timesync \
              {} / {}, chronyd with Kata's lines {} / {}; after a +0.5 s jump (below \
              `makestep 1`, slewed): {} against {}; wakeups per second once settled: \
-             {:.2} against {:.2} (same guest, same PHC).",
+             {:.2} against {:.2} (same guest, same PHC{}).",
             ms(t.jump_plus_ms),
             ms(t.jump_minus_ms),
             ms(c.jump_plus_ms),
@@ -145,7 +152,47 @@ pub fn headline(results: &Results) -> String {
             half(t),
             half(c),
             t.wakeups_per_s,
-            c.wakeups_per_s
+            c.wakeups_per_s,
+            results
+                .time_daemons_run
+                .as_ref()
+                .map_or(String::new(), |run| format!("; measured {run}"))
+        );
+    }
+    s
+}
+
+/// The timesync/chronyd table (BENCHMARKS.md and docs/timesync.md), from
+/// `results`: when it was measured apart, then a row per daemon.
+pub fn time_table(results: &Results) -> String {
+    let mut s = String::new();
+    if let Some(run) = &results.time_daemons_run {
+        let _ = writeln!(s, "Measured {run}, apart from the boot runs.\n");
+    } else {
+        let _ = writeln!(s, "Measured {} (`cargo xtask bench`).\n", results.date);
+    }
+    s.push_str(
+        "| daemon | clock within 1 ms of the PHC | after a +2 s jump | after a −2 s jump | after a +0.5 s jump (below `makestep 1`) | wakeups per second (over 60 s, settled) | CPU time (60 s) | RSS |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let ms = |v: Option<f64>| v.map_or("not within 60 s".to_owned(), |v| format!("{v:.0} ms"));
+    for t in &results.time_daemons {
+        let half = if t.jump_half_measured {
+            ms(t.jump_half_ms)
+        } else {
+            "not measured".to_owned()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.0} ms | {} KiB |",
+            t.daemon,
+            ms(t.synchronised_ms),
+            ms(t.jump_plus_ms),
+            ms(t.jump_minus_ms),
+            half,
+            t.wakeups_per_s,
+            t.cpu_ms,
+            t.rss_kib
         );
     }
     s
@@ -302,33 +349,7 @@ pub fn markdown(results: &Results) -> String {
              guest clock against the PHC itself (`cargo xtask vmtest dax-q35-phc`, \
              `dax-q35-phc-chronyd`). Guest time.\n\n",
         );
-        if let Some(run) = &results.time_daemons_run {
-            let _ = writeln!(s, "Measured {run}, apart from the boot runs above.\n");
-        }
-        s.push_str(
-            "| daemon | clock within 1 ms of the PHC | after a +2 s jump | after a −2 s jump | after a +0.5 s jump (below `makestep 1`) | wakeups per second (over 60 s, settled) | CPU time (60 s) | RSS |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
-        let ms = |v: Option<f64>| v.map_or("not within 60 s".to_owned(), |v| format!("{v:.0} ms"));
-        for t in &results.time_daemons {
-            let half = if t.jump_half_measured {
-                ms(t.jump_half_ms)
-            } else {
-                "not measured".to_owned()
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {:.2} | {:.0} ms | {} KiB |",
-                t.daemon,
-                ms(t.synchronised_ms),
-                ms(t.jump_plus_ms),
-                ms(t.jump_minus_ms),
-                half,
-                t.wakeups_per_s,
-                t.cpu_ms,
-                t.rss_kib
-            );
-        }
+        s.push_str(&time_table(results));
         s.push('\n');
     }
     real_agent_table(&mut s, results);
@@ -746,7 +767,7 @@ mod tests {
         assert!(md.contains("| systemd + chrony | 1210.0 ms | 200.0 ms | 310.0 ms | 350.00 ms | 700.00 ms | 1010.0 ms | 530 ms (330 ms) | 30000 KiB |"), "{md}");
         assert!(md.contains("**missed**"));
         assert!(md.contains(
-            "Measured 2026-12-07 at 0123456789ab (`cargo xtask bench --time-only`), apart from"
+            "Measured 2026-12-07 at 0123456789ab (`cargo xtask bench --time-only`), apart from the boot runs."
         ));
         assert!(
             md.contains(
