@@ -28,10 +28,14 @@
 //! require the history to be discarded (chrony reaches the same end by
 //! rewriting its stored samples after each correction).
 //!
-//! **Estimate.** A least-squares line through the raw offsets of a window of
-//! recent samples (at most [`DisciplineConfig::max_samples`], 64 by
-//! default) gives the frequency (its slope) and, extrapolated to now, minus
-//! `C(now)`, the current offset. The window shrinks, oldest samples first,
+//! **Estimate.** A weighted least-squares line through the raw offsets of a
+//! window of recent samples (at most [`DisciplineConfig::max_samples`], 64
+//! by default) gives the frequency (its slope) and, extrapolated to now,
+//! minus `C(now)`, the current offset. A sample's weight falls with its
+//! delay beyond the window's least (chrony's rule: `1 / (1 + (x/2 /
+//! noise)²)` for an excess `x`, which may all be on one way) and with its
+//! age ([`AGE_TIME_CONSTANT`]); the noise's degrees of freedom are the
+//! weights' sum. The window shrinks, oldest samples first,
 //! by a quarter at a time (keeping at least 8), when the signs of the
 //! residuals form too few runs for random noise (chrony's regression uses a
 //! runs test too; here z < −2.5 on at least 12 samples), which happens when
@@ -200,6 +204,11 @@ const MIN_NOISE: f64 = 1e-8;
 const PRIOR_Z: f64 = 3.5;
 /// Pseudo-degrees of freedom of the previous noise estimate in the next.
 const NOISE_PSEUDO_DOF: f64 = 2.0;
+/// Samples this much older than the newest weigh 1/e as much, seconds:
+/// the clock's frequency wanders, so a line through old samples bends the
+/// estimate more than their number helps it (at 64 s NTP polls the window
+/// is ~17 min deep; a PHC's 64 s window is not affected).
+const AGE_TIME_CONSTANT: f64 = 1024.0;
 /// Fewest samples on which the runs test is run, and fewest it keeps.
 const RUNS_MIN_SAMPLES: usize = 12;
 const RUNS_MIN_KEEP: usize = 8;
@@ -498,7 +507,8 @@ struct Prior {
 /// The line through the window: raw(m) = mean_y + slope × (m − mean_m).
 #[derive(Debug, Clone, Copy)]
 struct Fit {
-    n: usize,
+    /// The samples' weights summed (each at most 1: the best samples').
+    weight_sum: f64,
     mean_m: f64,
     mean_y: f64,
     /// s/s, prior included.
@@ -520,7 +530,7 @@ impl Fit {
     /// Variance of the line (not of a sample) at `m`.
     fn line_var(&self, m: f64) -> f64 {
         let dm = m - self.mean_m;
-        self.noise_var / self.n.max(1) as f64 + self.slope_var * dm * dm
+        self.noise_var / self.weight_sum.max(1.0) + self.slope_var * dm * dm
     }
 }
 
@@ -962,14 +972,36 @@ impl Discipline {
         if n == 0 {
             return None;
         }
-        let nf = n as f64;
-        let mean_m = self.history.iter().map(|p| p.m).sum::<f64>() / nf;
-        let mean_y = self.history.iter().map(|p| p.raw).sum::<f64>() / nf;
-        let (sxx, sxy) = self.history.iter().fold((0.0, 0.0), |(sxx, sxy), p| {
-            let dm = p.m - mean_m;
-            (sxx + dm * dm, sxy + dm * (p.raw - mean_y))
-        });
         let noise = self.noise.unwrap_or(MIN_NOISE);
+        // chrony's weighting: a sample whose delay exceeds the window's
+        // least by `x` may be off by up to x/2 (the extra delay may all be
+        // on one way), so its variance is taken as 1 + (x/2 / noise)²
+        // times that of the best samples. PHC reads, whose windows barely
+        // differ, weigh about the same. Older samples weigh less too
+        // ([`AGE_TIME_CONSTANT`]).
+        let min_delay = self
+            .history
+            .iter()
+            .map(|p| p.delay)
+            .fold(f64::INFINITY, f64::min);
+        let newest = self.history.back().map_or(0.0, |p| p.m);
+        let weight = |p: &Point| {
+            let excess = (p.delay - min_delay).max(0.0) / 2.0 / noise;
+            let age = (newest - p.m).max(0.0) / AGE_TIME_CONSTANT;
+            let w = (-age).exp() / (1.0 + excess * excess);
+            if w.is_finite() {
+                w
+            } else {
+                1.0
+            }
+        };
+        let weight_sum: f64 = self.history.iter().map(weight).sum();
+        let mean_m = self.history.iter().map(|p| weight(p) * p.m).sum::<f64>() / weight_sum;
+        let mean_y = self.history.iter().map(|p| weight(p) * p.raw).sum::<f64>() / weight_sum;
+        let (sxx, sxy) = self.history.iter().fold((0.0, 0.0), |(sxx, sxy), p| {
+            let (w, dm) = (weight(p), p.m - mean_m);
+            (sxx + w * dm * dm, sxy + w * dm * (p.raw - mean_y))
+        });
         let fallback = Prior {
             slope: self.frequency * 1e-6,
             var: (self.frequency_sd.max(MIN_PRIOR_SD_PPM) * 1e-6).powi(2),
@@ -979,10 +1011,12 @@ impl Discipline {
             let rss: f64 = self
                 .history
                 .iter()
-                .map(|p| (p.raw - mean_y - ols * (p.m - mean_m)).powi(2))
+                .map(|p| weight(p) * (p.raw - mean_y - ols * (p.m - mean_m)).powi(2))
                 .sum();
-            let noise_var =
-                (rss + NOISE_PSEUDO_DOF * noise * noise) / ((n - 2) as f64 + NOISE_PSEUDO_DOF);
+            // Degrees of freedom: the weights' sum (each at most 1), so
+            // that many light samples do not pass for many good ones.
+            let dof = (weight_sum - 2.0).max(0.0);
+            let noise_var = (rss + NOISE_PSEUDO_DOF * noise * noise) / (dof + NOISE_PSEUDO_DOF);
             let ols_var = noise_var / sxx;
             let prior_rejected =
                 n >= 3 && self.prior.is_some_and(|prior| !agrees(ols, ols_var, prior));
@@ -992,7 +1026,7 @@ impl Discipline {
                 _ => combine(ols, ols_var, fallback),
             };
             Some(Fit {
-                n,
+                weight_sum,
                 mean_m,
                 mean_y,
                 slope,
@@ -1004,7 +1038,7 @@ impl Discipline {
         } else {
             let prior = self.prior.unwrap_or(fallback);
             Some(Fit {
-                n,
+                weight_sum,
                 mean_m,
                 mean_y,
                 slope: prior.slope,

@@ -981,12 +981,21 @@ impl NtpServer {
         }
     }
 
-    fn send(&mut self, now: f64) {
+    /// The poll schedule's part of sending a request at `now` (the socket
+    /// is [`NtpServer::on_deadline`]'s): the next one is due a poll
+    /// interval later, the reach register shifts. Returns that interval.
+    /// A simulation without a server calls it for each exchange it models.
+    pub fn request_sent(&mut self, now: f64) -> f64 {
         let gap = self.poll_interval();
         self.iburst_left = self.iburst_left.saturating_sub(1);
         self.next_send = now + gap;
         self.reach <<= 1;
         self.counters.requests = self.counters.requests.saturating_add(1);
+        gap
+    }
+
+    fn send(&mut self, now: f64) {
+        let gap = self.request_sent(now);
         let sent = Request::new(self.poll, 0.0).and_then(|mut request| {
             request.stamp(monotonic_now());
             self.socket.send_to(request.packet(), self.addr)?;
@@ -1106,6 +1115,14 @@ impl NtpServer {
                 _ => String::new(),
             }
         );
+    }
+
+    /// A checked reply's measurement (what [`NtpServer::on_readable`]
+    /// makes of a valid datagram; a simulation gives it directly): updates
+    /// reach and the poll interval, and returns the sample the clock
+    /// filter yields, if any.
+    pub fn on_measurement(&mut self, measurement: Measurement) -> Option<Sample> {
+        self.accept(measurement)
     }
 
     fn accept(&mut self, measurement: Measurement) -> Option<Sample> {

@@ -399,7 +399,9 @@ fn ntp_slews_half_a_second() {
         assert!(first < 64.0 * 100e-6 + 2e-4, "{ppm} ppm: {first}");
         let later = sim.overshoot(128.0, 0.5);
         assert!(later < 1.5e-4, "{ppm} ppm: {later}");
-        assert!(sim.worst_offset_since(10_000.0) < 60e-6);
+        // Samples older than ~17 min weigh less (a wandering frequency is
+        // followed better): with white noise alone, a little more spread.
+        assert!(sim.worst_offset_since(10_000.0) < 70e-6);
         assert!(
             sim.frequency_error().abs() < 0.05,
             "{}",
@@ -442,7 +444,7 @@ fn ntp_steps_five_seconds_with_makestep() {
 /// poll interval given: the correction assumes 64 s between updates, so the
 /// short first intervals cannot make it overshoot. Measured: the offset
 /// falls from 3.8 ms to 210 µs in 6 polls, then stays within the noise
-/// (100 µs per sample): 61 µs at most on the other side, within 61 µs from
+/// (100 µs per sample): 68 µs at most on the other side, within 65 µs from
 /// the 20th poll on.
 #[test]
 fn iburst_without_poll_interval_does_not_overshoot() {
@@ -461,7 +463,7 @@ fn iburst_without_poll_interval_does_not_overshoot() {
         "{offsets:?}"
     );
     assert!(
-        offsets[6..].iter().all(|o| o.abs() < NTP.noise * 1.1),
+        offsets[6..].iter().all(|o| o.abs() < NTP.noise * 1.2),
         "{offsets:?}"
     );
     assert!(offsets[20..].iter().all(|o| o.abs() < 65e-6), "{offsets:?}");
@@ -1064,15 +1066,16 @@ fn garbage_never_panics_and_never_reaches_the_clock() {
         }
         sim.assert_frequencies_within_limit();
         assert!(sim.clock.steps().iter().all(|step| step.step.is_finite()));
-        // Every path was taken.
+        // Every path was taken (delay-weighted fits make most garbage an
+        // outlier: few updates).
         let status = sim.discipline.status();
         assert!(status.rejected > 2000 && status.outliers > 50, "{status:?}");
-        assert!(status.updates > 100, "{status:?}");
+        assert!(status.updates >= 10, "{status:?}");
         assert!(outcomes
             .iter()
             .any(|o| matches!(o, Outcome::OutlierDropped { .. })));
         if makestep.is_some() {
-            assert!(status.steps > 100, "{status:?}");
+            assert!(status.steps >= 10, "{status:?}");
         }
         for status in sim.clock.sync_statuses() {
             assert!((0.0..=16.0).contains(&status.est_error), "{status:?}");
