@@ -34,7 +34,7 @@
 //! minus `C(now)`, the current offset. A sample's weight falls with its
 //! delay beyond the window's least (chrony's rule: `1 / (1 + (x/2 /
 //! noise)²)` for an excess `x`, which may all be on one way) and with its
-//! age ([`AGE_TIME_CONSTANT`]); the noise's degrees of freedom are the
+//! age (`AGE_TIME_CONSTANT`); the noise's degrees of freedom are the
 //! weights' sum. The window shrinks, oldest samples first,
 //! by a quarter at a time (keeping at least 8), when the signs of the
 //! residuals form too few runs for random noise (chrony's regression uses a
@@ -79,7 +79,7 @@
 //!   Either way it ends without overshoot, and a sample that comes late or
 //!   never cannot make it run on. The rate accounts for
 //!   the monotonic clock running at the slewed rate too (see
-//!   [`correction_rate`]). [`Discipline::release`] (on exit) and
+//!   `correction_rate`). [`Discipline::release`] (on exit) and
 //!   [`Discipline::mark_unsynchronised`] end any slew;
 //! - *publish* ([`Clock::set_sync_status`]) synchronised, with `est_error` =
 //!   √(RMS offset² + variance of the estimate) + delay/2 and `max_error` =
@@ -128,7 +128,7 @@
 //! only ever given finite values within the limits above.
 //!
 //! **Approximation.** `C(m)` integrates over monotonic time, which the
-//! frequency correction itself slews; [`correction_rate`] accounts for that
+//! frequency correction itself slews; `correction_rate` accounts for that
 //! with the frequency estimate of the moment, so the raw line's slope is
 //! off only by the estimate's own error times the slew (0.05 ppm × 8 % at
 //! 83,333 ppm), and only while slewing.
@@ -489,7 +489,7 @@ struct Point {
 
 /// From monotonic `start` on, `C(m) = c0 + rate × (m − start)`, where
 /// `rate` is the correction per monotonic second of the frequency applied
-/// (see [`correction_rate`]).
+/// (see `correction_rate`).
 #[derive(Debug, Clone, Copy)]
 struct Segment {
     start: f64,
@@ -978,7 +978,7 @@ impl Discipline {
         // on one way), so its variance is taken as 1 + (x/2 / noise)²
         // times that of the best samples. PHC reads, whose windows barely
         // differ, weigh about the same. Older samples weigh less too
-        // ([`AGE_TIME_CONSTANT`]).
+        // (`AGE_TIME_CONSTANT`).
         let min_delay = self
             .history
             .iter()
@@ -1104,7 +1104,7 @@ impl Discipline {
     ///
     /// Monotonic time runs at the applied frequency too, so a slew `s` on
     /// top of the estimate `f*` closes `s / (1 + f* + s)` of offset per
-    /// monotonic second (see [`correction_rate`]): the rate that closes
+    /// monotonic second (see `correction_rate`): the rate that closes
     /// `offset` in `d` is `offset (1 + f*) / (d − offset)`.
     fn plan_slew(&self, offset: f64, sd: f64) -> (f64, f64) {
         let magnitude = offset.abs();
