@@ -173,25 +173,15 @@ impl Sim {
     /// extremes.
     fn overshoot(&self, from: f64, start: f64) -> f64 {
         let sign = start.signum();
-        self.polls
+        self.points(from)
             .iter()
-            .flat_map(|poll| {
-                [
-                    (poll.time, poll.offset_before),
-                    (poll.time_after, poll.offset_after),
-                ]
-            })
-            .chain(self.slew_ends.iter().copied())
-            .filter(|(time, _)| *time >= from)
             .map(|(_, offset)| -sign * offset)
             .fold(0.0, f64::max)
     }
 
-    /// The true time from which on the true offset stays below `bound`,
-    /// looking from `from` on: between two recorded points (samples
-    /// before and after their updates, slew ends) the frequency is
-    /// constant, so the offset is linear and the crossing is interpolated.
-    fn settled_after(&self, from: f64, bound: f64) -> f64 {
+    /// The true times and offsets recorded from `from` on, in time order:
+    /// each regular sample before and after its updates, each slew's end.
+    fn points(&self, from: f64) -> Vec<(f64, f64)> {
         let mut points: Vec<(f64, f64)> = self
             .polls
             .iter()
@@ -205,6 +195,15 @@ impl Sim {
             .filter(|(time, _)| *time >= from)
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
+    }
+
+    /// The true time from which on the true offset stays below `bound`,
+    /// looking from `from` on: between two recorded points (samples
+    /// before and after their updates, slew ends) the frequency is
+    /// constant, so the offset is linear and the crossing is interpolated.
+    fn settled_after(&self, from: f64, bound: f64) -> f64 {
+        let points = self.points(from);
         let Some(last_out) = points.iter().rposition(|(_, offset)| offset.abs() >= bound) else {
             return points.first().map_or(f64::INFINITY, |p| p.0);
         };

@@ -30,6 +30,19 @@ fn check(name: &str, cond: bool, what: &str, report: &BootReport) -> Result<()> 
     }
 }
 
+/// Every one of `needles` is on the console.
+fn check_console(name: &str, needles: &[&str], report: &BootReport) -> Result<()> {
+    for needle in needles {
+        check(
+            name,
+            report.console.contains(needle),
+            &format!("console lacks {needle:?}"),
+            report,
+        )?;
+    }
+    Ok(())
+}
+
 /// The checks every boot must pass: timeline, units, agent, timesync,
 /// poweroff. `all_started` is not reached when a test unit powers off.
 fn common_checks(
@@ -395,27 +408,24 @@ fn late_phc_units() -> Vec<Entry> {
 /// The PHC created after timesync's privilege drop was opened for it by
 /// the device opener, and the guest synchronised to it.
 fn check_phc_late(name: &str, r: &BootReport) -> Result<()> {
-    for needle in [
-        "timesync: running as user timesync with CAP_SYS_TIME only",
-        // Root's alone, as devtmpfs makes it without udev.
-        "clockprobe: phc /dev/ptp0 name=Mock-up PTP clock mode=0600 uid=0 gid=0",
-        "timesync: /dev/ptp0: opened by the device opener",
-        "timesync: using PHC /dev/ptp0 (Mock-up PTP clock) through PTP_SYS_OFFSET",
-        "clockprobe: synchronised after_ms=",
-        "Source          : PHC /dev/ptp0 (Mock-up PTP clock)",
-        "Synchronised    : yes",
-        "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
-         CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
-        "uid=0 gid=0 CapEff=0000000000000000 CapPrm=0000000000000000 \
-         CapBnd=0000000000000000 CapAmb=0000000000000000 NoNewPrivs=1",
-    ] {
-        check(
-            name,
-            r.console.contains(needle),
-            &format!("console lacks {needle:?}"),
-            r,
-        )?;
-    }
+    check_console(
+        name,
+        &[
+            "timesync: running as user timesync with CAP_SYS_TIME only",
+            // Root's alone, as devtmpfs makes it without udev.
+            "clockprobe: phc /dev/ptp0 name=Mock-up PTP clock mode=0600 uid=0 gid=0",
+            "timesync: /dev/ptp0: opened by the device opener",
+            "timesync: using PHC /dev/ptp0 (Mock-up PTP clock) through PTP_SYS_OFFSET",
+            "clockprobe: synchronised after_ms=",
+            "Source          : PHC /dev/ptp0 (Mock-up PTP clock)",
+            "Synchronised    : yes",
+            "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
+             CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
+            "uid=0 gid=0 CapEff=0000000000000000 CapPrm=0000000000000000 \
+             CapBnd=0000000000000000 CapAmb=0000000000000000 NoNewPrivs=1",
+        ],
+        r,
+    )?;
     Ok(())
 }
 
@@ -515,24 +525,21 @@ pub fn value_after(console: &str, marker: &str, key: &str) -> Option<f64> {
 /// timesync from a PHC: synchronised, both jumps back under 1 ms within 2 s
 /// of guest time, status naming the PHC, least privilege.
 fn check_phc(name: &str, r: &BootReport) -> Result<()> {
-    for needle in [
-        "clockprobe: phc /dev/ptp0 name=Mock-up PTP clock",
-        "timesync: using PHC /dev/ptp0 (Mock-up PTP clock) through PTP_SYS_OFFSET",
-        "timesync: running as user timesync with CAP_SYS_TIME only",
-        "clockprobe: synchronised after_ms=",
-        "Source          : PHC /dev/ptp0 (Mock-up PTP clock)",
-        "Synchronised    : yes",
-        // uid 101, CAP_SYS_TIME (bit 25) alone, nothing ambient.
-        "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
-         CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
-    ] {
-        check(
-            name,
-            r.console.contains(needle),
-            &format!("console lacks {needle:?}"),
-            r,
-        )?;
-    }
+    check_console(
+        name,
+        &[
+            "clockprobe: phc /dev/ptp0 name=Mock-up PTP clock",
+            "timesync: using PHC /dev/ptp0 (Mock-up PTP clock) through PTP_SYS_OFFSET",
+            "timesync: running as user timesync with CAP_SYS_TIME only",
+            "clockprobe: synchronised after_ms=",
+            "Source          : PHC /dev/ptp0 (Mock-up PTP clock)",
+            "Synchronised    : yes",
+            // uid 101, CAP_SYS_TIME (bit 25) alone, nothing ambient.
+            "uid=101 gid=101 CapEff=0000000002000000 CapPrm=0000000002000000 \
+             CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
+        ],
+        r,
+    )?;
     // The first step: the PHC's 1.5 s, confirmed by a second reading.
     let first_step: Option<f64> = r
         .console
@@ -734,18 +741,15 @@ fn check_faults(name: &str, r: &BootReport) -> Result<()> {
 /// timesync without /dev/ptp0: says so, falls back to NTP on loopback and
 /// synchronises there.
 fn check_no_ptp(name: &str, r: &BootReport) -> Result<()> {
-    for needle in [
-        "cannot open PHC /dev/ptp0",
-        "other sources are used meanwhile",
-        "Synchronised    : yes",
-    ] {
-        check(
-            name,
-            r.console.contains(needle),
-            &format!("console lacks {needle:?}"),
-            r,
-        )?;
-    }
+    check_console(
+        name,
+        &[
+            "cannot open PHC /dev/ptp0",
+            "other sources are used meanwhile",
+            "Synchronised    : yes",
+        ],
+        r,
+    )?;
     let source = r
         .console
         .lines()
@@ -900,20 +904,17 @@ pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {
             if s.name == "dax-q35-phc-chronyd" {
                 // Reference figures only: chronyd synchronised the guest and
                 // the jumps were measured (recovered or not within 60 s).
-                for needle in [
-                    "clockprobe: synchronised after_ms=",
-                    "clockprobe: jump=+2.000 ",
-                    "clockprobe: jump=-2.000 ",
-                    "clockprobe: jump=+0.500 ",
-                    "clockprobe: usage chronyd",
-                ] {
-                    check(
-                        s.name,
-                        r.console.contains(needle),
-                        &format!("console lacks {needle:?}"),
-                        &r,
-                    )?;
-                }
+                check_console(
+                    s.name,
+                    &[
+                        "clockprobe: synchronised after_ms=",
+                        "clockprobe: jump=+2.000 ",
+                        "clockprobe: jump=-2.000 ",
+                        "clockprobe: jump=+0.500 ",
+                        "clockprobe: usage chronyd",
+                    ],
+                    &r,
+                )?;
             }
             if s.vsock {
                 check(
