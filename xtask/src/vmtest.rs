@@ -382,9 +382,27 @@ fn phc_units(daemon: &str, status: &str) -> Vec<Entry> {
 }
 
 /// The late-PHC scenario: the mock PHC created 5 s after timesync started,
-/// then the clock measured, both processes' credentials, the status.
+/// then the clock measured, both processes' credentials, the status. An
+/// NTP server whose name only a silent name server could resolve (30 s a
+/// try, 5 tries) is configured beside: its lookup waits in timesync's
+/// poll loop the whole time, and the PHC is used and read once a second
+/// meanwhile.
 fn late_phc_units() -> Vec<Entry> {
     vec![
+        Entry::File {
+            path: "etc/timesync.conf".into(),
+            mode: 0o644,
+            data: format!(
+                "{}server time.silent.invalid iburst\n",
+                include_str!("../../rootfs-skel/overlay/etc/timesync.conf")
+            )
+            .into_bytes(),
+        },
+        Entry::File {
+            path: "etc/resolv.conf".into(),
+            mode: 0o644,
+            data: b"nameserver 127.0.0.254\noptions timeout:30 attempts:5\n".to_vec(),
+        },
         unit(
             "phc-mock.service",
             "[Unit]\nAfter=timesync.service\n[Service]\nType=oneshot\nStandardOutput=tty\n\
@@ -399,6 +417,7 @@ fn late_phc_units() -> Vec<Entry> {
              ExecStart=-/usr/bin/clockprobe scenario /dev/ptp0\n\
              ExecStart=/usr/bin/clockprobe whois timesync\n\
              ExecStart=/usr/bin/clockprobe whois timesync-open\n\
+             ExecStart=/usr/bin/clockprobe usage timesync 60\n\
              ExecStart=-/usr/bin/timesync status\n\
              ExecStart=/sbin/poweroff\n",
         ),
@@ -423,10 +442,19 @@ fn check_phc_late(name: &str, r: &BootReport) -> Result<()> {
              CapBnd=0000000002000000 CapAmb=0000000000000000 NoNewPrivs=1",
             "uid=0 gid=0 CapEff=0000000000000000 CapPrm=0000000000000000 \
              CapBnd=0000000000000000 CapAmb=0000000000000000 NoNewPrivs=1",
+            // The lookup still outstanding when the status was taken.
+            "  NTP time.silent.invalid unresolved",
         ],
         r,
     )?;
-    Ok(())
+    // The PHC read once a second all along, beside the lookup.
+    let per_s = value_after(&r.console, "clockprobe: usage timesync", "per_s=");
+    check(
+        name,
+        per_s.is_some_and(|w| w <= 1.1),
+        &format!("timesync woke {per_s:?} times per second beside a silent lookup"),
+        r,
+    )
 }
 
 /// The no-PHC scenario: chronyd as an NTP server on loopback, timesync
