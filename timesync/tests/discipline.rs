@@ -1372,14 +1372,18 @@ fn slews_end_at_their_deadline_and_on_release() {
     );
     assert!(clock.offset().abs() < 1e-4, "{}", clock.offset());
     assert!(!discipline.end_slew(&mut clock).unwrap());
+    // A jump of 0.2 s, confirmed by two more samples 10 ms apart: slewed.
+    let jump = |clock: &mut SimClock, discipline: &mut Discipline| {
+        clock.jump(0.2);
+        for _ in 0..3 {
+            clock.advance(0.01);
+            let sample = clock.sample(1e-8);
+            discipline.update(clock, sample).unwrap();
+        }
+        assert!(discipline.status().slew.is_some());
+    };
     // A new slew, then exit: back to the estimate at once.
-    clock.jump(0.2);
-    for _ in 0..3 {
-        clock.advance(0.01);
-        let sample = clock.sample(1e-8);
-        discipline.update(&mut clock, sample).unwrap();
-    }
-    assert!(discipline.status().slew.is_some());
+    jump(&mut clock, &mut discipline);
     assert!(clock.applied_frequency_ppm() > 80_000.0);
     discipline.release(&mut clock).unwrap();
     assert_eq!(discipline.status().slew, None);
@@ -1388,13 +1392,7 @@ fn slews_end_at_their_deadline_and_on_release() {
         discipline.status().frequency_ppm
     );
     // And when the source is lost.
-    clock.jump(0.2);
-    for _ in 0..3 {
-        clock.advance(0.01);
-        let sample = clock.sample(1e-8);
-        discipline.update(&mut clock, sample).unwrap();
-    }
-    assert!(discipline.status().slew.is_some());
+    jump(&mut clock, &mut discipline);
     discipline.mark_unsynchronised(&mut clock).unwrap();
     assert_eq!(discipline.status().slew, None);
     assert_eq!(
