@@ -43,6 +43,11 @@ pub const DEFAULT_NTP_PORT: u16 = 123;
 /// Range chrony accepts for poll intervals (log2 seconds).
 const POLL_RANGE: RangeInclusive<i64> = -32..=32;
 const PORT_RANGE: RangeInclusive<i64> = 0..=65535;
+/// chrony's `polltarget` range.
+const POLL_TARGET_RANGE: RangeInclusive<i64> = 6..=60;
+/// timesync's default `polltarget`: samples' worth of weight (chrony's
+/// default, 8, counts plain samples; see [`crate::ntp::NtpServer::steer_poll`]).
+pub const DEFAULT_POLL_TARGET: u32 = 16;
 
 /// The parsed configuration. Missing directives leave chrony's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +119,9 @@ pub struct NtpSource {
     pub minpoll: i8,
     pub maxpoll: i8,
     pub port: u16,
+    /// `polltarget N` (6–60): the poll follows the regression while the
+    /// clock uses this source ([`crate::ntp::NtpServer::steer_poll`]).
+    pub polltarget: u32,
 }
 
 /// `makestep THRESHOLD LIMIT`: step the clock when the offset exceeds
@@ -303,7 +311,6 @@ const SOURCE_OPTIONS_LATER: &[(&str, bool)] = &[
     ("minstratum", true),
     ("ntsport", true),
     ("offset", true),
-    ("polltarget", true),
     ("presend", true),
     ("version", true),
     ("auto_offline", false),
@@ -531,12 +538,18 @@ impl<'t> Line<'t, '_> {
             minpoll: DEFAULT_MINPOLL,
             maxpoll: DEFAULT_MAXPOLL,
             port: DEFAULT_NTP_PORT,
+            polltarget: DEFAULT_POLL_TARGET,
         };
         while let Some(option) = self.words.next() {
             match option.to_ascii_lowercase().as_str() {
                 "iburst" => source.iburst = true,
                 "minpoll" => source.minpoll = self.poll_value(option, DEFAULT_MINPOLL),
                 "maxpoll" => source.maxpoll = self.poll_value(option, DEFAULT_MAXPOLL),
+                "polltarget" => {
+                    let target =
+                        self.int_value(option, POLL_TARGET_RANGE, DEFAULT_POLL_TARGET.into());
+                    source.polltarget = u32::try_from(target).unwrap_or(DEFAULT_POLL_TARGET);
+                }
                 "port" => {
                     let port = self.int_value(option, PORT_RANGE, DEFAULT_NTP_PORT.into());
                     source.port = u16::try_from(port).unwrap_or(DEFAULT_NTP_PORT);
@@ -686,6 +699,7 @@ makestep 1 -1
             kind: NtpSourceKind::Server,
             host: host.into(),
             iburst: false,
+            polltarget: DEFAULT_POLL_TARGET,
             minpoll: DEFAULT_MINPOLL,
             maxpoll: DEFAULT_MAXPOLL,
             port: DEFAULT_NTP_PORT,
@@ -805,7 +819,7 @@ makestep 1 -1
 
     #[test]
     fn servers_and_pools_with_options() {
-        let text = "server ntp.example.com iburst minpoll 4 maxpoll 8 port 10123\n\
+        let text = "server ntp.example.com iburst minpoll 4 maxpoll 8 port 10123 polltarget 30\n\
                     pool pool.example.org iburst\n\
                     server 192.0.2.1\n";
         let config = parse_expecting(text, &[]);
@@ -817,6 +831,7 @@ makestep 1 -1
                     minpoll: 4,
                     maxpoll: 8,
                     port: 10123,
+                    polltarget: 30,
                     ..server(1, "ntp.example.com")
                 },
                 NtpSource {
@@ -1046,7 +1061,7 @@ makestep 1 -1
         let config = parse_expecting(
             "server\n\
              pool\n\
-             server a minpoll -40 maxpoll z port 70000\n\
+             server a minpoll -40 maxpoll z port 70000 polltarget 5\n\
              server b port\n\
              server c key 1 xleave wat",
             &[
@@ -1066,6 +1081,11 @@ makestep 1 -1
                     3,
                     "invalid value `70000` for `port` (integer from 0 to 65535), \
                      using default 123",
+                ),
+                error(
+                    3,
+                    "invalid value `5` for `polltarget` (integer from 6 to 60), \
+                     using default 16",
                 ),
                 error(
                     4,

@@ -695,6 +695,11 @@ impl Daemon {
             if let Some(chosen) = chosen {
                 log::info!("selected {}", self.label(chosen));
             }
+            if let Some(SourceId::Ntp(i)) = self.selected {
+                if let Some(server) = self.servers.get_mut(i) {
+                    server.release_poll();
+                }
+            }
             self.selected = chosen;
         }
         if let Some((_, samples)) = choice {
@@ -725,6 +730,12 @@ impl Daemon {
             }
         };
         self.set_burst(id, matches!(outcome, Outcome::BurstWanted { .. }), now);
+        if let (SourceId::Ntp(i), Outcome::Slewed { .. }) = (id, &outcome) {
+            let samples = self.discipline.status().effective_samples;
+            if let Some(server) = self.servers.get_mut(i) {
+                server.steer_poll(samples);
+            }
+        }
         match outcome {
             Outcome::Stepped { offset } => {
                 log::info!(
@@ -1064,6 +1075,7 @@ pub fn parse_cmdline(text: &str) -> CmdlineKeys {
                 minpoll: crate::config::DEFAULT_MINPOLL,
                 maxpoll: crate::config::DEFAULT_MAXPOLL,
                 port: crate::config::DEFAULT_NTP_PORT,
+                polltarget: crate::config::DEFAULT_POLL_TARGET,
             }),
             ("max_step", Some(value)) => match value.parse::<f64>() {
                 Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {

@@ -438,6 +438,10 @@ pub struct DisciplineStatus {
     pub last_update: Option<f64>,
     /// Samples in the regression window.
     pub samples: usize,
+    /// What they are worth at the last update: the sum of their weights
+    /// (delay and age), each at most 1. An NTP source's poll interval
+    /// follows it ([`crate::ntp::NtpServer::steer_poll`]).
+    pub effective_samples: f64,
     /// Clock updates (samples used) so far.
     pub updates: u64,
     pub steps: u64,
@@ -570,6 +574,8 @@ pub struct Discipline {
     /// Samples (the first included) that must agree before a step with no
     /// history; see [`Discipline::set_first_step_samples`].
     first_step_samples: u32,
+    /// The last fit's weight sum ([`DisciplineStatus::effective_samples`]).
+    effective_samples: f64,
 }
 
 impl Discipline {
@@ -617,6 +623,7 @@ impl Discipline {
             rejected: 0,
             refused: 0,
             first_step_samples: 1,
+            effective_samples: 0.0,
         }
     }
 
@@ -864,6 +871,7 @@ impl Discipline {
             applied_frequency_ppm: self.applied_ppm,
             last_update: self.last_update,
             samples: self.history.len(),
+            effective_samples: self.effective_samples,
             updates: self.updates,
             steps: self.steps,
             jumps: self.jumps,
@@ -1211,6 +1219,7 @@ impl Discipline {
                 self.prior = None;
             }
         }
+        self.effective_samples = fit.weight_sum;
         let max = self.config.max_frequency_ppm;
         let previous = self.frequency;
         self.frequency = frequency.clamp(-max, max);

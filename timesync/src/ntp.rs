@@ -675,6 +675,8 @@ pub struct PollConfig {
     pub minpoll: i8,
     pub maxpoll: i8,
     pub iburst: bool,
+    /// See [`NtpServer::steer_poll`].
+    pub polltarget: u32,
 }
 
 impl From<&NtpSource> for PollConfig {
@@ -683,6 +685,7 @@ impl From<&NtpSource> for PollConfig {
             minpoll: source.minpoll,
             maxpoll: source.maxpoll,
             iburst: source.iburst,
+            polltarget: source.polltarget,
         }
     }
 }
@@ -807,6 +810,12 @@ pub struct NtpServer {
     filter: ClockFilter,
     /// See [`NtpServer::set_burst`].
     burst: bool,
+    /// See [`NtpServer::steer_poll`]: the poll follows the regression.
+    steered: bool,
+    /// chrony's poll score: +1 raises the poll, below 0 lowers it.
+    poll_score: f64,
+    /// Samples' worth the regression should hold (`polltarget`).
+    poll_target: f64,
     status: ServerStatus,
     counters: Counters,
     log: LogLimiter,
@@ -849,6 +858,9 @@ impl NtpServer {
             last: None,
             filter: ClockFilter::default(),
             burst: false,
+            steered: false,
+            poll_score: 0.5,
+            poll_target: f64::from(config.polltarget.max(1)),
             status: ServerStatus::Active,
             counters: Counters::default(),
             log: LogLimiter::default(),
@@ -1135,7 +1147,7 @@ impl NtpServer {
                 + PHI * (measurement.monotonic - previous.monotonic).abs();
             if (measurement.offset - previous.offset).abs() <= tolerance {
                 self.consistent += 1;
-                if self.consistent >= POLL_RAISE_AFTER && self.iburst_left == 0 {
+                if self.consistent >= POLL_RAISE_AFTER && self.iburst_left == 0 && !self.steered {
                     self.consistent = 0;
                     if self.poll < self.maxpoll {
                         self.poll += 1;
@@ -1161,6 +1173,45 @@ impl NtpServer {
             return Some(measurement.sample());
         }
         best.map(|best| best.sample())
+    }
+
+    /// Steers the poll interval of the server whose samples the clock
+    /// follows by what its regression holds, `samples`: the sum of the
+    /// samples' weights ([`crate::discipline::DisciplineStatus::effective_samples`]),
+    /// where a sample counts less the longer its delay or the older it is.
+    /// chrony's `polltarget` rule on that sum: each update adds
+    /// `(samples / target − 1) / target` to a score; a score reaching 1
+    /// doubles the interval, one below 0 halves it (within minpoll–maxpoll).
+    /// A source whose delays barely vary is polled less often; one whose
+    /// delays jitter, and whose samples therefore weigh little, is polled
+    /// often enough to average the jitter away. From the first call the
+    /// consistency rule no longer raises the poll, until
+    /// [`NtpServer::release_poll`].
+    pub fn steer_poll(&mut self, samples: f64) {
+        if !samples.is_finite() || self.iburst_left > 0 {
+            return;
+        }
+        self.steered = true;
+        let target = self.poll_target;
+        self.poll_score += (samples / target - 1.0) / target;
+        if self.poll_score >= 1.0 {
+            self.poll_score -= 1.0;
+            if self.poll < self.maxpoll {
+                self.poll += 1;
+            }
+        } else if self.poll_score < 0.0 {
+            self.poll_score += 1.0;
+            if self.poll > self.minpoll.max(self.rate_floor) {
+                self.poll -= 1;
+            }
+        }
+        self.poll_score = self.poll_score.clamp(0.0, 1.0);
+    }
+
+    /// The clock no longer follows this server: its poll goes back to the
+    /// consistency rule.
+    pub fn release_poll(&mut self) {
+        self.steered = false;
     }
 
     /// An inconsistent sample or a timeout: poll more often to track the
@@ -1698,6 +1749,8 @@ mod tests {
         assert_eq!(indexes, (0..EVENT_COUNT).collect::<Vec<_>>());
     }
 
+    use crate::config::DEFAULT_POLL_TARGET;
+
     fn server(config: PollConfig) -> NtpServer {
         // Nothing listens on port 9 of the loopback: requests go nowhere.
         NtpServer::new("test", "127.0.0.1:9".parse().unwrap(), config, 0.0).unwrap()
@@ -1711,6 +1764,7 @@ mod tests {
             minpoll: 6,
             maxpoll: 10,
             iburst: false,
+            polltarget: DEFAULT_POLL_TARGET,
         });
         assert!(server.accept(m(1.0, 0.010)).is_some());
         assert!(server.accept(m(2.0, 0.050)).is_none());
@@ -1730,6 +1784,7 @@ mod tests {
             minpoll: -32,
             maxpoll: 32,
             iburst: false,
+            polltarget: DEFAULT_POLL_TARGET,
         });
         assert_eq!(
             (s.minpoll, s.maxpoll, s.poll),
@@ -1739,6 +1794,7 @@ mod tests {
             minpoll: 8,
             maxpoll: 4,
             iburst: false,
+            polltarget: DEFAULT_POLL_TARGET,
         });
         assert_eq!((s.minpoll, s.maxpoll), (8, 8));
     }
@@ -1749,6 +1805,7 @@ mod tests {
             minpoll: 4,
             maxpoll: 6,
             iburst: true,
+            polltarget: DEFAULT_POLL_TARGET,
         });
         assert_eq!(s.next_deadline(), 0.0);
         let mut sends = Vec::new();
@@ -1786,6 +1843,7 @@ mod tests {
             minpoll: 2,
             maxpoll: 5,
             iburst: false,
+            polltarget: DEFAULT_POLL_TARGET,
         });
         let mut now = 0.0;
         for _ in 0..40 {
@@ -1803,6 +1861,7 @@ mod tests {
             minpoll: 2,
             maxpoll: 4,
             iburst: false,
+            polltarget: DEFAULT_POLL_TARGET,
         });
         let m = |t: f64, offset: f64| Measurement {
             offset,
@@ -1826,6 +1885,69 @@ mod tests {
         assert_eq!(s.poll_exponent(), 3);
         s.reset_filter();
         assert!(s.last_measurement().is_none());
+    }
+
+    /// chrony's polltarget rule on the regression's weight: more than the
+    /// target raises the poll, less lowers it, by the accumulated score;
+    /// while steered the consistency rule does not raise it; released, it
+    /// does again.
+    #[test]
+    fn the_followed_server_polls_by_its_regression() {
+        let mut s = server(PollConfig {
+            minpoll: 2,
+            maxpoll: 6,
+            iburst: false,
+            polltarget: 8,
+        });
+        let m = |t: f64| measurement(t, 0.001);
+        // 16 samples' worth against a target of 8 adds 1/8 per update: the
+        // score starts at 1/2, so the 4th update raises the poll.
+        for _ in 0..3 {
+            s.steer_poll(16.0);
+        }
+        assert_eq!(s.poll_exponent(), 2);
+        s.steer_poll(16.0);
+        assert_eq!(s.poll_exponent(), 3);
+        for _ in 0..8 {
+            s.steer_poll(16.0);
+        }
+        assert_eq!(s.poll_exponent(), 4);
+        // 4 samples' worth: −1/16 per update, down again.
+        for _ in 0..16 {
+            s.steer_poll(4.0);
+        }
+        assert_eq!(s.poll_exponent(), 3);
+        // Exactly the target holds it; consistent samples do not raise it.
+        for i in 0..40 {
+            s.steer_poll(8.0);
+            s.accept(m(f64::from(i)));
+        }
+        assert_eq!(s.poll_exponent(), 3);
+        // Never below minpoll, never above maxpoll; nonsense is ignored.
+        for _ in 0..200 {
+            s.steer_poll(0.0);
+            s.steer_poll(f64::NAN);
+        }
+        assert_eq!(s.poll_exponent(), 2);
+        for _ in 0..200 {
+            s.steer_poll(60.0);
+            s.steer_poll(f64::INFINITY);
+        }
+        assert_eq!(s.poll_exponent(), 6);
+        // Released, the consistency rule applies again.
+        s.release_poll();
+        s.accept(Measurement {
+            offset: 0.050,
+            ..m(100.0)
+        });
+        assert_eq!(s.poll_exponent(), 5, "an inconsistent sample lowers it");
+        for i in 0..5 {
+            s.accept(Measurement {
+                offset: 0.050,
+                ..m(101.0 + f64::from(i))
+            });
+        }
+        assert_eq!(s.poll_exponent(), 6, "four consistent ones raise it");
     }
 
     fn candidate(offset: f64, bound: f64) -> Candidate {

@@ -8,6 +8,7 @@ mod ntp_support;
 use std::time::Duration;
 
 use ntp_support::{best_of_3, lowest_delay, run_loop, start_chronyd};
+use timesync::config::DEFAULT_POLL_TARGET;
 use timesync::ntp::{measure_once, monotonic_now, Leap, NtpServer, PollConfig, ServerStatus};
 
 #[test]
@@ -29,6 +30,7 @@ fn state_machine_against_chronyd() {
         minpoll: -3,
         maxpoll: -2,
         iburst: false,
+        polltarget: DEFAULT_POLL_TARGET,
     };
     let mut server = NtpServer::new("chronyd", chronyd.addr, config, monotonic_now()).unwrap();
     let samples = run_loop(&mut server, 10.0, |server, _| {

@@ -7,6 +7,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use ntp_support::{best_of_3, lowest_delay, reply, run_loop, Behaviour, FakeNtpServer};
+use timesync::config::DEFAULT_POLL_TARGET;
 use timesync::ntp::{
     measure_once, monotonic_now, NtpError, NtpServer, PollConfig, Rejection, ServerStatus,
 };
@@ -15,6 +16,7 @@ const FAST: PollConfig = PollConfig {
     minpoll: -4,
     maxpoll: -3,
     iburst: false,
+    polltarget: DEFAULT_POLL_TARGET,
 };
 
 #[test]

@@ -291,6 +291,7 @@ fn pool_gives_several_addresses_and_server_one() {
         minpoll: 6,
         maxpoll: 10,
         port: 123,
+        polltarget: 16,
     };
     assert_eq!(
         r.resolve("pool.example", 123).unwrap(),

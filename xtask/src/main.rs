@@ -30,7 +30,7 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|dist|test|demo|spec [--check] [--record]|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--render] [--time-only]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
+const USAGE: &str = "usage: cargo xtask <build|dist|test|demo|spec [--check] [--record]|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--ntp-sim] [--render] [--time-only]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

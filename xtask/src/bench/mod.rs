@@ -1,6 +1,6 @@
 //! `cargo xtask bench [--quick] [--check] [--systems a,b] [--flavours f,g]
 //! [--configs MACHINE/KIND/FORMAT,...] [--out DIR] [--no-time] [--no-real]`
-//! (`--pid1`: see [`pid1`]; `--render`: the page and charts again from
+//! (`--pid1`: see [`pid1`]; `--ntp-sim`: see [`ntpsim`]; `--render`: the page and charts again from
 //! docs/bench/results.json):
 //! boots every system of [`systems`] the same way — same kernel, QEMU
 //! machine, memory, vCPUs and Kata kernel command line — and writes
@@ -21,6 +21,7 @@
 //! boot, and the real agent's configurations once each, written under
 //! target/bench; the output files are read back.
 
+pub mod ntpsim;
 pub mod pid1;
 pub mod real;
 pub mod report;
@@ -833,6 +834,9 @@ fn all_configs(flavours: &[&str]) -> Vec<Config> {
 pub fn main(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--pid1") {
         return pid1::main(args);
+    }
+    if args.iter().any(|a| a == "--ntp-sim") {
+        return ntpsim::main(args);
     }
     if args.iter().any(|a| a == "--time-only") {
         // The timesync/chronyd table again, into the last full run's
