@@ -75,31 +75,50 @@ impl Opener {
         self.pid
     }
 
+    /// The opener exited (or was killed): it is collected, so that no
+    /// zombie stays behind for the daemon's lifetime. Its socket is closed
+    /// as it exits, just before it becomes a zombie: a few tries 1 ms apart
+    /// (never more than 100 ms in all) cover that gap.
+    fn gone(&self) -> io::Error {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            for _ in 0..100 {
+                match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Ok(Some(_)) | Err(_) => break,
+                }
+            }
+        }
+        io::Error::new(io::ErrorKind::UnexpectedEof, "the device opener is gone")
+    }
+
     /// Device `index` of the list given to [`Opener::spawn`], opened by
     /// the opener.
     pub fn open(&self, index: usize) -> io::Result<File> {
         let index = u8::try_from(index)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "device index too large"))?;
-        sendmsg(
+        match sendmsg(
             &self.socket,
             &[IoSlice::new(&[index])],
             &mut SendAncillaryBuffer::default(),
             SendFlags::NOSIGNAL,
-        )?;
+        ) {
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => return Err(self.gone()),
+            other => other?,
+        };
         let mut errno = [0u8; 4];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let received = recvmsg(
+        let received = match recvmsg(
             &self.socket,
             &mut [IoSliceMut::new(&mut errno)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
-        )?;
+        ) {
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => return Err(self.gone()),
+            other => other?,
+        };
         if received.bytes != 4 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the device opener is gone",
-            ));
+            return Err(self.gone());
         }
         let mut fds = control.drain().filter_map(|message| match message {
             RecvAncillaryMessage::ScmRights(fds) => Some(fds),
@@ -198,12 +217,7 @@ fn close_all_but(keep: &OwnedFd) -> io::Result<()> {
 /// Empty effective, permitted, inheritable and bounding sets, and
 /// no_new_privs: uid 0 with no power beyond owning root's files.
 fn drop_all_capabilities() -> io::Result<()> {
-    for cap in CapabilitySet::all().iter() {
-        match thread::remove_capability_from_bounding_set(cap) {
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
+    crate::privileges::shrink_bounding_set(CapabilitySet::empty())?;
     thread::set_capabilities(
         None,
         CapabilitySets {
@@ -267,6 +281,17 @@ mod tests {
             return;
         };
         let device = dir.join("null0");
+        // A killed opener: the daemon's next request says so, and the
+        // process is collected (no zombie left).
+        let doomed = Opener::spawn(vec![device.clone()]).unwrap();
+        let pid = rustix::process::Pid::from_raw(doomed.pid()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        let gone = doomed.open(0).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::UnexpectedEof, "{gone}");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", doomed.pid())).exists(),
+            "the killed opener was not collected"
+        );
         let opener = Opener::spawn(vec![device.clone(), dir.join("plain")]).unwrap();
         // Become nobody: the device is root's alone now.
         let nobody = rustix::process::Uid::from_raw(65534);

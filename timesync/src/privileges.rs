@@ -74,13 +74,7 @@ pub fn drop_to(user: &str, passwd_path: &Path, own: Option<&Path>) -> Result<(),
         }
     }
     // The bounding set first: dropping needs CAP_SETPCAP, which goes below.
-    for cap in CapabilitySet::all().iter().filter(|c| *c != KEPT) {
-        match thread::remove_capability_from_bounding_set(cap) {
-            // Not known to this kernel.
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(err) => return Err(step("PR_CAPBSET_DROP")(err)),
-        }
-    }
+    shrink_bounding_set(KEPT).map_err(step("PR_CAPBSET_DROP"))?;
     thread::set_keep_capabilities(true).map_err(step("PR_SET_KEEPCAPS"))?;
     thread::set_thread_groups(&[]).map_err(step("setgroups"))?;
     let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
@@ -97,6 +91,20 @@ pub fn drop_to(user: &str, passwd_path: &Path, own: Option<&Path>) -> Result<(),
     .map_err(step("capset"))?;
     thread::set_keep_capabilities(false).map_err(step("PR_SET_KEEPCAPS off"))?;
     thread::set_no_new_privs(true).map_err(step("PR_SET_NO_NEW_PRIVS"))?;
+    Ok(())
+}
+
+/// Removes every capability but those in `keep` from the calling thread's
+/// bounding set (needs CAP_SETPCAP); ones this kernel does not know are
+/// skipped. Also used by the device opener, which keeps none.
+pub fn shrink_bounding_set(keep: CapabilitySet) -> rustix::io::Result<()> {
+    for cap in CapabilitySet::all().iter().filter(|c| !keep.contains(*c)) {
+        match thread::remove_capability_from_bounding_set(cap) {
+            // Not known to this kernel.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(err) => return Err(err),
+        }
+    }
     Ok(())
 }
 
