@@ -209,17 +209,15 @@ pub fn reserve_fd() {
 }
 
 /// Spawns init's shutdown personality with `args`, stdin /dev/null.
-fn spawn_shutdown_child(args: &[&str]) -> std::io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new("/proc/self/exe")
-        .arg0(SHUTDOWN_FS)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .spawn()
+fn spawn_shutdown_child(args: &[&str]) -> std::io::Result<crate::sys::Spawned> {
+    let argv: Vec<&str> = std::iter::once(SHUTDOWN_FS)
+        .chain(args.iter().copied())
+        .collect();
+    crate::sys::spawn_simple("/proc/self/exe", &argv, &[])
 }
 
 /// Waits for `child` until `deadline`; false when it has not ended.
-fn wait_until(child: &mut std::process::Child, deadline: Instant) -> bool {
+fn wait_until(child: &mut crate::sys::Spawned, deadline: Instant) -> bool {
     loop {
         match child.try_wait() {
             Ok(Some(_)) | Err(_) => return true,
@@ -292,7 +290,7 @@ pub fn shutdown_fs(unmount: bool) {
             return;
         }
     };
-    let mut syncs: Vec<(String, Option<std::process::Child>)> = mounts::data_mounts(&info)
+    let mut syncs: Vec<(String, Option<crate::sys::Spawned>)> = mounts::data_mounts(&info)
         .into_iter()
         .map(|m| {
             let child = spawn_shutdown_child(&["--syncfs", &m])

@@ -1,5 +1,5 @@
 //! The multi-call front end: `init` as PID 1 or as a client, `poweroff`,
-//! `reboot`, `halt` and the part of `systemctl` that Kata's units use.
+//! `reboot`, `halt` and `systemctl` (its verbs in [`crate::systemctl`]).
 
 use std::path::Path;
 
@@ -8,11 +8,12 @@ use crate::{boot, control, Mode, CONTROL_SOCKET};
 
 const USAGE: &str = "\
 usage: init                      run as PID 1 (of a VM, or of a container when $container is set)
-       init status               list units: state, pid, restarts, uptime
+       init status [--json]      list units: state, pid, restarts, uptime
        init poweroff|reboot|halt [--force]
        poweroff|reboot|halt [-f]  ask init to shut down (-f: sync and reboot(2) at once)
        systemctl [--force [--force]] poweroff|reboot|halt
-       systemctl status
+       systemctl status|list-units|is-active|is-failed|is-enabled|show|is-system-running
+                                  (systemctl --help)
 ";
 
 /// Dispatches on argv[0]; returns the exit status (PID 1 never returns).
@@ -32,7 +33,7 @@ pub fn main(args: &[String]) -> i32 {
         "poweroff" => power_command(PowerKind::Poweroff, rest),
         "reboot" => power_command(PowerKind::Reboot, rest),
         "halt" => power_command(PowerKind::Halt, rest),
-        "systemctl" => systemctl(rest),
+        "systemctl" => crate::systemctl::main(rest),
         // Only as init's own child at shutdown (see boot::filesystems_down).
         // One file system's sync, for the shutdown child (any process may
         // sync a file system).
@@ -82,6 +83,7 @@ fn init_client(args: &[String]) -> i32 {
         .filter(|a| !a.starts_with('-'))
         .collect();
     match verbs.as_slice() {
+        ["status"] if args.iter().any(|a| a == "--json") => status_json(),
         ["status"] => status(),
         ["poweroff"] => ask(PowerKind::Poweroff, force),
         ["reboot"] => ask(PowerKind::Reboot, force),
@@ -135,34 +137,8 @@ fn power_command(mut kind: PowerKind, args: &[String]) -> i32 {
     }
 }
 
-/// `systemctl`: the verbs Kata's units and operators use.
-fn systemctl(args: &[String]) -> i32 {
-    let forces = args
-        .iter()
-        .filter(|a| *a == "--force" || *a == "-f")
-        .count();
-    let verbs: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let kind = match verbs.first().copied() {
-        Some("poweroff") => PowerKind::Poweroff,
-        Some("reboot") => PowerKind::Reboot,
-        Some("halt") => PowerKind::Halt,
-        Some("status") | Some("list-units") => return status(),
-        Some("is-system-running") => {
-            println!("running");
-            return 0;
-        }
-        Some(v) => {
-            eprintln!(
-                "systemctl: {v}: not supported by minos init (poweroff, reboot, halt, status)"
-            );
-            return 1;
-        }
-        None => return status(),
-    };
+/// `systemctl poweroff|reboot|halt` with `forces` times `--force`.
+pub(crate) fn power(kind: PowerKind, forces: usize) -> i32 {
     match forces {
         0 => ask(kind, false),
         1 => ask(kind, true),
@@ -170,7 +146,24 @@ fn systemctl(args: &[String]) -> i32 {
     }
 }
 
-fn status() -> i32 {
+/// `init status --json`: the `units` answer as JSON.
+fn status_json() -> i32 {
+    let text = match control::request(Path::new(CONTROL_SOCKET), "units") {
+        Ok(text) if !text.starts_with("error:") => text,
+        Ok(text) => {
+            eprint!("status: {text}");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("status: connect to {CONTROL_SOCKET}: {e}");
+            return 1;
+        }
+    };
+    println!("{}", crate::systemctl::Units::parse(&text).to_json());
+    0
+}
+
+pub(crate) fn status() -> i32 {
     match control::request(Path::new(CONTROL_SOCKET), "status") {
         Ok(text) => {
             print!("{text}");

@@ -2,7 +2,7 @@
 //! (`status`, `poweroff`, ...), plus the client side used by the multi-call
 //! commands `poweroff`, `reboot`, `halt`, `systemctl` and `init status`.
 //!
-//! Control protocol: the client sends one line (`status`, or `poweroff`,
+//! Control protocol: the client sends one line (`status`, `units`, or `poweroff`,
 //! `reboot`, `halt` optionally followed by ` force`), closes its write side,
 //! and reads the answer until EOF. Only uid 0 is served (SO_PEERCRED).
 //!
@@ -333,6 +333,8 @@ impl Clients {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     Status,
+    /// Machine-readable unit states for `systemctl`'s verbs.
+    Units,
     Power(ShutdownRequest),
 }
 
@@ -347,6 +349,7 @@ pub fn parse_request(line: &str) -> Option<Request> {
     };
     let kind = match verb {
         "status" if !force => return Some(Request::Status),
+        "units" if !force => return Some(Request::Units),
         "poweroff" => PowerKind::Poweroff,
         "reboot" => PowerKind::Reboot,
         "halt" => PowerKind::Halt,
@@ -387,6 +390,8 @@ mod tests {
     #[test]
     fn request_lines() {
         assert_eq!(parse_request("status"), Some(Request::Status));
+        assert_eq!(parse_request("units"), Some(Request::Units));
+        assert_eq!(parse_request("units force"), None);
         assert_eq!(
             parse_request("poweroff force"),
             Some(Request::Power(ShutdownRequest {
@@ -472,6 +477,7 @@ mod tests {
             for i in ready {
                 let act = self.clients.serve(i, |r| match r {
                     Request::Status => ("status\n".into(), None),
+                    Request::Units => ("units\n".into(), None),
                     Request::Power(p) => ("ok\n".into(), Some(p)),
                 });
                 self.acted.extend(act);

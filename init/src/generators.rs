@@ -112,25 +112,28 @@ pub fn run(mode: Mode, skip_run: bool) -> Option<[PathBuf; 3]> {
     };
     for (name, path) in &found {
         let started = Instant::now();
-        let child = std::process::Command::new(path)
-            .args([NORMAL, EARLY, LATE])
-            .env("SYSTEMD_SCOPE", "system")
-            .env("SYSTEMD_IN_INITRD", "0")
-            .env("SYSTEMD_VIRTUALIZATION", virtualization)
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .stdin(std::process::Stdio::null())
-            .spawn();
-        let mut child = match child {
+        let program = path.to_string_lossy();
+        let child = crate::sys::spawn_simple(
+            &program,
+            &[&program, NORMAL, EARLY, LATE],
+            &[
+                ("SYSTEMD_SCOPE", "system"),
+                ("SYSTEMD_IN_INITRD", "0"),
+                ("SYSTEMD_VIRTUALIZATION", virtualization),
+                (
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                ),
+            ],
+        );
+        let child = match child {
             Ok(c) => c,
             Err(e) => {
                 log::error!("generator {}: cannot run: {e}", path.display());
                 continue;
             }
         };
-        match wait(&mut child, TIMEOUT) {
+        match wait(&child, TIMEOUT) {
             Some(status) if status.success() => {
                 log::info!(
                     "generator {name} ran in {} µs",
@@ -141,8 +144,7 @@ pub fn run(mode: Mode, skip_run: bool) -> Option<[PathBuf; 3]> {
                 log::warn!("generator {}: {status}; its output is used", path.display())
             }
             None => {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill_and_wait();
                 log::error!(
                     "generator {}: still running after {TIMEOUT:?}: killed; its output so far is used",
                     path.display()
@@ -157,7 +159,7 @@ pub fn run(mode: Mode, skip_run: bool) -> Option<[PathBuf; 3]> {
 }
 
 /// Waits for the child at most `limit`; `None` when it is still running.
-fn wait(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+fn wait(child: &crate::sys::Spawned, limit: Duration) -> Option<crate::sys::Ended> {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_micros(100);
     loop {

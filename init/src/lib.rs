@@ -30,6 +30,7 @@ pub mod socket;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod systemctl;
 pub mod timeline;
 pub mod unit;
 pub use minos_common::users;

@@ -2446,6 +2446,7 @@ impl Supervisor {
         for &slot in ready {
             let act = clients.serve(slot, |req| match req {
                 control::Request::Status => (self.status_text(), None),
+                control::Request::Units => (self.units_text(), None),
                 control::Request::Power(r) => (format!("ok: {}\n", r.kind.name()), Some(r)),
             });
             if let Some(req) = act {
@@ -2462,6 +2463,81 @@ impl Supervisor {
         for req in acts {
             self.request_shutdown(req);
         }
+    }
+
+    /// systemd's ActiveState and SubState for unit `u`.
+    fn systemd_states(&self, u: &UnitRt) -> (&'static str, &'static str) {
+        match u.state {
+            State::Waiting | State::Exited | State::Skipped | State::Inactive => {
+                ("inactive", "dead")
+            }
+            State::StartPre => ("activating", "start-pre"),
+            State::Starting => ("activating", "start"),
+            State::AutoRestart => ("activating", "auto-restart"),
+            State::Running if u.socket.is_some() && self.watching(u) => ("active", "listening"),
+            State::Running if u.socket.is_some() => ("active", "running"),
+            State::Running if u.unit.name.ends_with(".target") => ("active", "active"),
+            State::Running if u.main.is_none() => ("active", "exited"),
+            State::Running => ("active", "running"),
+            State::Stopping(_) => ("deactivating", "stop-sigterm"),
+            State::Failed => ("failed", "failed"),
+        }
+    }
+
+    /// systemd's `is-system-running` word: `stopping` once shutdown began,
+    /// `starting` until every unit settled, `degraded` with a failed unit.
+    pub fn system_state(&self) -> &'static str {
+        if self.shutdown.is_some() {
+            "stopping"
+        } else if !self.all_started {
+            "starting"
+        } else if self.units.iter().any(|u| u.state == State::Failed) {
+            "degraded"
+        } else {
+            "running"
+        }
+    }
+
+    /// The control socket's `units` answer, for `systemctl`'s verbs: a
+    /// `system STATE` line, then per unit, tab-separated: name, ActiveState,
+    /// SubState, MainPID (0: none), NRestarts, ExecMainStatus, Result,
+    /// milliseconds active (`-`: not active), Description.
+    pub fn units_text(&self) -> String {
+        let now = Instant::now();
+        let mut out = format!("system\t{}\n", self.system_state());
+        for u in &self.units {
+            let (active, sub) = self.systemd_states(u);
+            let (status, result) = match u.result {
+                Outcome::Success => (0, "success"),
+                Outcome::Exit(c) => (c, "exit-code"),
+                Outcome::Signal(s) => (s, "signal"),
+                Outcome::Timeout => (0, "timeout"),
+                Outcome::StartLimit => (0, "start-limit-hit"),
+                Outcome::DependencyFailed => (0, "dependency"),
+                Outcome::SpawnFailed | Outcome::ListenFailed => (0, "resources"),
+                Outcome::Protocol => (0, "protocol"),
+                Outcome::TriggerLimit => (0, "trigger-limit-hit"),
+            };
+            let up = match (active, u.active_since) {
+                ("active" | "deactivating", Some(t)) => {
+                    now.duration_since(t).as_millis().to_string()
+                }
+                _ => "-".into(),
+            };
+            let description = u
+                .unit
+                .description
+                .as_deref()
+                .unwrap_or("")
+                .replace('\t', " ");
+            out.push_str(&format!(
+                "{}\t{active}\t{sub}\t{}\t{}\t{status}\t{result}\t{up}\t{description}\n",
+                u.unit.name,
+                u.main_pid().unwrap_or(0),
+                u.restarts
+            ));
+        }
+        out
     }
 
     /// The status table: unit, state, pid, restarts, uptime.
