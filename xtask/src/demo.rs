@@ -52,8 +52,8 @@ ExecStart=/usr/bin/systemctl status
 StandardOutput=tty
 ";
 
-pub fn run(args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "--container") {
+pub fn run(container_mode: bool) -> Result<()> {
+    if container_mode {
         return container();
     }
     let kernel = crate::kernel::build("test")?;

@@ -56,13 +56,7 @@ pub fn name() -> String {
 
 /// Builds the release binaries, then the tarball and its checksum; returns
 /// the tarball's path.
-pub fn main(args: &[String]) -> Result<()> {
-    if let Some(a) = args.first() {
-        return Err(format!(
-            "dist takes no options, not {a:?} (writes target/dist/{}.tar.zst)",
-            name()
-        ));
-    }
+pub fn main() -> Result<()> {
     let bin = crate::build()?;
     let tarball = make(&bin)?;
     println!("xtask: dist: {}", tarball.display());

@@ -132,28 +132,28 @@ pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
     })
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| crate::util::arg_value(args, k);
-    let seconds: u64 = crate::util::arg_number(args, "--seconds", 600)?;
-    if args.iter().any(|a| a == "--smoke") {
-        return cargo(&[
-            "test",
-            "--package",
-            "minos-fuzz-targets",
-            "--test",
-            "replay",
-        ]);
+pub fn main(args: &crate::cli::FuzzArgs) -> Result<()> {
+    if args.smoke {
+        return smoke();
     }
-    if let Some(target) = value("--run") {
-        return run_target(&target, seconds).map(|r| println!("xtask: {r:?}"));
+    if let Some(target) = &args.run {
+        return run_target(target, args.seconds).map(|r| println!("xtask: {r:?}"));
     }
-    if args.iter().any(|a| a == "--all") {
-        for t in TARGETS {
-            println!("xtask: {:?}", run_target(t, seconds)?);
-        }
-        return Ok(());
+    for t in TARGETS {
+        println!("xtask: {:?}", run_target(t, args.seconds)?);
     }
-    Err("usage: cargo xtask fuzz --smoke | --run TARGET [--seconds N] | --all [--seconds N]".into())
+    Ok(())
+}
+
+/// Replays every corpus and the crash regressions (`fuzz --smoke`).
+pub fn smoke() -> Result<()> {
+    cargo(&[
+        "test",
+        "--package",
+        "minos-fuzz-targets",
+        "--test",
+        "replay",
+    ])
 }
 
 /// The targets (fuzz/fuzz_targets/*.rs, fuzz-targets/src/lib.rs).

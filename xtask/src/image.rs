@@ -1187,16 +1187,11 @@ pub fn from_stage(kind: &str, stage_dir: &Path, name: &str, fs: Fs) -> Result<Pa
     }
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-    };
-    let kind = value("--kind").map_or("initrd", String::as_str);
-    let agent = value("--agent").map(PathBuf::from);
-    let base = value("--base").map(PathBuf::from);
-    let fs = Fs::parse(value("--fs").map_or("ext4", String::as_str))?;
+pub fn main(args: &crate::cli::ImageArgs) -> Result<()> {
+    let kind = args.kind.as_str();
+    let agent = args.agent.clone();
+    let base = args.base.clone();
+    let fs = Fs::parse(&args.fs)?;
     let bin = crate::build()?;
     let p = build_on(
         kind,

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::util::{ensure_packages, root, run, Result};
 
@@ -219,12 +220,16 @@ pub fn build(flavour: &str) -> Result<Kernel> {
         ));
     }
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    println!("xtask: building vmlinux and bzImage with {jobs} jobs (about 11 minutes for kata on 2 cores)");
-    run(Command::new("make")
-        .arg(format!("O={}", build.display()))
-        .arg(format!("-j{jobs}"))
-        .args(["-s", "vmlinux", "bzImage"])
-        .current_dir(&src))?;
+    println!("xtask: building vmlinux and bzImage with {jobs} jobs");
+    make_with_progress(
+        Command::new("make")
+            .arg(format!("O={}", build.display()))
+            .arg(format!("-j{jobs}"))
+            .args(["vmlinux", "bzImage"])
+            .current_dir(&src),
+        flavour,
+        &build.join(PROGRESS_FILE),
+    )?;
     let tmp = out.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
@@ -240,12 +245,101 @@ pub fn build(flavour: &str) -> Result<Kernel> {
     Ok(kernel)
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let flavours: Vec<&str> = match args.iter().position(|a| a == "--flavour") {
-        Some(i) => vec![args
-            .get(i + 1)
-            .map(String::as_str)
-            .ok_or("--flavour needs a value")?],
+/// Where a flavour's last build left its step count and duration, for the
+/// next one's estimate (in the build directory).
+const PROGRESS_FILE: &str = "minos-progress";
+/// How often progress is printed when stdout is not a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs the kernel's `make` showing progress: make's step lines (`  CC
+/// path` …) are counted, not shown; on a terminal one line is updated in
+/// place, otherwise a line is printed every 30 s; with the previous build's
+/// step count and duration (`state`) the steps are a fraction and the time
+/// left an estimate. Warnings and errors (stderr) pass through.
+fn make_with_progress(cmd: &mut Command, flavour: &str, state: &Path) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let previous = std::fs::read_to_string(state).ok().and_then(|t| {
+        let mut w = t.split_whitespace().map(str::parse::<u64>);
+        match (w.next(), w.next()) {
+            (Some(Ok(steps)), Some(Ok(secs))) if steps > 0 => Some((steps, secs)),
+            _ => None,
+        }
+    });
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {shown}: {e}"))?;
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut printed = Instant::now();
+    let mut steps = 0u64;
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("  ") {
+                steps += 1;
+            }
+            if tty || printed.elapsed() >= PROGRESS_EVERY {
+                let text = progress_line(flavour, steps, started.elapsed(), previous);
+                if tty {
+                    print!("\r{text}\x1b[K");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    println!("{text}");
+                }
+                printed = Instant::now();
+            }
+        }
+    }
+    if tty {
+        println!();
+    }
+    let status = child.wait().map_err(|e| format!("wait for {shown}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{shown} failed: {status}"));
+    }
+    let _ = std::fs::write(state, format!("{steps} {}\n", started.elapsed().as_secs()));
+    println!(
+        "xtask: kernel {flavour}: {steps} make steps in {}",
+        minutes(started.elapsed().as_secs())
+    );
+    Ok(())
+}
+
+/// One progress line: steps done, time spent and, from the previous build
+/// (steps, seconds), the fraction and the time left.
+fn progress_line(
+    flavour: &str,
+    steps: u64,
+    elapsed: Duration,
+    previous: Option<(u64, u64)>,
+) -> String {
+    let spent = minutes(elapsed.as_secs());
+    match previous {
+        Some((total, secs)) => {
+            let fraction = (steps as f64 / total as f64).min(1.0);
+            let left = (secs as f64 * (1.0 - fraction)).round() as u64;
+            format!(
+                "xtask: kernel {flavour}: {steps}/{total} steps ({:.0} %), {spent} spent, about {} left",
+                fraction * 100.0,
+                minutes(left)
+            )
+        }
+        None => format!(
+            "xtask: kernel {flavour}: {steps} steps, {spent} spent (a first build: 11–15 minutes on 2 cores)"
+        ),
+    }
+}
+
+/// `m:ss`.
+fn minutes(secs: u64) -> String {
+    format!("{}:{:02}", secs / 60, secs % 60)
+}
+
+pub fn main(flavour: Option<&str>) -> Result<()> {
+    let flavours: Vec<&str> = match flavour {
+        Some(f) => vec![f],
         None => FLAVOURS.to_vec(),
     };
     for f in flavours {
@@ -261,6 +355,49 @@ pub fn main(args: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// make's step lines are counted and the count kept for the next
+    /// build; a failing make is an error naming it.
+    #[test]
+    fn make_progress_counts_steps_and_keeps_them() {
+        let dir = std::env::temp_dir().join(format!("xtask-progress-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join(PROGRESS_FILE);
+        make_with_progress(
+            Command::new("sh").args([
+                "-c",
+                "printf '  CC      a.o\\n  LD      b\\nnote\\n  AR      c\\n'",
+            ]),
+            "test",
+            &state,
+        )
+        .unwrap();
+        let kept = std::fs::read_to_string(&state).unwrap();
+        assert!(kept.starts_with("3 "), "{kept:?}");
+        let err = make_with_progress(Command::new("sh").args(["-c", "exit 2"]), "test", &state)
+            .unwrap_err();
+        assert!(err.contains("failed"), "{err}");
+        assert!(std::fs::read_to_string(&state).unwrap().starts_with("3 "));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn progress_lines() {
+        let d = Duration::from_secs(95);
+        assert_eq!(
+            progress_line("kata", 120, d, None),
+            "xtask: kernel kata: 120 steps, 1:35 spent (a first build: 11–15 minutes on 2 cores)"
+        );
+        assert_eq!(
+            progress_line("kata", 500, d, Some((2000, 800))),
+            "xtask: kernel kata: 500/2000 steps (25 %), 1:35 spent, about 10:00 left"
+        );
+        // More steps than last time: done as far as the estimate goes.
+        assert_eq!(
+            progress_line("test", 2100, d, Some((2000, 800))),
+            "xtask: kernel test: 2100/2000 steps (100 %), 1:35 spent, about 0:00 left"
+        );
+    }
 
     #[test]
     fn requested_and_dropped_options() {

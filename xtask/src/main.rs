@@ -8,8 +8,11 @@
 //! - `cargo xtask kernel` build (or take from the cache) the guest kernel flavours
 //! - `cargo xtask bench`  boot benchmarks against other guest userlands (docs/BENCHMARKS.md)
 //! - `cargo xtask soak`   100 boots writing to a data disk, 10-minute fuzz runs (docs/soak.md)
+//!
+//! `cargo xtask --help` and `cargo xtask COMMAND --help` list the rest ([`cli`]).
 
 mod bench;
+mod cli;
 mod container;
 mod demo;
 mod dist;
@@ -30,32 +33,28 @@ use std::process::ExitCode;
 
 use util::{cargo, ensure_packages, Result};
 
-const USAGE: &str = "usage: cargo xtask <build|dist|test|demo|spec [--check] [--record]|kernel [--flavour F]|image --kind K|boot [--kind K] [--machine M]|vmtest [NAME]|bench [--quick] [--check] [--no-time] [--no-real] [--pid1] [--ntp-sim] [--render] [--time-only]|fuzz --smoke|--run T|soak [--boots N] [--fuzz-seconds S] [--record]|boot-order [--seconds N] [--check]>";
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let r = match args.first().map(String::as_str) {
-        Some("build") => build().map(|_| ()),
-        Some("dist") => dist::main(&args[1..]),
-        Some("test") => test(),
-        Some("demo") => demo::run(&args[1..]),
-        Some("kernel") => kernel::main(&args[1..]),
-        Some("image") => image::main(&args[1..]),
-        Some("boot") => qemu::main(&args[1..]),
-        Some("vmtest") => build().and_then(|_| vmtest::run(args.get(1).map(String::as_str))),
-        Some("bench") => bench::main(&args[1..]),
-        Some("fuzz") => fuzz::main(&args[1..]),
-        Some("soak") => build().and_then(|_| soak::main(&args[1..])),
-        Some("boot-order") => order::main(&args[1..]),
-        Some("spec") => measure::spec(
-            args.iter().any(|a| a == "--check"),
-            args.iter().any(|a| a == "--record"),
-        ),
-        Some("-h" | "--help") | None => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    use clap::Parser;
+    use cli::Command;
+    let cli = cli::Cli::parse();
+    let r = match cli.command {
+        Command::Build => build().map(|_| ()),
+        Command::Dist => dist::main(),
+        Command::Test => test(),
+        Command::Demo { container } => demo::run(container),
+        Command::Kernel { flavour } => kernel::main(flavour.as_deref()),
+        Command::Image(args) => image::main(&args),
+        Command::Boot(args) => qemu::main(&args),
+        Command::Vmtest { name } => build().and_then(|_| vmtest::run(name.as_deref())),
+        Command::Bench(args) => bench::main(&args),
+        Command::Fuzz(args) => fuzz::main(&args),
+        Command::Soak {
+            boots,
+            fuzz_seconds,
+            record,
+        } => build().and_then(|_| soak::main(boots, fuzz_seconds, record)),
+        Command::BootOrder { seconds, check } => order::main(seconds, check),
+        Command::Spec { check, record } => measure::spec(check, record),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,22 +117,20 @@ fn test() -> Result<()> {
     // The integration tests run the real binaries: build them first.
     util::step("build (dev)", || cargo(&["build", "--workspace", "--bins"]))?;
     util::step("tests", || cargo(&["test", "--workspace"]))?;
-    util::step("fuzz corpora replay", || {
-        fuzz::main(&["--smoke".to_string()])
-    })?;
+    util::step("fuzz corpora replay", fuzz::smoke)?;
     util::step("release build", || build().map(|_| ()))?;
     util::step(
         "init's boot-path order still matches its boot (ptrace)",
-        || order::main(&["--check".to_string()]),
+        || order::main(3, true),
     )?;
     util::step("VM boot tests (QEMU, test kernel)", || vmtest::run(None))?;
     util::step("soak, short (3 boots writing to one data disk)", || {
-        soak::main(&["--boots", "3", "--fuzz-seconds", "0"].map(String::from))
+        soak::main(3, 0, false)
     })?;
     util::step("budgets", || measure::spec(true, false))?;
     util::step(
         "bench pipeline (quick: minos and the agent as init)",
-        || bench::main(&["--quick".to_string()]),
+        bench::quick,
     )?;
     println!("xtask: all checks passed");
     Ok(())

@@ -236,14 +236,7 @@ fn split_map_line(line: &str) -> Option<([&str; 4], usize, &str)> {
     (!name.is_empty()).then_some((cols, indent, name))
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let seconds: u64 = match crate::util::arg_value(args, "--seconds") {
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("--seconds {v}: expected a whole number"))?,
-        None => 3,
-    };
-    let check = args.iter().any(|a| a == "--check");
+pub fn main(seconds: u64, check: bool) -> Result<()> {
     let bin = crate::build()?;
     let map_path = bin.join("init.map");
     let map = std::fs::read_to_string(&map_path)

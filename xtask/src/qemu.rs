@@ -520,16 +520,14 @@ pub fn boot(o: &BootOptions) -> Result<BootReport> {
     Ok(report)
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| crate::util::arg_value(args, k);
-    let kind = Kind::parse(&value("--kind").unwrap_or_else(|| "dax".into()))?;
-    let flavour = value("--flavour").unwrap_or_else(|| "test".into());
-    let kernel = match value("--kernel") {
-        Some(k) => PathBuf::from(k),
-        None => crate::kernel::build(&flavour)?.vmlinux,
+pub fn main(args: &crate::cli::BootArgs) -> Result<()> {
+    let kind = Kind::parse(&args.kind)?;
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => crate::kernel::build(&args.flavour)?.vmlinux,
     };
     let bin = crate::build()?;
-    let fs = Fs::parse(&value("--fs").unwrap_or_else(|| "ext4".into()))?;
+    let fs = Fs::parse(&args.fs)?;
     let image = crate::image::build_on(kind.name(), &bin, None, &[], "minos", None, fs)?;
     let opts = BootOptions {
         kernel,
@@ -537,12 +535,12 @@ pub fn main(args: &[String]) -> Result<()> {
         fs,
         image,
         data_disks: Vec::new(),
-        machine: value("--machine").unwrap_or_else(|| "q35".into()),
-        extra_cmdline: value("--cmdline").unwrap_or_else(|| "agent.exit_after=2s".into()),
+        machine: args.machine.clone(),
+        extra_cmdline: args.cmdline.clone(),
         memory_mib: 512,
         timeout: Duration::from_secs(300),
         echo: true,
-        vsock: (!args.iter().any(|a| a == "--no-vsock")).then(|| bin.join("agent-shim")),
+        vsock: (!args.no_vsock).then(|| bin.join("agent-shim")),
         host: None,
     };
     let report = boot(&opts)?;

@@ -229,12 +229,12 @@ fn boot_line(b: &Boot) -> String {
     format!("boot {} {state} ({disk}) {}", b.n, b.line)
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let boots: u64 = crate::util::arg_number(args, "--boots", 100)?;
-    let fuzz_seconds: u64 = crate::util::arg_number(args, "--fuzz-seconds", 600)?;
-    let record = args.iter().any(|a| a == "--record");
+pub fn main(boots: u64, fuzz_seconds: u64, record: bool) -> Result<()> {
     let run = Run {
-        command: format!("cargo xtask soak {}", args.join(" ")),
+        command: format!(
+            "cargo xtask soak --boots {boots} --fuzz-seconds {fuzz_seconds}{}",
+            if record { " --record" } else { "" }
+        ),
         commit: crate::util::commit(),
         dirty: work_tree_dirty(),
         date: crate::util::today(),

@@ -217,20 +217,3 @@ pub fn is_static(path: &Path) -> Result<bool> {
     }
     Ok(true)
 }
-
-/// The value after `key` in `args` (`--key VALUE`), if any.
-pub fn arg_value(args: &[String], key: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == key)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-/// The number after `key` in `args`, or `default` when the key is absent;
-/// a value that is not a number is an error naming the key.
-pub fn arg_number<T: std::str::FromStr>(args: &[String], key: &str, default: T) -> Result<T> {
-    match arg_value(args, key) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| format!("{key} {v:?}: not a number")),
-    }
-}

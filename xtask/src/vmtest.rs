@@ -842,6 +842,11 @@ pub fn run(only: Option<&str>) -> Result<()> {
     reports(only).map(|_| ())
 }
 
+/// The scenarios' names, for the command line.
+pub fn names() -> Vec<&'static str> {
+    scenarios().iter().map(|s| s.name).collect()
+}
+
 /// Runs the scenarios (`only` one of them) and returns each one's report
 /// when all passed.
 pub fn reports(only: Option<&str>) -> Result<Vec<(&'static str, BootReport)>> {

@@ -831,14 +831,33 @@ fn all_configs(flavours: &[&str]) -> Vec<Config> {
     v
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "--pid1") {
-        return pid1::main(args);
+/// `bench --quick` (what `cargo xtask test` runs).
+pub fn quick() -> Result<()> {
+    main(&crate::cli::BenchArgs {
+        quick: true,
+        check: false,
+        systems: Vec::new(),
+        flavours: Vec::new(),
+        configs: Vec::new(),
+        out: None,
+        no_time: false,
+        no_real: false,
+        pid1: false,
+        rounds: 30,
+        ntp_sim: false,
+        time_only: false,
+        render: false,
+    })
+}
+
+pub fn main(args: &crate::cli::BenchArgs) -> Result<()> {
+    if args.pid1 {
+        return pid1::main(args.rounds, args.out.clone());
     }
-    if args.iter().any(|a| a == "--ntp-sim") {
-        return ntpsim::main(args);
+    if args.ntp_sim {
+        return ntpsim::main(args.out.clone());
     }
-    if args.iter().any(|a| a == "--time-only") {
+    if args.time_only {
         // The timesync/chronyd table again, into the last full run's
         // results (which keep their own date), with this run's date.
         let dir = root().join("docs/bench");
@@ -851,15 +870,14 @@ pub fn main(args: &[String]) -> Result<()> {
         ));
         return report::write(&results, &dir, true);
     }
-    if args.iter().any(|a| a == "--render") {
+    if args.render {
         // The page and charts again from docs/bench/results.json.
         let dir = root().join("docs/bench");
         let results = report::read(&dir.join("results.json"))?;
         return report::write(&results, &dir, true);
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let check = args.iter().any(|a| a == "--check");
-    let value = |k: &str| crate::util::arg_value(args, k);
+    let quick = args.quick;
+    let check = args.check;
     let plan = if quick {
         Plan {
             systems: vec![System::Minos, System::AgentInit],
@@ -871,41 +889,38 @@ pub fn main(args: &[String]) -> Result<()> {
             real_agent: Some(("test", 1)),
         }
     } else {
-        let systems = match value("--systems") {
-            Some(list) => list
-                .split(',')
-                .map(System::parse)
-                .collect::<Result<Vec<_>>>()?,
-            None => System::ALL.to_vec(),
+        let systems = if args.systems.is_empty() {
+            System::ALL.to_vec()
+        } else {
+            args.systems
+                .iter()
+                .map(|s| System::parse(s))
+                .collect::<Result<Vec<_>>>()?
         };
-        let flavours: Vec<String> = value("--flavours")
-            .map(|l| l.split(',').map(str::to_string).collect())
-            .unwrap_or_else(|| vec!["kata".into(), "minimal".into()]);
-        let flavours: Vec<&str> = flavours.iter().map(String::as_str).collect();
+        let flavours: Vec<&str> = if args.flavours.is_empty() {
+            vec!["kata", "minimal"]
+        } else {
+            args.flavours.iter().map(String::as_str).collect()
+        };
         let mut configs = all_configs(&flavours);
-        if let Some(list) = value("--configs") {
+        if !args.configs.is_empty() {
             // MACHINE/KIND/FORMAT, e.g. q35/dax/vmlinux: only these.
-            let wanted: Vec<&str> = list.split(',').collect();
             configs.retain(|c| {
-                wanted.contains(&format!("{}/{}/{}", c.machine, c.kind, c.kernel_format).as_str())
+                args.configs
+                    .contains(&format!("{}/{}/{}", c.machine, c.kind, c.kernel_format))
             });
-            if configs.is_empty() {
-                return Err(format!(
-                    "--configs {list}: no configuration matches (MACHINE/KIND/FORMAT: \
-                     q35/dax/vmlinux, q35/initrd/vmlinux, microvm/initrd/vmlinux, q35/dax/bzImage)"
-                ));
-            }
         }
         Plan {
             systems,
             configs,
             health_check: |c| c.machine == "q35" && c.kind == "dax" && c.kernel_format == "vmlinux",
-            out: value("--out")
-                .map(PathBuf::from)
+            out: args
+                .out
+                .clone()
                 .unwrap_or_else(|| root().join("docs/bench")),
-            docs: value("--out").is_none(),
-            time_daemons: !args.iter().any(|a| a == "--no-time"),
-            real_agent: (!args.iter().any(|a| a == "--no-real")).then_some(("kata", 3)),
+            docs: args.out.is_none(),
+            time_daemons: !args.no_time,
+            real_agent: (!args.no_real).then_some(("kata", 3)),
         }
     };
     let results = run_plan(&plan)?;

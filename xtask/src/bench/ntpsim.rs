@@ -20,10 +20,8 @@ use crate::util::{root, Result};
 /// The paths the test writes, in table order.
 const PATHS: [&str; 2] = ["lan", "wan"];
 
-pub fn main(args: &[String]) -> Result<()> {
-    let out = crate::util::arg_value(args, "--out")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("docs/bench"));
+pub fn main(out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| root().join("docs/bench"));
     let docs = out == root().join("docs/bench");
     let scratch = root().join("target/ntp-sim");
     // Figures of an earlier run must not pass for this one's.

@@ -336,15 +336,11 @@ pub fn markdown(r: &Pid1Results) -> String {
     s
 }
 
-pub fn main(args: &[String]) -> Result<()> {
-    let value = |k: &str| crate::util::arg_value(args, k);
-    let rounds: usize = crate::util::arg_number(args, "--rounds", 30)?;
+pub fn main(rounds: usize, out: Option<PathBuf>) -> Result<()> {
     if rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
-    let out = value("--out")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("docs/bench"));
+    let out = out.unwrap_or_else(|| root().join("docs/bench"));
     let bin = crate::build()?;
     let root_dir = make_root(&bin)?;
     let vs = variants();

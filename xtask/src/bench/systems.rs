@@ -60,6 +60,11 @@ impl System {
         }
     }
 
+    /// Every system's name, for the command line.
+    pub fn names() -> [&'static str; 5] {
+        Self::ALL.map(System::name)
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
         Self::ALL
             .into_iter()
