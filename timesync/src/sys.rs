@@ -1,12 +1,13 @@
 //! The system calls rustix has no wrapper for: the PTP and RTC ioctls,
-//! `clock_adjtime`, and the `fork` and `close` of the device opener. Every `unsafe` block of timesync lives in this module,
-//! each with its SAFETY argument.
+//! `clock_adjtime`, and the `fork` and `close` of the device opener. Every
+//! `unsafe` block of timesync lives in this module, each with its SAFETY
+//! argument.
 //!
 //! Kernel ABI structures are written out here with `#[repr(C)]` exactly as in
 //! `linux/ptp_clock.h` and `linux/rtc.h` (checked by const assertions on
-//! their sizes and field offsets, and in the tests against libc's copies);
-//! ioctl request numbers are computed from them with the asm-generic
-//! `_IOR`/`_IOW`/`_IOWR` encoding x86_64 uses.
+//! their sizes and field offsets, and against libc's copies); the PTP
+//! request numbers are libc's, and `RTC_RD_TIME`, which libc lacks, is
+//! computed with the asm-generic `_IOR` encoding x86_64 uses.
 //!
 //! `clock_adjtime` is reached only through four narrow functions:
 //! [`adjtime_read`] always passes `modes = 0` (a read-only query, which
@@ -32,7 +33,6 @@ const IOC_NRSHIFT: u32 = 0;
 const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
 const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
 const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
-const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 
 /// `_IOC(dir, type, nr, size)`.
@@ -49,25 +49,11 @@ pub const fn ior(ty: u8, nr: u8, size: usize) -> u32 {
     ioc(IOC_READ, ty, nr, size)
 }
 
-/// `_IOW(type, nr, T)`: the kernel reads a `T` (it may still write it back,
-/// as `PTP_SYS_OFFSET` does).
-pub const fn iow(ty: u8, nr: u8, size: usize) -> u32 {
-    ioc(IOC_WRITE, ty, nr, size)
-}
-
-/// `_IOWR(type, nr, T)`.
-pub const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
-    ioc(IOC_READ | IOC_WRITE, ty, nr, size)
-}
-
 // ---------------------------------------------------------------------------
 // linux/ptp_clock.h
 
 /// `PTP_MAX_SAMPLES`: most readings one offset ioctl takes.
 pub const PTP_MAX_SAMPLES: usize = 25;
-
-/// `PTP_CLK_MAGIC`.
-const PTP_CLK_MAGIC: u8 = b'=';
 
 /// `struct ptp_clock_time`.
 #[repr(C)]
@@ -139,12 +125,23 @@ const _: () = {
     assert!(offset_of!(PtpSysOffsetPrecise, rsv) == 48);
 };
 
+// The request numbers are libc's (which encodes them from its own
+// definitions of the structures); ours must be the same size, which the
+// numbers encode, and lay out as the kernel's header (asserted above).
+const _: () = {
+    assert!(PTP_MAX_SAMPLES == libc::PTP_MAX_SAMPLES as usize);
+    assert!(size_of::<PtpClockTime>() == size_of::<libc::ptp_clock_time>());
+    assert!(size_of::<PtpSysOffset>() == size_of::<libc::ptp_sys_offset>());
+    assert!(size_of::<PtpSysOffsetExtended>() == size_of::<libc::ptp_sys_offset_extended>());
+    assert!(size_of::<PtpSysOffsetPrecise>() == size_of::<libc::ptp_sys_offset_precise>());
+};
+
 /// `_IOW('=', 5, struct ptp_sys_offset)`.
-pub const PTP_SYS_OFFSET: u32 = iow(PTP_CLK_MAGIC, 5, size_of::<PtpSysOffset>());
+pub const PTP_SYS_OFFSET: u32 = libc::PTP_SYS_OFFSET as u32;
 /// `_IOWR('=', 8, struct ptp_sys_offset_precise)`.
-pub const PTP_SYS_OFFSET_PRECISE: u32 = iowr(PTP_CLK_MAGIC, 8, size_of::<PtpSysOffsetPrecise>());
+pub const PTP_SYS_OFFSET_PRECISE: u32 = libc::PTP_SYS_OFFSET_PRECISE as u32;
 /// `_IOWR('=', 9, struct ptp_sys_offset_extended)`.
-pub const PTP_SYS_OFFSET_EXTENDED: u32 = iowr(PTP_CLK_MAGIC, 9, size_of::<PtpSysOffsetExtended>());
+pub const PTP_SYS_OFFSET_EXTENDED: u32 = libc::PTP_SYS_OFFSET_EXTENDED as u32;
 
 // ---------------------------------------------------------------------------
 // linux/rtc.h
@@ -172,7 +169,7 @@ const _: () = {
     assert!(offset_of!(RtcTime, tm_isdst) == 32);
 };
 
-/// `_IOR('p', 0x09, struct rtc_time)`.
+/// `_IOR('p', 0x09, struct rtc_time)` (libc does not define it).
 pub const RTC_RD_TIME: u32 = ior(b'p', 0x09, size_of::<RtcTime>());
 
 // ---------------------------------------------------------------------------
@@ -420,39 +417,10 @@ pub fn adjtime_set_status(
 mod tests {
     use super::*;
 
-    /// The request numbers, worked out by hand from the headers:
+    /// The request numbers (libc's for PTP), worked out by hand from the
+    /// headers:
     /// dir << 30 | size << 16 | type << 8 | nr, with '=' = 0x3d, 'p' = 0x70,
     /// _IOW = 1, _IOR = 2, _IOWR = 3.
-    #[test]
-    fn ioctl_numbers_match_the_headers() {
-        // _IOW('=', 5, 832 = 0x340)
-        assert_eq!(PTP_SYS_OFFSET, 0x4340_3d05);
-        // _IOWR('=', 8, 64 = 0x40)
-        assert_eq!(PTP_SYS_OFFSET_PRECISE, 0xc040_3d08);
-        // _IOWR('=', 9, 1216 = 0x4c0)
-        assert_eq!(PTP_SYS_OFFSET_EXTENDED, 0xc4c0_3d09);
-        // _IOR('p', 0x09, 36 = 0x24)
-        assert_eq!(RTC_RD_TIME, 0x8024_7009);
-        // The encoder itself, on well-known requests: RTC_UIE_ON = _IO('p',
-        // 0x03) and PTP_CLOCK_GETCAPS = _IOR('=', 1, 80 bytes).
-        assert_eq!(ioc(0, b'p', 0x03, 0), 0x7003);
-        assert_eq!(ior(b'=', 1, 80), 0x8050_3d01);
-    }
-
-    #[test]
-    fn ioctl_numbers_match_libc() {
-        assert_eq!(libc::Ioctl::from(PTP_SYS_OFFSET), libc::PTP_SYS_OFFSET);
-        assert_eq!(
-            libc::Ioctl::from(PTP_SYS_OFFSET_PRECISE),
-            libc::PTP_SYS_OFFSET_PRECISE
-        );
-        assert_eq!(
-            libc::Ioctl::from(PTP_SYS_OFFSET_EXTENDED),
-            libc::PTP_SYS_OFFSET_EXTENDED
-        );
-        assert_eq!(PTP_MAX_SAMPLES, libc::PTP_MAX_SAMPLES as usize);
-    }
-
     #[test]
     fn structs_match_libc() {
         assert_eq!(size_of::<PtpClockTime>(), size_of::<libc::ptp_clock_time>());
@@ -475,6 +443,22 @@ mod tests {
         );
         // struct timex on x86_64: the layout clock_adjtime expects.
         assert_eq!(size_of::<libc::timex>(), 208);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_headers() {
+        // _IOW('=', 5, 832 = 0x340)
+        assert_eq!(PTP_SYS_OFFSET, 0x4340_3d05);
+        // _IOWR('=', 8, 64 = 0x40)
+        assert_eq!(PTP_SYS_OFFSET_PRECISE, 0xc040_3d08);
+        // _IOWR('=', 9, 1216 = 0x4c0)
+        assert_eq!(PTP_SYS_OFFSET_EXTENDED, 0xc4c0_3d09);
+        // _IOR('p', 0x09, 36 = 0x24)
+        assert_eq!(RTC_RD_TIME, 0x8024_7009);
+        // The encoder itself, on well-known requests: RTC_UIE_ON = _IO('p',
+        // 0x03) and PTP_CLOCK_GETCAPS = _IOR('=', 1, 80 bytes).
+        assert_eq!(ioc(0, b'p', 0x03, 0), 0x7003);
+        assert_eq!(ior(b'=', 1, 80), 0x8050_3d01);
     }
 
     #[test]
