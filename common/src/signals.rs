@@ -2,8 +2,8 @@
 //!
 //! The signals are blocked with `pthread_sigmask` and collected with
 //! `sigtimedwait`, so no handler ever runs and nothing async-signal-unsafe can
-//! happen. rustix offers neither call outside its `runtime` feature, so this
-//! is the crate's only `unsafe` and its only use of libc.
+//! happen. rustix offers neither call outside its `runtime` feature, so
+//! they come from libc (as `startup.rs`'s start-up calls do).
 //!
 //! The mask is per thread: [`BlockedSignals::block`] must run on the main
 //! thread before any other thread exists (agent-shim and timesync have no

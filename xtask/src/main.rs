@@ -16,6 +16,8 @@ mod cli;
 mod container;
 mod demo;
 mod dist;
+#[cfg(test)]
+mod docs_check;
 mod elf;
 mod fuzz;
 mod image;
