@@ -137,12 +137,13 @@ pub fn kill_all(sig: i32) -> io::Result<()> {
 }
 
 /// When the kernel found no /dev/console for init (an initrd without it),
-/// std's start-up put /dev/null on fds 0-2; once devtmpfs is mounted, point
-/// those at the console instead.
+/// `minos_common::startup::c_main_prelude` (the first thing init's entry
+/// runs; std's own start-up does not run) put /dev/null on fds 0-2; once
+/// devtmpfs is mounted, point those at the console instead.
 pub fn console_on_stdio() {
     use std::os::fd::AsRawFd;
     let is_null = |fd: i32| {
-        // SAFETY: fds 0-2 are open (std's start-up guarantees it) and are
+        // SAFETY: fds 0-2 are open (c_main_prelude guarantees it) and are
         // only borrowed for the fstat call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         rustix::fs::fstat(fd).is_ok_and(|st| {
@@ -162,7 +163,7 @@ pub fn console_on_stdio() {
         return;
     };
     for fd in 0..3 {
-        // SAFETY: dup2 onto fds 0-2, which std owns as process-wide stdio;
+        // SAFETY: dup2 onto fds 0-2, which std uses as process-wide stdio;
         // the new description replaces /dev/null and `console` stays open
         // for the call. dup2 clears FD_CLOEXEC on the copy.
         unsafe { libc::dup2(console.as_raw_fd(), fd) };

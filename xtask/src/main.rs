@@ -3,7 +3,7 @@
 //! - `cargo xtask build`  static release binaries, checked static, sizes printed
 //! - `cargo xtask dist`   the release tarball, its SHA256SUMS and install.sh
 //! - `cargo xtask test`   what CI runs: packages, fmt, clippy, every test, budgets
-//! - `cargo xtask demo`   build, then boot the mini-OS (container mode for now)
+//! - `cargo xtask demo`   build, then boot the mini-OS in QEMU (`--container`: as a container)
 //! - `cargo xtask spec`   measure init's size and RSS (docs/SPECIFICATION.md)
 //! - `cargo xtask kernel` build (or take from the cache) the guest kernel flavours
 //! - `cargo xtask bench`  boot benchmarks against other guest userlands (docs/BENCHMARKS.md)
