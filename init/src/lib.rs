@@ -11,7 +11,11 @@
         clippy::panic
     )
 )]
+// `unsafe` only where docs/ARCHITECTURE.md's table says (checked by xtask's
+// docs_check test): these modules allow it, every other denies it.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 pub mod arena;
 pub mod boot;
 pub mod cgroup;
@@ -22,13 +26,16 @@ pub mod control;
 pub mod fstab;
 pub mod generators;
 pub mod load;
+#[allow(unsafe_code)]
 pub mod logger;
 pub mod mounts;
 pub mod names;
 pub mod search;
 pub mod socket;
+#[allow(unsafe_code)]
 pub mod spawn;
 pub mod supervisor;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod systemctl;
 pub mod timeline;

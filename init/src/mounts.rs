@@ -641,6 +641,7 @@ garbage line
 
     /// Runs `f` on a thread of its own in a private mount namespace (the
     /// host's mounts are never touched); `None` when not root.
+    #[allow(unsafe_code)]
     fn in_private_mount_namespace<T: Send + 'static>(f: fn(&str) -> T) -> Option<T> {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: mounting needs root");
