@@ -619,6 +619,8 @@ fn same_endpoint(from: SocketAddr, server: SocketAddr) -> bool {
 /// forged or stale); a Kiss-o'-Death that echoes our nonce ends the wait.
 pub fn measure_once(addr: SocketAddr, timeout: Duration) -> Result<Measurement, NtpError> {
     let socket = client_socket(addr)?;
+    // Timed as the daemon's replies are: by the kernel where it can.
+    enable_kernel_timestamps(&socket);
     let deadline = Instant::now().checked_add(timeout);
     let mut request = Request::new(crate::config::DEFAULT_MINPOLL, 0.0)
         .map_err(|source| NtpError::Send { addr, source })?;
@@ -640,12 +642,31 @@ pub fn measure_once(addr: SocketAddr, timeout: Duration) -> Result<Measurement, 
                 last_rejection,
             });
         }
-        socket
-            .set_read_timeout(Some(remaining))
-            .map_err(|source| NtpError::Receive { addr, source })?;
-        match socket.recv_from(&mut buffer) {
-            Ok((len, from)) => {
-                let (realtime, monotonic) = (SystemTime::now(), monotonic_now());
+        let wait = rustix::time::Timespec {
+            tv_sec: i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(remaining.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &socket,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&wait)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(err) => {
+                return Err(NtpError::Receive {
+                    addr,
+                    source: err.into(),
+                })
+            }
+        }
+        match receive(&socket, &mut buffer) {
+            Ok(Received {
+                len,
+                from,
+                realtime,
+                monotonic,
+                ..
+            }) => {
                 if !same_endpoint(from, addr) {
                     last_rejection = Some(Rejection::WrongSource);
                     continue;
