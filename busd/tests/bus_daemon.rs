@@ -66,11 +66,17 @@ fn bus_daemon_mode() {
         );
         return;
     };
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "bus_daemon_mode needs root (systemd1 methods answer root only): run the tests as root, \
-         as `cargo xtask test` and CI do"
-    );
+    if !rustix::process::geteuid().is_root() {
+        // Skipped in the fast tier (`cargo test`); `cargo xtask test` sets
+        // MINOS_REQUIRE_ROOT so that CI can never skip it.
+        assert!(
+            std::env::var_os("MINOS_REQUIRE_ROOT").is_none(),
+            "bus_daemon_mode needs root (systemd1 methods answer root only): run the tests as \
+             root, as `cargo xtask test` and CI do"
+        );
+        println!("SKIPPED bus_daemon_mode: needs root; `cargo xtask test` runs it");
+        return;
+    }
     let dir = tempfile::Builder::new()
         .prefix("busd-bus-it")
         .tempdir()

@@ -118,6 +118,9 @@ fn test() -> Result<()> {
     })?;
     // The integration tests run the real binaries: build them first.
     util::step("build (dev)", || cargo(&["build", "--workspace", "--bins"]))?;
+    // Tests that need root skip themselves in the fast tier (`cargo test`
+    // as a user); here they must run, and fail if they cannot.
+    std::env::set_var("MINOS_REQUIRE_ROOT", "1");
     util::step("tests", || cargo(&["test", "--workspace"]))?;
     util::step("fuzz corpora replay", fuzz::smoke)?;
     util::step("release build", || build().map(|_| ()))?;
