@@ -39,10 +39,9 @@ pub fn notify_socket(path: &Path) -> io::Result<OwnedFd> {
     // World-writable, as systemd's: a unit running as another user must be
     // able to send READY=1; the sender's pid (SCM_CREDENTIALS) is what init
     // trusts.
-    let old = rustix::process::umask(rustix::fs::Mode::empty());
-    let bound = SocketAddrUnix::new(path).and_then(|a| rustix::net::bind(&fd, &a));
-    rustix::process::umask(old);
-    bound?;
+    // chmod after bind, not a umask around it (the umask is process-wide).
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o777))?;
     Ok(fd)
 }
 
@@ -78,10 +77,12 @@ pub fn control_socket(path: &Path) -> io::Result<OwnedFd> {
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = rustix::net::bind(&fd, &SocketAddrUnix::new(path)?);
-    rustix::process::umask(old);
-    bound?;
+    // chmod after bind rather than a umask around it: the umask is the
+    // process's, and would change what other threads create meanwhile (the
+    // tests'). Until the chmod a peer could connect; SO_PEERCRED still
+    // refuses any uid but 0.
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o600))?;
     // Room for every client served and as many again waiting: beyond it
     // connect(2) waits in the client, never in init.
     rustix::net::listen(&fd, (2 * MAX_CLIENTS) as i32)?;
