@@ -147,6 +147,8 @@ pub(crate) fn power(kind: PowerKind, forces: usize) -> i32 {
 }
 
 /// `init status --json`: the `units` answer as JSON.
+#[inline(never)]
+#[cold]
 fn status_json() -> i32 {
     let text = match control::request(Path::new(CONTROL_SOCKET), "units") {
         Ok(text) if !text.starts_with("error:") => text,

@@ -249,7 +249,11 @@ impl Args {
     }
 }
 
-/// `systemctl ARGS`; returns the exit status.
+/// `systemctl ARGS`; returns the exit status. Never inlined: `cli::main`
+/// runs on PID 1's boot path, whose code is laid out in first-run order
+/// (docs/conventions.md), and should not carry the client's code with it.
+#[inline(never)]
+#[cold]
 pub fn main(args: &[String]) -> i32 {
     let a = match Args::parse(args) {
         Ok(a) => a,
