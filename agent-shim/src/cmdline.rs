@@ -13,8 +13,9 @@
 //! - `agent.bench[=BOOL]`: as `--bench`.
 //!
 //! A boolean key alone means true, as kata-agent's flags
-//! (`agent.debug_console`) do; with a value it is `1`, `y`, `yes`, `true`,
-//! `on` or `0`, `n`, `no`, `false`, `off` (any case).
+//! (`agent.debug_console`) do; with a value it is `1`, `y`, `yes`, `t`,
+//! `true`, `on` or `0`, `n`, `no`, `f`, `false`, `off` (any case: the one
+//! grammar of `minos_common::cmdline`, which also splits the line).
 //!
 //! As in the kernel's own parameter names, `-` and `_` in a key are the same
 //! (`agent.exit-after` works too). A repeated key: the last valid value wins,
@@ -38,6 +39,8 @@ use std::path::{Path, PathBuf};
 use crate::address::{Address, AddressError};
 use crate::args::{Options, Timer};
 use crate::duration::{parse_duration, DurationError};
+use minos_common::cmdline::flag as bool_value;
+pub use minos_common::cmdline::{key_is, params, Param};
 
 /// The normal place of the kernel command line.
 pub const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -88,7 +91,7 @@ pub enum CmdlineError {
     },
     #[error(
         "ignoring `{word}` on the kernel command line: not a boolean \
-         (use 1, y, yes, true, on, 0, n, no, false or off)"
+         (use 1, y, yes, t, true, on, 0, n, no, f, false or off)"
     )]
     InvalidBool { word: String },
     #[error(
@@ -99,99 +102,6 @@ pub enum CmdlineError {
         exit_after: String,
         fail_after: String,
     },
-}
-
-/// One `key[=value]` parameter of the kernel command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Param<'a> {
-    /// The word as written, quotes included, for messages.
-    pub word: &'a str,
-    pub key: &'a str,
-    /// `None` without `=`; quotes around the value removed.
-    pub value: Option<&'a str>,
-}
-
-/// The kernel's `isspace` (lib/ctype.c) for ASCII.
-fn is_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
-}
-
-/// Splits a kernel command line into parameters as the kernel's `next_arg`
-/// (lib/cmdline.c) does: words end at whitespace outside double quotes;
-/// a word that starts with a quote (`"key=a b"`) or a value that does
-/// (`key="a b"`) loses that quote and a closing quote at the end of the
-/// word. Other quotes stay in the text.
-pub fn params(text: &str) -> Vec<Param<'_>> {
-    let mut params = Vec::new();
-    let mut rest = text.trim_start_matches(is_space);
-    while !rest.is_empty() {
-        let (quoted, body) = match rest.strip_prefix('"') {
-            Some(body) => (true, body),
-            None => (false, rest),
-        };
-        let mut in_quote = quoted;
-        let mut equals = None;
-        let mut end = body.len();
-        for (i, c) in body.char_indices() {
-            if is_space(c) && !in_quote {
-                end = i;
-                break;
-            }
-            if c == '=' && equals.is_none() {
-                equals = Some(i);
-            }
-            if c == '"' {
-                in_quote = !in_quote;
-            }
-        }
-        let (raw, after) = body.split_at(end);
-        let word = &rest[..rest.len() - after.len()];
-        rest = after.trim_start_matches(is_space);
-
-        let value_quoted = equals.is_some_and(|i| raw[i + 1..].starts_with('"'));
-        let raw = if quoted || value_quoted {
-            raw.strip_suffix('"').unwrap_or(raw)
-        } else {
-            raw
-        };
-        // The closing quote may have been the only character after `=`
-        // (`key="`), so `equals` can now be past the end.
-        let (key, value) = match equals {
-            Some(i) => {
-                let value = raw.get(i + 1..).unwrap_or("");
-                let value = if value_quoted {
-                    value.strip_prefix('"').unwrap_or(value)
-                } else {
-                    value
-                };
-                (&raw[..i], Some(value))
-            }
-            None => (raw, None),
-        };
-        params.push(Param { word, key, value });
-    }
-    params
-}
-
-/// The kernel treats `-` and `_` in parameter names as the same (`parameq`).
-fn key_is(key: &str, name: &str) -> bool {
-    key.len() == name.len()
-        && key
-            .chars()
-            .zip(name.chars())
-            .all(|(a, b)| a == b || (matches!(a, '-' | '_') && matches!(b, '-' | '_')))
-}
-
-/// A boolean key's value: none (the key alone) is true.
-fn parse_bool(value: Option<&str>) -> Option<bool> {
-    let Some(value) = value else {
-        return Some(true);
-    };
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "y" | "yes" | "true" | "on" => Some(true),
-        "0" | "n" | "no" | "false" | "off" => Some(false),
-        _ => None,
-    }
 }
 
 /// Reads the shim's keys from the text of `/proc/cmdline`; returns what
@@ -216,7 +126,7 @@ pub fn parse_cmdline(text: &str) -> (KernelOptions, Vec<CmdlineError>) {
             None
         };
         if let Some(flag) = flag {
-            match parse_bool(param.value) {
+            match bool_value(param.value) {
                 Some(on) => *flag = on,
                 None => errors.push(CmdlineError::InvalidBool {
                     word: param.word.to_owned(),
@@ -330,50 +240,6 @@ mod tests {
             .map(|e| crate::Report(e).to_string())
             .collect();
         (options.timer, errors)
-    }
-
-    fn kv<'a>(params: &[Param<'a>]) -> Vec<(&'a str, Option<&'a str>)> {
-        params.iter().map(|p| (p.key, p.value)).collect()
-    }
-
-    #[test]
-    fn splits_on_whitespace() {
-        let params = params(" a=1\tb  c=\n\nd=x=y \n");
-        assert_eq!(
-            kv(&params),
-            [
-                ("a", Some("1")),
-                ("b", None),
-                ("c", Some("")),
-                ("d", Some("x=y"))
-            ]
-        );
-        assert_eq!(params[3].word, "d=x=y");
-        assert!(super::params("").is_empty());
-        assert!(super::params(" \n").is_empty());
-    }
-
-    #[test]
-    fn quotes_group_like_the_kernel() {
-        let params = params(r#"a="x y" "b=u v" c=p"q r"s "d" e=""#);
-        assert_eq!(
-            kv(&params),
-            [
-                ("a", Some("x y")),
-                ("b", Some("u v")),
-                // A quote inside a value groups but stays in the text.
-                ("c", Some(r#"p"q r"s"#)),
-                ("d", None),
-                ("e", Some("")),
-            ]
-        );
-        assert_eq!(params[0].word, r#"a="x y""#);
-        assert_eq!(params[1].word, r#""b=u v""#);
-        // An unterminated quote runs to the end of the line.
-        assert_eq!(
-            kv(&super::params("a=\"x y\nb=1")),
-            [("a", Some("x y\nb=1"))]
-        );
     }
 
     #[test]
@@ -597,10 +463,10 @@ mod tests {
                 (false, true),
                 vec![
                     "ignoring `agent.strict=maybe` on the kernel command line: not a boolean \
-                     (use 1, y, yes, true, on, 0, n, no, false or off)"
+                     (use 1, y, yes, t, true, on, 0, n, no, f, false or off)"
                         .to_owned(),
                     "ignoring `agent.self_check=` on the kernel command line: not a boolean \
-                     (use 1, y, yes, true, on, 0, n, no, false or off)"
+                     (use 1, y, yes, t, true, on, 0, n, no, f, false or off)"
                         .to_owned(),
                 ]
             )

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod args;
+pub mod cmdline;
 pub mod logging;
 pub mod notify;
 mod report;

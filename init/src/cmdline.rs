@@ -97,80 +97,24 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Splits the command line into words as the kernel does: whitespace
-/// separates, double quotes group (`key="a b"` → `key=a b`).
-pub fn words(text: &str) -> Vec<Cow<'_, str>> {
-    // Borrows each word without quotes (nearly all) and copies only quoted
-    // ones, by runs, byte by byte over ASCII (a char is decoded only where a
-    // byte is not ASCII): this runs in PID 1's first milliseconds, where an
-    // allocation per word was half of the parse.
-    let bytes = text.as_bytes();
-    // About one word per 16 bytes on Kata's lines: no regrowth.
-    let mut out = Vec::with_capacity(text.len() / 16 + 1);
-    // The word so far, once it has had a quote.
-    let mut quoted: Option<String> = None;
-    let mut in_quotes = false;
-    let mut have = false;
-    // Where the current unquoted run starts (the word, while unquoted).
-    let mut run = 0;
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let (space, len) = if b.is_ascii() {
-            (b.is_ascii_whitespace() || b == 0x0b, 1)
-        } else {
-            let c = text.get(i..).and_then(|t| t.chars().next());
-            (
-                c.is_some_and(char::is_whitespace),
-                c.map_or(1, char::len_utf8),
-            )
-        };
-        if b == b'"' {
-            let piece = text.get(run..i).unwrap_or_default();
-            quoted.get_or_insert_with(String::new).push_str(piece);
-            run = i + 1;
-            in_quotes = !in_quotes;
-            have = true;
-        } else if space && !in_quotes {
-            if have {
-                out.push(word_at(text, &mut quoted, run, i));
-                have = false;
-            }
-            run = i + len;
-        } else {
-            have = true;
-        }
-        i += len;
-    }
-    if have {
-        out.push(word_at(text, &mut quoted, run, bytes.len()));
-    }
-    out
-}
-
-/// The word ending at `end`: the unquoted run `run..end`, after what
-/// `quoted` holds when the word had quotes.
-fn word_at<'t>(text: &'t str, quoted: &mut Option<String>, run: usize, end: usize) -> Cow<'t, str> {
-    let piece = text.get(run..end).unwrap_or_default();
-    match quoted.take() {
-        Some(mut w) => {
-            w.push_str(piece);
-            Cow::Owned(w)
-        }
-        None => Cow::Borrowed(piece),
-    }
-}
-
 /// Parses the command line. Unknown keys are never an error.
 pub fn parse(text: &str) -> (BootConfig, Vec<Problem>) {
     let mut cfg = BootConfig::default();
     let mut problems = Vec::new();
     let mut systemd_level = None;
     let mut debug = false;
-    for word in words(text) {
-        let (key, value) = match word.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (&*word, None),
-        };
+    // Split as the kernel splits it (quotes, `-`/`_`), by the one splitter
+    // init, agent-shim and timesync share.
+    for param in minos_common::cmdline::params(text) {
+        let (word, key) = (param.word, param.key);
+        // systemd unquotes the whole word (`systemd.setenv=FOO="a b"` is
+        // FOO=a b), where the kernel leaves quotes inside a value: init
+        // reads systemd's keys as systemd does.
+        let value: Option<Cow<'_, str>> = param.value.map(|v| match v.contains('"') {
+            true => Cow::Owned(v.replace('"', "")),
+            false => Cow::Borrowed(v),
+        });
+        let value = value.as_deref();
         // Most words are the kernel's own: skip them before any matching
         // (init's first milliseconds are the agent's start time).
         if !(key.starts_with("init.")
@@ -187,7 +131,7 @@ pub fn parse(text: &str) -> (BootConfig, Vec<Problem>) {
         };
         let mut bad = |message: String| {
             problems.push(Problem {
-                word: word.to_string(),
+                word: word.to_owned(),
                 message,
             })
         };
@@ -390,51 +334,10 @@ mod tests {
         assert_eq!(problems[0].word, "systemd.setenv=1X=2");
     }
 
-    #[test]
-    fn words_split_like_the_kernel() {
-        assert_eq!(words("  a  b=\"c d\" \"e\"  "), vec!["a", "b=c d", "e"]);
-        assert_eq!(words(""), Vec::<String>::new());
-        assert_eq!(words("x=\"\""), vec!["x="]);
-    }
-
-    /// The splitting rule written the obvious way, char by char.
-    fn words_reference(text: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        let (mut in_quotes, mut have) = (false, false);
-        for c in text.chars() {
-            match c {
-                '"' => {
-                    in_quotes = !in_quotes;
-                    have = true;
-                }
-                c if c.is_whitespace() && !in_quotes => {
-                    if have {
-                        out.push(std::mem::take(&mut cur));
-                        have = false;
-                    }
-                }
-                c => {
-                    cur.push(c);
-                    have = true;
-                }
-            }
-        }
-        if have {
-            out.push(cur);
-        }
-        out
-    }
-
     proptest! {
         #[test]
         fn never_panics(s in ".{0,400}") {
             let _ = parse(&s);
-        }
-
-        #[test]
-        fn words_match_the_char_by_char_rule(s in "([a-z=\".]|[ \t\n\r\u{b}\u{c}]|\u{a0}|\u{2003}|é){0,60}") {
-            prop_assert_eq!(words(&s), words_reference(&s).into_iter().map(Cow::<str>::Owned).collect::<Vec<_>>());
         }
 
         #[test]

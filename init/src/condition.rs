@@ -29,22 +29,20 @@ fn command_line(mode: Mode) -> String {
 /// systemd's rule: `KEY=VALUE` matches that word; `KEY` matches the word
 /// `KEY` or any `KEY=…`.
 pub fn command_line_has(line: &str, word: &str) -> bool {
-    line.split_whitespace().any(|w| {
-        w == word
-            || (!word.contains('=')
-                && w.strip_prefix(word)
-                    .is_some_and(|rest| rest.starts_with('=')))
-    })
+    let (key, value) = match word.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (word, None),
+    };
+    minos_common::cmdline::params(line)
+        .iter()
+        .any(|p| minos_common::cmdline::key_is(p.key, key) && (value.is_none() || p.value == value))
 }
 
 /// `vm` holds in a VM, `container` in a container, a true boolean in both
 /// (init always runs virtualised); a false boolean, and a technology's name
 /// (`kvm`, `docker` …, which init does not detect), in neither.
 pub fn virtualization_is(what: &str, mode: Mode) -> bool {
-    let yes = matches!(
-        what.to_ascii_lowercase().as_str(),
-        "1" | "yes" | "y" | "true" | "t" | "on"
-    );
+    let yes = minos_common::cmdline::parse_bool(what) == Some(true);
     match what {
         "vm" => mode == Mode::Vm,
         "container" => mode == Mode::Container,

@@ -2418,12 +2418,9 @@ fn time_unit_ns(unit: &str) -> Option<u128> {
 
 /// systemd booleans: `1`/`yes`/`y`/`true`/`t`/`on` and
 /// `0`/`no`/`n`/`false`/`f`/`off`, case-insensitive.
+/// (`minos_common::cmdline`'s grammar, the one the command lines use too.)
 pub fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim_matches(is_ws).to_ascii_lowercase().as_str() {
-        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
-        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
-        _ => None,
-    }
+    minos_common::cmdline::parse_bool(s.trim_matches(is_ws))
 }
 
 /// Standard signal names of Linux on x86_64, by number (index = number - 1).

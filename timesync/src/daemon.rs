@@ -1055,17 +1055,22 @@ pub struct CmdlineKeys {
 /// are reported and ignored.
 pub fn parse_cmdline(text: &str) -> CmdlineKeys {
     let mut keys = CmdlineKeys::default();
-    for word in text.split_whitespace() {
-        let Some(rest) = word.strip_prefix("timesync.") else {
+    for param in minos_common::cmdline::params(text) {
+        let word = param.word;
+        let Some(rest) = param.key.strip_prefix("timesync.") else {
             continue;
         };
-        let (key, value) = match rest.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (rest, None),
-        };
-        match (key, value) {
-            ("observe", None | Some("1" | "yes" | "true" | "on")) => keys.observe = true,
-            ("observe", Some("0" | "no" | "false" | "off")) => keys.observe = false,
+        // The kernel's rule: `-` and `_` are the same in a key.
+        let key = rest.replace('-', "_");
+        let value = param.value;
+        match (key.as_str(), value) {
+            ("observe", v) => match minos_common::cmdline::flag(v) {
+                Some(on) => keys.observe = on,
+                None => log::warn!(
+                    "kernel command line: `{word}`: not a boolean (1, yes, on, 0, no, off …), \
+                     ignored"
+                ),
+            },
             ("config", Some(path)) if path.starts_with('/') => keys.config = Some(path.into()),
             ("server", Some(host)) if !host.is_empty() => keys.servers.push(NtpSource {
                 line: 0,
@@ -1112,6 +1117,15 @@ mod tests {
         assert_eq!(hosts, ["10.0.0.1", "ntp.example"]);
         assert!(keys.servers.iter().all(|s| s.iburst && s.port == 123));
         assert_eq!(parse_cmdline("timesync.observe=0"), CmdlineKeys::default());
+        // The kernel's splitting and the one boolean grammar.
+        assert!(parse_cmdline("timesync.observe=Y").observe);
+        assert!(!parse_cmdline("timesync.observe timesync.observe=off").observe);
+        assert!(parse_cmdline("timesync.observe=maybe").observe == CmdlineKeys::default().observe);
+        assert_eq!(
+            parse_cmdline("\"timesync.config=/etc/t s.conf\"").config,
+            Some(PathBuf::from("/etc/t s.conf"))
+        );
+        assert_eq!(parse_cmdline("timesync.max-step=5").max_step, Some(5.0));
         assert_eq!(parse_cmdline(""), CmdlineKeys::default());
         assert_eq!(
             parse_cmdline("timesync.max_step=3600").max_step,
