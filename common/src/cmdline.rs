@@ -76,6 +76,7 @@ pub fn params(text: &str) -> Vec<Param<'_>> {
 }
 
 /// The kernel treats `-` and `_` in parameter names as the same (`parameq`).
+#[inline]
 pub fn key_is(key: &str, name: &str) -> bool {
     key.len() == name.len()
         && key
@@ -86,6 +87,7 @@ pub fn key_is(key: &str, name: &str) -> bool {
 
 /// A boolean: systemd's (and kata-agent's) words `1`, `yes`, `y`, `true`,
 /// `t`, `on` and `0`, `no`, `n`, `false`, `f`, `off`, in any case.
+#[inline]
 pub fn parse_bool(value: &str) -> Option<bool> {
     let value = value.trim_matches(|c: char| c.is_ascii_whitespace());
     let is = |words: [&str; 6]| words.iter().any(|w| value.eq_ignore_ascii_case(w));
@@ -100,6 +102,7 @@ pub fn parse_bool(value: &str) -> Option<bool> {
 
 /// A boolean key's value on the kernel command line: the key alone is
 /// true (as kata-agent's flags and systemd's `systemd.*` booleans take it).
+#[inline]
 pub fn flag(value: Option<&str>) -> Option<bool> {
     value.map_or(Some(true), parse_bool)
 }
