@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod cmdline;
+pub mod json;
 pub mod logging;
 pub mod notify;
 mod report;

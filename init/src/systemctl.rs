@@ -126,7 +126,10 @@ impl Units {
     /// `init status --json`: `{"system": STATE, "units": [{PROPERTY: value}]}`
     /// with `show`'s property names; numbers as numbers.
     pub fn to_json(&self) -> String {
-        let mut s = format!("{{\"system\":{},\"units\":[", json_string(&self.system));
+        let mut s = format!(
+            "{{\"system\":{},\"units\":[",
+            minos_common::json::string(&self.system)
+        );
         for (i, u) in self.units.iter().enumerate() {
             if i > 0 {
                 s.push(',');
@@ -136,7 +139,11 @@ impl Units {
                 let v = u.property(p, true).unwrap_or_default();
                 let numeric = matches!(*p, "MainPID" | "NRestarts" | "ExecMainStatus")
                     && v.parse::<i64>().is_ok();
-                let v = if numeric { v } else { json_string(&v) };
+                let v = if numeric {
+                    v
+                } else {
+                    minos_common::json::string(&v)
+                };
                 s.push_str(&format!("{}\"{p}\":{v}", if j > 0 { "," } else { "" }));
             }
             let up = u
@@ -152,21 +159,6 @@ impl Units {
     fn find(&self, name: &str) -> Option<&UnitState> {
         self.units.iter().find(|u| u.name == name)
     }
-}
-
-/// `text` as a JSON string.
-fn json_string(text: &str) -> String {
-    let mut s = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
-            c => s.push(c),
-        }
-    }
-    s.push('"');
-    s
 }
 
 /// `kata-agent` means `kata-agent.service`, as for systemctl.

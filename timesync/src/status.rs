@@ -173,14 +173,14 @@ impl SourceStatus {
         format!(
             "{{\"kind\":{},\"name\":{},\"address\":{},\"state\":{},\"reach\":{},\
              \"poll_interval\":{:.3},\"offset\":{offset},\"rejected\":{},\"timestamps\":{}}}",
-            json_string(&self.kind),
-            json_string(&self.name),
-            json_string(&self.address),
-            json_string(&self.state),
+            minos_common::json::string(&self.kind),
+            minos_common::json::string(&self.name),
+            minos_common::json::string(&self.address),
+            minos_common::json::string(&self.state),
             self.reach,
             self.poll_interval,
             self.rejected,
-            json_string(&self.timestamps)
+            minos_common::json::string(&self.timestamps)
         )
     }
 }
@@ -388,7 +388,7 @@ impl Status {
                 "system_time" | "last_offset" | "rms_offset" | "frequency_ppm"
                 | "residual_freq_ppm" | "skew_ppm" | "slew_rate_ppm" | "root_delay"
                 | "root_dispersion" | "poll_interval" | "last_update_unix" => value,
-                _ => json_string(&value),
+                _ => minos_common::json::string(&value),
             };
             let _ = write!(out, "\"{key}\":{json_value},");
         }
@@ -447,22 +447,6 @@ fn format_seconds(seconds: f64) -> String {
 
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Writes the status file atomically (temporary file + rename in the same
